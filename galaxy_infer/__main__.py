@@ -1,0 +1,3 @@
+from galaxy_infer.cli import main
+
+raise SystemExit(main())

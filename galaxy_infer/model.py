@@ -1,0 +1,212 @@
+"""ONNX models that describe themselves, and the onnxruntime session that runs them.
+
+A model file carries one JSON document under the metadata key ``galaxy_infer``: its name and
+version, the decision-tree schema version and output columns, the preprocessing recipe, the odd
+feature flag thresholds and whatever training recorded (metrics, data, versions). A model whose
+metadata or tensor shapes do not fit is refused with :class:`ModelError` before any work starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from galaxy_infer.errors import ModelError
+from galaxy_infer.preprocess import Recipe
+from galaxy_infer.schema import GZ2, ODD_FEATURES, Schema
+
+METADATA_KEY = "galaxy_infer"
+INPUT_NAME = "image"
+OUTPUT_NAME = "logits"
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def bundled_model_path() -> Path:
+    """The default model shipped inside the package."""
+    return Path(__file__).parent / "models" / "default.onnx"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself."""
+
+    path: str
+    name: str
+    version: str
+    schema_version: str
+    recipe: Recipe
+    thresholds: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return f"{self.name}-{self.version}"
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [self.recipe.channels, self.recipe.input_size, self.recipe.input_size]
+
+    @cached_property
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "model_id": self.model_id,
+            "name": self.name,
+            "version": self.version,
+            "schema_version": self.schema_version,
+            "input_shape": self.input_shape,
+            "recipe": json.loads(self.recipe.to_json()),
+            "thresholds": self.thresholds,
+            "sha256": self.sha256,
+            **self.extra,
+        }
+
+
+def metadata_document(name: str, version: str, recipe: Recipe, thresholds: dict[str, float],
+                      schema: Schema = GZ2, **extra: Any) -> str:
+    """The JSON stored under :data:`METADATA_KEY`; training calls this when exporting."""
+    missing = set(ODD_FEATURES) - set(thresholds)
+    if missing:
+        raise ValueError(f"thresholds missing for {sorted(missing)}")
+    doc = {
+        "name": name,
+        "version": version,
+        "schema_version": schema.version,
+        "outputs": list(schema.answer_columns),
+        "output_kind": "logits",
+        "recipe": json.loads(recipe.to_json()),
+        "thresholds": {k: float(thresholds[k]) for k in ODD_FEATURES},
+        **extra,
+    }
+    return json.dumps(doc, sort_keys=True)
+
+
+def parse_metadata(path: str, custom: dict[str, str], schema: Schema = GZ2) -> ModelInfo:
+    """Check a model's metadata against this program's schema and build its :class:`ModelInfo`."""
+    if METADATA_KEY not in custom:
+        raise ModelError(f"{path} has no '{METADATA_KEY}' metadata; it was not exported by galaxy-infer training")
+    try:
+        doc = json.loads(custom[METADATA_KEY])
+        recipe = Recipe.from_dict(doc["recipe"])
+        name, version, schema_version = doc["name"], str(doc["version"]), str(doc["schema_version"])
+        thresholds = {k: float(v) for k, v in doc["thresholds"].items()}
+        outputs = doc["outputs"]
+        kind = doc.get("output_kind", "logits")
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{path}: malformed '{METADATA_KEY}' metadata ({exc})") from None
+    if schema_version != schema.version:
+        raise ModelError(f"{path} was built for catalog schema {schema_version}; this program writes {schema.version}")
+    if list(outputs) != list(schema.answer_columns):
+        raise ModelError(f"{path} predicts different answers than the Galaxy Zoo 2 tree of schema {schema.version}")
+    if kind != "logits":
+        raise ModelError(f"{path} outputs '{kind}'; only 'logits' are supported")
+    missing = set(ODD_FEATURES) - set(thresholds)
+    if missing:
+        raise ModelError(f"{path} has no flag thresholds for {sorted(missing)}")
+    known = {"name", "version", "schema_version", "outputs", "output_kind", "recipe", "thresholds"}
+    return ModelInfo(str(path), name, version, schema_version, recipe, thresholds,
+                     {k: v for k, v in doc.items() if k not in known})
+
+
+def load_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Read a model's metadata without preparing it for inference."""
+    import onnxruntime as ort
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise ModelError(f"model file not found: {path}")
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several unrelated types
+        raise ModelError(f"{path} is not a loadable ONNX model: {exc}") from None
+    info = parse_metadata(path, session.get_modelmeta().custom_metadata_map)
+    _check_shapes(session, info)
+    return info
+
+
+def _check_shapes(session, info: ModelInfo) -> None:
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise ModelError(f"{info.path}: expected one input and one output, found {len(inputs)} and {len(outputs)}")
+    shape = list(inputs[0].shape)
+    if len(shape) != 4 or [d for d in shape[1:] if isinstance(d, int)] != info.input_shape:
+        raise ModelError(f"{info.path}: input shape {shape} does not match the recipe's [N, {', '.join(map(str, info.input_shape))}]")
+    out = list(outputs[0].shape)
+    if len(out) != 2 or out[1] != len(GZ2.answer_columns):
+        raise ModelError(f"{info.path}: output shape {out} is not [N, {len(GZ2.answer_columns)}]")
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when onnxruntime offers CUDA and a GPU is visible, else ``cpu``."""
+    import onnxruntime as ort
+
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    if device != "auto":
+        return device
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    return "cuda" if has_cuda and _gpu_visible() else "cpu"
+
+
+def _gpu_visible() -> bool:
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+class Predictor:
+    """An onnxruntime session that predicts logits in fixed-size batches."""
+
+    def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
+                 num_threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.info = load_model_info(path)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = num_threads or 0
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
+                     else ["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        active = self.session.get_providers()
+        if self.device == "cuda" and active[0] != "CUDAExecutionProvider":
+            raise ModelError(
+                f"CUDA was asked for but onnxruntime runs on {active[0]}: install galaxy-infer[gpu] "
+                "(onnxruntime-gpu, without onnxruntime) and check that CUDA and cuDNN libraries load")
+        self.providers = active
+        self._input = self.session.get_inputs()[0].name
+        self._output = self.session.get_outputs()[0].name
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` logits; the last batch is zero-padded."""
+        n = images.shape[0]
+        out = np.empty((n, len(GZ2.answer_columns)), dtype=np.float32)
+        b = self.batch_size
+        for start in range(0, n, b):
+            chunk = images[start:start + b]
+            if chunk.shape[0] < b:
+                padded = np.zeros((b, *chunk.shape[1:]), dtype=np.float32)
+                padded[: chunk.shape[0]] = chunk
+                chunk = padded
+            logits = self.session.run([self._output], {self._input: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
+            out[start:start + b] = logits[: min(b, n - start)]
+        return out

@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny ONNX model, the real data folder, and a real local Ray."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.onnx_models import build_tiny_model
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"{SHARED_DATA} is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One real local Ray for the session, sized for this 2-core machine."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
