@@ -184,6 +184,9 @@ class Predictor:
         options.intra_op_num_threads = num_threads or 0
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise ModelError("CUDA was asked for but this onnxruntime has no CUDA provider: install "
+                             "galaxy-infer[gpu] (onnxruntime-gpu) in an environment without onnxruntime")
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
         self.session = ort.InferenceSession(str(path), options, providers=providers)

@@ -70,7 +70,10 @@ def read_cutout(path: str, recipe: Recipe) -> Decoded:
 def read_raster(path: str, recipe: Recipe) -> np.ndarray:
     """JPEG/PNG -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise InputError(f"image is {w}x{h} pixels, over the {MAX_PIXELS // 1_000_000} megapixel limit")

@@ -1,0 +1,34 @@
+import json
+import subprocess
+import sys
+
+from galaxy_infer.cli import build_parser, main
+
+
+def test_info_json_gives_input_shape_and_schema_version(tiny_model, capsys):
+    assert main(["info", str(tiny_model), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["input_shape"] == [3, 64, 64] and info["schema_version"] == "1"
+
+
+def test_info_refuses_a_bad_model(tmp_path, capsys):
+    (tmp_path / "x.onnx").write_bytes(b"not onnx")
+    assert main(["info", str(tmp_path / "x.onnx")]) == 1
+    assert "not a loadable ONNX" in capsys.readouterr().err
+
+
+def test_help_explains_every_classify_option():
+    sub = build_parser()._subparsers._group_actions[0].choices["classify"]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, action.dest
+
+
+def test_importing_the_inference_side_loads_no_torch():
+    code = ("import sys, galaxy_infer.cli, galaxy_infer.pipeline, galaxy_infer.demo, jobs; "
+            "import importlib, pkgutil; [importlib.import_module('jobs.' + m.name) for m in "
+            "pkgutil.iter_modules(jobs.__path__)]; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision')]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

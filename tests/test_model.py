@@ -1,0 +1,75 @@
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from galaxy_infer.errors import ModelError
+from galaxy_infer.model import Predictor, load_model_info, resolve_device
+from galaxy_infer.preprocess import Recipe
+from tests.onnx_models import build_tiny_model
+
+
+def test_metadata_describes_the_model(tiny_model):
+    info = load_model_info(tiny_model)
+    assert info.model_id == "tiny-test-0.0.1"
+    assert info.input_shape == [3, 64, 64]
+    assert info.describe()["schema_version"] == "1"
+    assert len(info.sha256) == 64
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"metadata": ""}, "no 'galaxy_infer' metadata"),
+    ({"metadata": "{not json"}, "malformed"),
+    ({"outputs": 10}, "output shape"),
+])
+def test_models_that_do_not_fit_are_refused_before_work(tmp_path, kwargs, message):
+    path = build_tiny_model(tmp_path / "bad.onnx", **kwargs)
+    with pytest.raises(ModelError, match=message):
+        load_model_info(path)
+
+
+def test_wrong_schema_version_and_input_shape_are_refused(tmp_path, tiny_model):
+    doc = json.loads(ort.InferenceSession(str(tiny_model)).get_modelmeta().custom_metadata_map["galaxy_infer"])
+    with pytest.raises(ModelError, match="schema 99"):
+        load_model_info(build_tiny_model(tmp_path / "v.onnx", metadata=json.dumps({**doc, "schema_version": "99"})))
+    doc["recipe"]["input_size"] = 96
+    with pytest.raises(ModelError, match="input shape"):
+        load_model_info(build_tiny_model(tmp_path / "s.onnx", metadata=json.dumps(doc)))
+
+
+def test_missing_and_non_onnx_files_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="not found"):
+        load_model_info(tmp_path / "nope.onnx")
+    (tmp_path / "junk.onnx").write_bytes(b"junk")
+    with pytest.raises(ModelError, match="not a loadable ONNX"):
+        load_model_info(tmp_path / "junk.onnx")
+
+
+def test_fixed_batches_pad_the_last_and_match_one_by_one(tiny_model):
+    images = np.random.default_rng(0).random((10, 3, 64, 64), dtype=np.float32)
+    batched = Predictor(tiny_model, batch_size=4, num_threads=1).predict(images)
+    single = Predictor(tiny_model, batch_size=1, num_threads=1).predict(images)
+    assert batched.shape == (10, 37)
+    np.testing.assert_allclose(batched, single, rtol=1e-5, atol=1e-6)
+
+
+def test_a_model_with_a_fixed_batch_dimension_runs(tmp_path):
+    path = build_tiny_model(tmp_path / "fixed.onnx", fixed_batch=8, recipe=Recipe())
+    out = Predictor(path, batch_size=8).predict(np.zeros((3, 3, 64, 64), np.float32))
+    assert out.shape == (3, 37)
+
+
+def test_cuda_fails_loudly_when_not_really_active(tiny_model):
+    if "CUDAExecutionProvider" in ort.get_available_providers() and resolve_device("auto") == "cuda":
+        pytest.skip("a real GPU is present; see the GPU notes in the README")
+    with pytest.raises(ModelError, match="CUDA was asked for"):
+        Predictor(tiny_model, device="cuda")
+
+
+def test_auto_device_is_cpu_without_a_gpu():
+    if resolve_device("auto") == "cuda":
+        pytest.skip("a real GPU is present")
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(ValueError):
+        resolve_device("tpu")
