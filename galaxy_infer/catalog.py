@@ -26,6 +26,7 @@ from galaxy_infer.schema import GZ2, ODD_FEATURES, SCHEMA_VERSION, Schema
 SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
+STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
 
 
 def prediction_fields(schema: Schema = GZ2) -> list[pa.Field]:
@@ -101,8 +102,13 @@ class RunStats:
         self.ok = 0
         self.errors: collections.Counter[str] = collections.Counter()
         self.started = time.perf_counter()
+        self.stage_seconds: collections.Counter[str] = collections.Counter()
 
     def add(self, table: pa.Table) -> None:
+        """Count a batch's rows; worker-side stage timings travel in its schema metadata."""
+        timing = (table.schema.metadata or {}).get(STAGE_TIMING_KEY)
+        if timing:
+            self.stage_seconds.update(json.loads(timing))
         self.rows += table.num_rows
         errors = [e for e in table.column("error").to_pylist() if e is not None]
         self.ok += table.num_rows - len(errors)
@@ -117,6 +123,7 @@ class RunStats:
             "errors_by_reason": dict(self.errors.most_common()),
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             **extra,
         }
 
@@ -145,6 +152,7 @@ class CatalogWriter:
         self._files = 0
 
     def write(self, table: pa.Table) -> None:
+        started = time.perf_counter()
         self.stats.add(table)
         table = table.replace_schema_metadata(self.schema.metadata)
         while table.num_rows:
@@ -158,6 +166,7 @@ class CatalogWriter:
             table = table.slice(take)
             if self._rows_in_file >= self.rows_per_file:
                 self._close_file()
+        self.stats.stage_seconds["write"] += time.perf_counter() - started
 
     def _close_file(self) -> None:
         if self._writer is not None:

@@ -7,6 +7,7 @@ that decoded them; on GPU the actors take ``num_gpus`` and decoding stays on CPU
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from galaxy_infer.catalog import CatalogWriter, catalog_table, file_metadata
+from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, catalog_table, file_metadata
 from galaxy_infer.errors import InputError
 from galaxy_infer.model import ModelInfo, Predictor, bundled_model_path, load_model_info, resolve_device
 from galaxy_infer.postprocess import postprocess
@@ -29,6 +30,7 @@ from galaxy_infer.readers import discover, read_cutout
 from galaxy_infer.schema import GZ2
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
+STAGE_SECONDS_COLUMN = "_read_preprocess_seconds"
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 
@@ -62,6 +64,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[st
     errors = np.full(n, "", dtype=object)
     ra = np.asarray(batch["ra"], dtype=np.float64).copy()
     dec = np.asarray(batch["dec"], dtype=np.float64).copy()
+    started = time.perf_counter()
     for i, path in enumerate(batch["source_path"]):
         try:
             decoded = read_cutout(str(path), recipe)
@@ -77,8 +80,9 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[st
             continue
         if np.isnan(ra[i]) and decoded.ra is not None:
             ra[i], dec[i] = decoded.ra, decoded.dec
+    seconds = np.full(n, (time.perf_counter() - started) / max(n, 1), dtype=np.float64)
     return {**{k: batch[k] for k in ("object_id", "source_path")}, "ra": ra, "dec": dec,
-            "error": errors, "pixels": pixels}
+            "error": errors, "pixels": pixels, STAGE_SECONDS_COLUMN: seconds}
 
 
 class PredictAndPostprocess:
@@ -92,12 +96,19 @@ class PredictAndPostprocess:
         errors = [e if e else None for e in batch["error"]]
         ok = np.array([e is None for e in errors], dtype=bool)
         predictions = None
+        started = time.perf_counter()
         if ok.any():
             logits = np.zeros((len(errors), GZ2.n_answers), np.float32)
             logits[ok] = self.predictor.predict(batch["pixels"][ok])
+            predicted = time.perf_counter()
             predictions = postprocess(logits, self.predictor.info.thresholds)
+        else:
+            predicted = started
         ids = {k: batch[k] for k in ID_COLUMNS}
-        return catalog_table(ids, errors, predictions, self.predictor.info.model_id, self.run_id)
+        table = catalog_table(ids, errors, predictions, self.predictor.info.model_id, self.run_id)
+        timing = {"read_preprocess": float(np.sum(batch[STAGE_SECONDS_COLUMN])), "predict": predicted - started,
+                  "postprocess": time.perf_counter() - predicted}
+        return table.replace_schema_metadata({STAGE_TIMING_KEY: json.dumps(timing)})
 
 
 def records_table(inputs: list[str]) -> pa.Table:
