@@ -46,7 +46,9 @@ class RunConfig:
     batch_size: int = 256
     num_cpus: int | None = None
     num_actors: int | None = None
-    num_gpus_per_actor: float = 1.0
+    num_gpus_per_actor: float | None = None
+    """GPUs each prediction actor reserves: None means 1 with cuda and 0 with cpu; a value with
+    cpu reserves logical GPUs while onnxruntime runs on CPU (GPU scheduling in tests)."""
     address: str | None = None
     overwrite: bool = False
     run_id: str = field(default_factory=lambda: new_run_id())
@@ -132,16 +134,23 @@ def init_ray(address: str | None, num_cpus: int | None) -> None:
 
 
 def plan_actors(device: str, config: RunConfig) -> tuple[int, dict[str, float]]:
-    """How many prediction actors to run and what each one reserves."""
+    """How many prediction actors to run and what each one reserves.
+
+    On CPU every core gets an actor (decode and predict share it through fusion); on GPU, one
+    actor per ``num_gpus_per_actor`` of the cluster's GPUs.
+    """
     import ray
 
     resources = ray.cluster_resources()
-    if device == "cuda":
+    gpus_per_actor = config.num_gpus_per_actor
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if device == "cuda" else 0.0
+    if gpus_per_actor > 0:
         gpus = resources.get("GPU", 0)
         if gpus <= 0 and config.num_actors is None:
-            raise RuntimeError("--device cuda but the Ray cluster has no GPU resources")
-        n = config.num_actors or max(1, int(gpus / config.num_gpus_per_actor))
-        return n, {"num_cpus": 1, "num_gpus": config.num_gpus_per_actor}
+            raise RuntimeError(f"actors need {gpus_per_actor} GPU each but the Ray cluster has no GPU resources")
+        n = config.num_actors or max(1, int(gpus / gpus_per_actor))
+        return n, {"num_cpus": 1, "num_gpus": gpus_per_actor}
     cpus = int(resources.get("CPU", 1))
     return config.num_actors or max(1, cpus), {"num_cpus": 1}
 
@@ -151,6 +160,7 @@ def build_dataset(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     import ray
 
     n_actors, actor_resources = plan_actors(device, config)
+    fixed_pool = not (config.address or os.environ.get("RAY_ADDRESS"))
     blocks = max(1, math.ceil(table.num_rows / config.batch_size))
     block_rows = math.ceil(table.num_rows / blocks) if table.num_rows else 1
     ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, max(table.num_rows, 1), block_rows)])
@@ -160,7 +170,7 @@ def build_dataset(table: pa.Table, info: ModelInfo, device: str, config: RunConf
         PredictAndPostprocess,
         fn_constructor_kwargs={"model": config.model, "device": device, "batch_size": config.batch_size,
                                "num_threads": 1 if device == "cpu" else 2, "run_id": config.run_id},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=n_actors),
+        compute=ray.data.ActorPoolStrategy(min_size=n_actors if fixed_pool else 1, max_size=n_actors),
         batch_size=config.batch_size, batch_format="numpy", udf_modifying_row_count=False,
         **actor_resources)
 

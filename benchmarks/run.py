@@ -1,0 +1,226 @@
+"""``make bench``: the decode ceiling, the pipeline end to end, a naive baseline and peak memory.
+
+Real JPEG cutouts from ``../shared/data/gz1_sdss`` are hard-linked (or copied) under the work
+folder until each count is reached; every measurement uses the same files and cores. Prints a
+table and writes ``bench.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+from galaxy_infer.model import bundled_model_path, load_model_info
+from galaxy_infer.preprocess import Recipe, preprocess
+from galaxy_infer.readers import read_cutout
+
+SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1_sdss" / "images"
+
+
+def replicate(folder: Path, count: int) -> list[Path]:
+    """``count`` cutout files under ``folder``, cycling through the real gz1_sdss JPEGs."""
+    sources = sorted(SOURCE.glob("*.jpg"))
+    if not sources:
+        raise SystemExit(f"no JPEG cutouts in {SOURCE}: the benchmark needs ../shared/data")
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(count):
+        path = folder / f"{i // 10000:02d}" / f"{i:06d}_{sources[i % len(sources)].name}"
+        if not path.exists():
+            path.parent.mkdir(exist_ok=True)
+            try:
+                os.link(sources[i % len(sources)], path)
+            except OSError:
+                shutil.copyfile(sources[i % len(sources)], path)
+        paths.append(path)
+    return paths
+
+
+def write_manifest(path: Path, files: list[Path]) -> Path:
+    path.write_text("path\n" + "\n".join(str(f) for f in files) + "\n")
+    return path
+
+
+_RECIPE: Recipe | None = None
+
+
+def _init_worker(recipe: Recipe) -> None:
+    global _RECIPE
+    _RECIPE = recipe
+
+
+def _decode_chunk(paths: list[str]) -> int:
+    for p in paths:
+        preprocess(read_cutout(p, _RECIPE).pixels, _RECIPE)
+    return len(paths)
+
+
+def decode_ceiling(files: list[Path], recipe: Recipe, processes: int) -> dict:
+    """Decode every file to the model's input size on all cores, nothing else (wall clock, pool start included)."""
+    chunks = [[str(f) for f in files[i:i + 256]] for i in range(0, len(files), 256)]
+    started = time.perf_counter()
+    with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(recipe,)) as pool:
+        done = sum(pool.imap_unordered(_decode_chunk, chunks))
+    seconds = time.perf_counter() - started
+    return {"images": done, "seconds": round(seconds, 2), "images_per_second": round(done / seconds, 1)}
+
+
+class PeakMemory:
+    """Samples the summed PSS of a process and all its descendants (Ray's daemons and workers included)."""
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _sample(self) -> int:
+        total = 0
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return 0
+        for p in procs:
+            try:
+                total += p.memory_full_info().pss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: list[str]) -> dict:
+    """``galaxy-infer classify`` as a user runs it: wall clock from launch to exit, peak memory of the tree."""
+    shutil.rmtree(out, ignore_errors=True)
+    command = [sys.executable, "-m", "galaxy_infer", "classify", str(manifest), "--out", str(out),
+               "--model", str(model), "--num-cpus", str(num_cpus), *extra]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    started = time.perf_counter()
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    with PeakMemory(proc.pid) as memory:
+        output, _ = proc.communicate()
+    seconds = time.perf_counter() - started
+    if proc.returncode != 0:
+        raise SystemExit(f"classify failed ({proc.returncode}):\n{output[-3000:]}")
+    summary = json.loads((out / "_run_summary.json").read_text())
+    shutil.rmtree(out, ignore_errors=True)
+    return {"images": summary["rows"], "seconds": round(seconds, 2),
+            "images_per_second": round(summary["rows"] / seconds, 1),
+            "peak_memory_mib": round(memory.peak / 2**20), "stage_seconds": summary["stage_seconds"],
+            "errors": summary["errors"]}
+
+
+def naive_baseline(files: list[Path], recipe: Recipe) -> dict:
+    """The original notebooks' way: one process, PIL per file, PyTorch eager on a batch of one."""
+    import torch
+    from PIL import Image
+
+    from training.models import build_model
+
+    model = build_model("compact", in_channels=recipe.channels).eval()
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for f in files:
+            image = Image.open(f).convert("RGB")
+            side = min(image.size) * recipe.crop_fraction
+            left, top = (image.width - side) / 2, (image.height - side) / 2
+            image = image.crop((left, top, left + side, top + side)).resize((recipe.input_size, recipe.input_size))
+            x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+            model(x)
+    seconds = time.perf_counter() - started
+    return {"images": len(files), "seconds": round(seconds, 2), "images_per_second": round(len(files) / seconds, 1),
+            "torch_threads": torch.get_num_threads()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, default=Path("bench-results"))
+    parser.add_argument("--images", type=int, default=60_000, help="cutouts for throughput (default 60,000)")
+    parser.add_argument("--memory-counts", default="10000,100000", help="cutout counts for peak memory")
+    parser.add_argument("--baseline-images", type=int, default=3_000,
+                        help="cutouts for the naive baseline (its rate is steady; default 3,000)")
+    parser.add_argument("--model", type=Path, default=bundled_model_path())
+    parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
+    parser.add_argument("--extra", default="", help="extra classify options, e.g. '--batch-size 512'")
+    args = parser.parse_args()
+
+    recipe = load_model_info(args.model).recipe
+    counts = [int(c) for c in args.memory_counts.split(",") if c]
+    files = replicate(args.workdir / "cutouts", max([args.images, *counts]))
+    extra = args.extra.split()
+    results: dict = {
+        "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+                    "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
+        "model": str(args.model), "recipe": json.loads(recipe.to_json()),
+    }
+    sample = files[: args.images]
+    print(f"decode ceiling on {len(sample)} cutouts, {args.num_cpus} processes ...", flush=True)
+    results["decode_ceiling"] = decode_ceiling(sample, recipe, args.num_cpus)
+    print(f"galaxy-infer classify on {len(sample)} cutouts ...", flush=True)
+    manifest = write_manifest(args.workdir / f"manifest-{len(sample)}.csv", sample)
+    results["end_to_end"] = end_to_end(manifest, args.workdir / "catalog", args.model, args.num_cpus, extra)
+    results["memory"] = {}
+    for n in counts:
+        print(f"peak memory at {n} cutouts ...", flush=True)
+        m = write_manifest(args.workdir / f"manifest-{n}.csv", files[:n])
+        results["memory"][str(n)] = end_to_end(m, args.workdir / "catalog", args.model, args.num_cpus, extra)
+    print(f"naive baseline on {args.baseline_images} cutouts ...", flush=True)
+    results["naive_baseline"] = naive_baseline(files[: args.baseline_images], recipe)
+
+    ceiling = results["decode_ceiling"]["images_per_second"]
+    e2e = results["end_to_end"]["images_per_second"]
+    naive = results["naive_baseline"]["images_per_second"]
+    results["ratios"] = {"end_to_end_over_ceiling": round(e2e / ceiling, 3), "end_to_end_over_naive": round(e2e / naive, 2)}
+    if len(counts) >= 2:
+        lo, hi = results["memory"][str(min(counts))], results["memory"][str(max(counts))]
+        results["ratios"]["memory_growth"] = round(hi["peak_memory_mib"] / lo["peak_memory_mib"], 3)
+    (args.workdir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(format_table(results))
+    print(f"\nwritten {args.workdir / 'bench.json'}")
+
+
+def format_table(r: dict) -> str:
+    stage = r["end_to_end"]["stage_seconds"]
+    total = sum(stage.values()) or 1.0
+    rows = [
+        ("decode ceiling (all cores, decode only)", r["decode_ceiling"]),
+        ("galaxy-infer classify, end to end", r["end_to_end"]),
+        ("naive baseline (PIL + torch eager, batch 1)", r["naive_baseline"]),
+    ]
+    lines = [f"{'measurement':<46}{'images':>9}{'seconds':>9}{'images/s':>10}", "-" * 74]
+    lines += [f"{name:<46}{m['images']:>9}{m['seconds']:>9}{m['images_per_second']:>10}" for name, m in rows]
+    lines.append("")
+    lines += [f"peak memory at {n:>7} cutouts: {m['peak_memory_mib']:>6} MiB  ({m['images_per_second']} images/s)"
+              for n, m in r["memory"].items()]
+    lines.append("time split (worker seconds): " + ", ".join(
+        f"{k} {v:.1f} s ({v / total:.0%})" for k, v in stage.items()))
+    lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in r["ratios"].items()))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
