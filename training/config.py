@@ -1,0 +1,100 @@
+"""Training configuration, read from a TOML file (``tomllib``); every field has a default."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from galaxy_infer.preprocess import Recipe
+
+
+@dataclass
+class DataConfig:
+    root: str = "../shared/data"
+    sets: list[str] = field(default_factory=lambda: ["gz1_sdss", "gz_kaggle_spiral", "gz2_votes", "gzdecals_rings"])
+    oversample: dict[str, int] = field(default_factory=dict)
+    """Repeat a (small) set's training images this many times per epoch."""
+    limit: int = 0
+    """Use at most this many images per set (0 = all): for tests and quick trials."""
+    seed: int = 0
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    cache_dir: str = "runs/cache"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "compact"
+    width: int = 12
+    dropout: float = 0.1
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    patience: int = 8
+    aug_strength: float = 1.0
+    negation_weight: float = 1.0
+    threads: int = 2
+    seed: int = 0
+    max_minutes: float = 0.0
+    """Stop after this much wall time (0 = no limit); the best checkpoint is kept."""
+
+
+@dataclass
+class OutputConfig:
+    run_dir: str = "runs/default"
+    onnx: str = ""
+    """Also export the best model here (e.g. galaxy_infer/models/default.onnx)."""
+    name: str = "gz2-compact"
+    version: str = "1.0.0"
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _section(cls, values: dict[str, Any]):
+    known = {f.name for f in fields(cls)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys: {sorted(unknown)}")
+    return cls(**values)
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    unknown = set(raw) - {"data", "model", "train", "output", "recipe"}
+    if unknown:
+        raise ValueError(f"unknown config sections: {sorted(unknown)}")
+    return Config(
+        data=_section(DataConfig, raw.get("data", {})),
+        model=_section(ModelConfig, raw.get("model", {})),
+        train=_section(TrainConfig, raw.get("train", {})),
+        output=_section(OutputConfig, raw.get("output", {})),
+        recipe=Recipe.from_dict(raw.get("recipe", {})),
+    )
+
+
+def load_config(path: str | Path) -> Config:
+    with open(path, "rb") as f:
+        return from_dict(tomllib.load(f))
+
+
+def override(config: Config, **sections: dict[str, Any]) -> Config:
+    """A copy with some fields of some sections replaced, e.g. ``override(c, train={"lr": 1e-3})``."""
+    out = replace(config)
+    for name, values in sections.items():
+        setattr(out, name, replace(getattr(out, name), **values))
+    return out

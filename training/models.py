@@ -1,0 +1,70 @@
+"""Model architectures and the registry the CLI names them by.
+
+``compact`` is sized for the pipeline's CPU throughput target (a fraction of JPEG-decode cost);
+``resnet18`` is torchvision's ResNet-18 adapted to 64-pixel inputs (3x3 stride-1 stem, no max
+pool), stronger and ~100x costlier. All return raw logits ``(n, 37)`` for the GZ2 tree.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import nn
+
+from galaxy_infer.schema import GZ2
+
+
+def conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    """3x3 conv, BatchNorm (folded into the conv at ONNX export), ReLU."""
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
+
+
+class CompactCNN(nn.Module):
+    """Strided conv stages, global average and max pooling, one linear head."""
+
+    def __init__(self, in_channels: int = 3, width: int = 16, n_outputs: int = GZ2.n_answers,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        w = width
+        self.features = nn.Sequential(
+            conv_bn(in_channels, w, 2),      # 32x32
+            conv_bn(w, 2 * w, 2),            # 16x16
+            conv_bn(2 * w, 2 * w),
+            conv_bn(2 * w, 4 * w, 2),        # 8x8
+            conv_bn(4 * w, 4 * w),
+            conv_bn(4 * w, 6 * w, 2),        # 4x4
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(12 * w, n_outputs))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.features(x)
+        pooled = torch.cat([f.mean(dim=(2, 3)), f.amax(dim=(2, 3))], dim=1)
+        return self.head(pooled)
+
+
+def resnet18_small(in_channels: int = 3, width: int = 64, n_outputs: int = GZ2.n_answers,
+                   dropout: float = 0.1) -> nn.Module:
+    """torchvision ResNet-18 with a 3x3 stride-1 stem and no max pool, for 64-pixel cutouts."""
+    from torchvision.models import resnet18
+
+    if width != 64:
+        raise ValueError("resnet18 has a fixed width of 64")
+    model = resnet18(weights=None, num_classes=n_outputs)
+    model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, n_outputs))
+    return model
+
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "compact": CompactCNN,
+    "resnet18": resnet18_small,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """A registered architecture by name (see :data:`REGISTRY`)."""
+    if name not in REGISTRY:
+        raise KeyError(f"unknown model {name!r}; choose from {sorted(REGISTRY)}")
+    return REGISTRY[name](**kwargs)
