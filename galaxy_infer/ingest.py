@@ -1,0 +1,292 @@
+"""Nightly incremental ingest: classify what the catalog does not yet hold, exactly once.
+
+Layout::
+
+    catalog/
+      .ingest.lock                          flock held by the running ingest (never deleted)
+      ingest_date=2026-11-20/part-<run_id>-00000.parquet
+      ingest_date=2026-11-21/...
+      _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
+
+The catalog is its own ledger: an object is *held* when a committed Parquet file under
+``ingest_date=*/`` has a row with its ``object_id`` and the model's ``model_id``. Rows are written
+in chunks; each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then renamed
+into its partition, so a chunk is in the catalog entirely or not at all. A run killed at any
+point (SIGKILL included) leaves committed chunks plus at most one temp file; the next run deletes
+temp files, re-reads the ledger and classifies only what is missing. Every row counts, ``error``
+rows included: an object whose file could not be decoded is held and is not retried (its row says
+why). Files modified less than ``settle_seconds`` ago are left for the next run, so a cutout still
+being copied into the inbox is not recorded as a truncated file.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from galaxy_infer.catalog import RunStats, _fsync_dir, arrow_schema, file_metadata
+from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, build_dataset, init_ray, new_run_id
+from galaxy_infer.readers import discover
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
+"""0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);
+3: rows written but the error share is over the limit; 75 (EX_TEMPFAIL): another ingest holds the lock."""
+
+LOCK_NAME = ".ingest.lock"
+RUNS_DIR = "_ingest_runs"
+PARTITION_KEY = "ingest_date"
+TMP_SUFFIX = ".parquet.tmp"
+DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class Locked(RuntimeError):
+    """Another ingest is running on this catalog."""
+
+
+@dataclass
+class IngestConfig:
+    inbox: str
+    catalog: str
+    date: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d"))
+    model: str = field(default_factory=lambda: str(bundled_model_path()))
+    device: str = "auto"
+    batch_size: int = 256
+    chunk_rows: int = 5000
+    settle_seconds: float = 60.0
+    num_cpus: int | None = None
+    num_actors: int | None = None
+    num_gpus_per_actor: float | None = None
+    address: str | None = None
+    run_id: str = field(default_factory=new_run_id)
+    progress: bool | None = None
+
+
+def partition_dir(catalog: Path, date: str) -> Path:
+    return catalog / f"{PARTITION_KEY}={date}"
+
+
+def committed_files(catalog: Path) -> list[Path]:
+    return sorted(catalog.glob(f"{PARTITION_KEY}=*/*.parquet"))
+
+
+def held_object_ids(catalog: Path, model_id: str) -> set[str]:
+    """Object ids with a row for ``model_id`` in any committed file (a corrupt file is an error, not a gap)."""
+    held: set[str] = set()
+    for path in committed_files(catalog):
+        table = pq.read_table(path, columns=["object_id", "model_id"])
+        ids = table.column("object_id").to_pylist()
+        models = table.column("model_id").to_pylist()
+        held.update(i for i, m in zip(ids, models) if m == model_id)
+    return held
+
+
+def remove_stale_temp_files(catalog: Path) -> list[Path]:
+    """Temp files of killed runs; only called while holding the lock, so no live run owns them."""
+    stale = sorted(catalog.glob(f"{PARTITION_KEY}=*/.*{TMP_SUFFIX}")) + sorted(catalog.glob(f".*{TMP_SUFFIX}"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
+class CatalogLock:
+    """``fcntl.flock`` on ``catalog/.ingest.lock``; released by the kernel when the process dies."""
+
+    def __init__(self, catalog: Path) -> None:
+        self.path = catalog / LOCK_NAME
+        self.fd: int | None = None
+
+    def __enter__(self) -> CatalogLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise Locked(f"another ingest holds {self.path}") from None
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, f"{os.getpid()}\n".encode())
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class ChunkWriter:
+    """Buffers rows and commits them as whole files: temp name, fsync, rename, fsync the folder."""
+
+    def __init__(self, folder: Path, metadata: dict[str, str], run_id: str, chunk_rows: int) -> None:
+        self.folder = folder
+        self.schema = arrow_schema(metadata)
+        self.run_id = run_id
+        self.chunk_rows = max(1, chunk_rows)
+        self.buffer: list[pa.Table] = []
+        self.buffered = 0
+        self.files: list[Path] = []
+        self.rows_committed = 0
+        self.seen: set[str] = set()
+        self.duplicates_dropped = 0
+
+    def add(self, table: pa.Table) -> None:
+        ids = table.column("object_id").to_pylist()
+        keep = [i for i, oid in enumerate(ids) if oid not in self.seen]
+        if len(keep) != len(ids):  # a retried batch delivered twice would land here; never expected
+            self.duplicates_dropped += len(ids) - len(keep)
+            table = table.take(keep)
+        self.seen.update(table.column("object_id").to_pylist())
+        self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
+        self.buffered += table.num_rows
+        if self.buffered >= self.chunk_rows:
+            self.flush()
+
+    def flush(self) -> Path | None:
+        if not self.buffered:
+            return None
+        table = pa.concat_tables(self.buffer)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        name = f"part-{self.run_id}-{len(self.files):05d}.parquet"
+        tmp = self.folder / f".{name}{TMP_SUFFIX[len('.parquet'):]}"
+        pq.write_table(table, tmp, compression="zstd")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        final = self.folder / name
+        os.rename(tmp, final)
+        _fsync_dir(self.folder)
+        self.files.append(final)
+        self.rows_committed += table.num_rows
+        self.buffer, self.buffered = [], 0
+        return final
+
+
+def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dict[str, int]]:
+    """Cutouts under the inbox not yet held, settled, one per object id (first path in sort order)."""
+    now = time.time()
+    counts = {"inbox": 0, "already_held": 0, "unsettled": 0, "duplicate_ids": 0}
+    records = sorted(discover([config.inbox]), key=lambda r: r["source_path"])
+    counts["inbox"] = len(records)
+    pending, seen = [], set()
+    for r in records:
+        oid = r["object_id"]
+        if oid in held:
+            counts["already_held"] += 1
+        elif oid in seen:
+            counts["duplicate_ids"] += 1
+        elif config.settle_seconds > 0 and _age(r["source_path"], now) < config.settle_seconds:
+            counts["unsettled"] += 1
+        else:
+            seen.add(oid)
+            pending.append(r)
+    table = pa.Table.from_pylist(pending, schema=pa.schema([
+        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
+    return table, counts
+
+
+def _age(path: str, now: float) -> float:
+    try:
+        return now - os.stat(path).st_mtime
+    except OSError:
+        return float("inf")  # vanished: let the reader record "file not found"
+
+
+def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """One ingest run under the lock; returns its summary. Raises :class:`Locked` if another runs.
+
+    ``on_batch(rows_so_far)`` is called after each batch from the pipeline (tests use it to
+    inject failures mid-run).
+    """
+    if not DATE_RE.match(config.date):
+        raise ValueError(f"--date must be YYYY-MM-DD, got {config.date!r}")
+    datetime.strptime(config.date, "%Y-%m-%d")
+    if not Path(config.inbox).is_dir():
+        raise FileNotFoundError(f"inbox {config.inbox} is not a folder")
+    catalog = Path(config.catalog)
+    started = time.perf_counter()
+    with CatalogLock(catalog):
+        stale = remove_stale_temp_files(catalog)
+        info = load_model_info(config.model)
+        held = held_object_ids(catalog, info.model_id)
+        table, counts = pending_records(config, held)
+        summary: dict[str, Any] = {
+            "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
+            "catalog": str(catalog.resolve()), "stale_temp_files_removed": len(stale),
+            "held_before": len(held), **counts, "pending": table.num_rows,
+        }
+        if table.num_rows == 0:
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "files": [],
+                    "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
+        import ray
+
+        device = resolve_device(config.device)
+        init_ray(config.address, config.num_cpus)
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = sys.stderr.isatty() if config.progress is None else config.progress
+        context.enable_operator_progress_bars = context.enable_progress_bars
+        run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
+                        batch_size=config.batch_size, num_cpus=config.num_cpus, num_actors=config.num_actors,
+                        num_gpus_per_actor=config.num_gpus_per_actor, address=config.address,
+                        run_id=config.run_id, progress=config.progress)
+        writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
+                             config.run_id, config.chunk_rows)
+        stats = RunStats()
+        for batch in build_dataset(table, info, device, run).iter_batches(batch_size=None, batch_format="pyarrow"):
+            stats.add(batch)
+            writer.add(batch)
+            if on_batch is not None:
+                on_batch(stats.rows)
+        writer.flush()
+        written = writer.rows_committed
+        if written != table.num_rows:
+            raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
+                               "committed chunks stay, a rerun classifies the rest")
+        summary.update(stats.summary(), rows=written, device=device,
+                       files=[str(f.relative_to(catalog)) for f in writer.files],
+                       duplicates_dropped=writer.duplicates_dropped,
+                       wall_seconds=round(time.perf_counter() - started, 3))
+        summary["errors"] = sum(summary["errors_by_reason"].values())
+        summary["ok"] = written - summary["errors"]
+        runs = catalog / RUNS_DIR
+        runs.mkdir(exist_ok=True)
+        (runs / f"{config.date}-{config.run_id}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return summary
+
+
+def format_ingest_summary(s: dict[str, Any]) -> str:
+    lines = [
+        f"catalog: {s['catalog']}  partition: {PARTITION_KEY}={s['date']}",
+        f"inbox: {s['inbox']}  already held: {s['already_held']}  pending: {s['pending']}  "
+        f"unsettled (next run): {s['unsettled']}  duplicate ids skipped: {s['duplicate_ids']}",
+        f"rows written: {s['rows']}  ok: {s['ok']}  errors: {s['errors']}  files: {len(s['files'])}",
+        f"model: {s['model_id']}  run: {s['run_id']}  time: {s['wall_seconds']:.1f} s"
+        + (f"  stale temp files removed: {s['stale_temp_files_removed']}" if s["stale_temp_files_removed"] else ""),
+    ]
+    lines += [f"  {count:>8}  {reason}" for reason, count in s.get("errors_by_reason", {}).items()]
+    return "\n".join(lines)
+
+
+def read_ingest_catalog(catalog: str | os.PathLike) -> pa.Table:
+    """Every committed row of an ingest catalog, with ``ingest_date`` as a column."""
+    tables = []
+    for path in committed_files(Path(catalog)):
+        t = pq.read_table(path).replace_schema_metadata(None)
+        date = path.parent.name.split("=", 1)[1]
+        tables.append(t.append_column(PARTITION_KEY, pa.array([date] * t.num_rows, pa.string())))
+    if not tables:
+        return arrow_schema().append(pa.field(PARTITION_KEY, pa.string())).empty_table()
+    return pa.concat_tables(tables)

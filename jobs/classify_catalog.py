@@ -1,0 +1,60 @@
+"""Batch job: classify cutouts into a Parquet catalog on a Ray cluster or on this machine.
+
+    ray job submit --working-dir . -- python jobs/classify_catalog.py --input s3dir --output catalog
+    python jobs/classify_catalog.py --input cutouts/ --output catalog      # starts a local Ray
+
+Same options as ``galaxy-infer classify`` plus cluster knobs; ``--profile`` loads defaults for
+batch size, actor count and GPUs per actor from ``jobs/profiles/<name>.toml`` (or a path), and
+options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set and the job
+joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tomllib
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
+
+from galaxy_infer.cli import add_classify_options, config_from_args, run_and_report  # noqa: E402
+
+PROFILES = Path(__file__).resolve().parent / "profiles"
+PROFILE_KEYS = {"device", "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus", "max_error_fraction"}
+
+
+def load_profile(name: str) -> dict:
+    path = Path(name) if name.endswith(".toml") else PROFILES / f"{name}.toml"
+    profile = tomllib.loads(path.read_text())
+    unknown = set(profile) - PROFILE_KEYS
+    if unknown:
+        raise SystemExit(f"classify_catalog: unknown keys in {path}: {', '.join(sorted(unknown))}")
+    return profile
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="classify_catalog", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", action="append", required=True, metavar="INPUT",
+                   help="folder, glob, file or manifest; repeat for more")
+    p.add_argument("--output", required=True, help="catalog folder to create")
+    p.add_argument("--profile", default=None, help=f"hardware profile: a name in {PROFILES} or a .toml path")
+    add_classify_options(p)
+    p.add_argument("--num-gpus-per-actor", type=float, default=None,
+                   help="GPUs each prediction actor reserves (default: 1 with cuda, 0 with cpu)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    known, _ = parser.parse_known_args(argv)
+    if known.profile:
+        parser.set_defaults(**load_profile(known.profile))
+    args = parser.parse_args(argv)
+    config = config_from_args(args.input, args.output, args)
+    config.num_gpus_per_actor = args.num_gpus_per_actor
+    return run_and_report(config, args.max_error_fraction)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
