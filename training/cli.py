@@ -1,0 +1,143 @@
+"""``python -m training`` / ``galaxy-train``: train, evaluate, export and tune from a TOML config."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from training.config import Config, load_config, override
+
+
+def export_run(config: Config, model, prepared, result: dict[str, Any], fit_info: dict[str, Any] | None,
+               path: Path) -> Path:
+    """Export the model with thresholds, metrics and data summary from an evaluation."""
+    from training.data import summary
+    from training.export import export_onnx
+
+    extra = {
+        "architecture": {"name": config.model.name, "width": config.model.width,
+                         "parameters": int(sum(p.numel() for p in model.parameters()))},
+        "metrics": {"test": result["splits"]["test"], "val": result["splits"]["val"],
+                    "floors_on_test": result["floors_on_test"]},
+        "threshold_choice": result["threshold_choice"],
+        "training_data": {"root": config.data.root, "sets": summary(prepared.splits),
+                          "split_seed": config.data.seed, "oversample": config.data.oversample},
+        "training": {k: v for k, v in (fit_info or {}).items() if k not in ("history", "checkpoint")}
+        | {"config": config.to_dict()},
+    }
+    return export_onnx(model, path, config.recipe, config.output.name, config.output.version,
+                       result["thresholds"], **extra)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+    from training.train import fit, load_checkpoint, prepare
+
+    config = _config(args)
+    started = time.perf_counter()
+    prepared = prepare(config)
+    prep_s = time.perf_counter() - started
+    info = fit(config, prepared, resume=args.resume)
+    info["prepare_s"] = prep_s
+    model = load_checkpoint(config, info["checkpoint"])
+    result = evaluate(model, prepared, Path(config.output.run_dir), pictures=not args.no_pictures)
+    if config.output.onnx:
+        path = export_run(config, model, prepared, result, info, Path(config.output.onnx))
+        print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    info["total_wall_s"] = time.perf_counter() - started
+    (Path(config.output.run_dir) / "fit.json").write_text(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
+    print(json.dumps({"floors_on_test": result["floors_on_test"], "best_epoch": info["best_epoch"],
+                      "train_wall_s": round(info["wall_s"], 1), "total_wall_s": round(info["total_wall_s"], 1)}, indent=1))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+    from training.train import load_checkpoint, prepare
+
+    config = _config(args)
+    prepared = prepare(config)
+    model = load_checkpoint(config, args.checkpoint or Path(config.output.run_dir) / "best.pt")
+    result = evaluate(model, prepared, Path(config.output.run_dir), pictures=not args.no_pictures)
+    print(json.dumps(result["floors_on_test"], indent=1))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate
+    from training.train import load_checkpoint, prepare
+
+    config = _config(args)
+    prepared = prepare(config)
+    model = load_checkpoint(config, args.checkpoint or Path(config.output.run_dir) / "best.pt")
+    result = evaluate(model, prepared, Path(config.output.run_dir), pictures=False)
+    fit_file = Path(config.output.run_dir) / "fit.json"
+    info = json.loads(fit_file.read_text()) if fit_file.exists() else None
+    path = export_run(config, model, prepared, result, info, Path(args.output or config.output.onnx))
+    print(f"exported {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from training.tune import tune
+
+    config = _config(args)
+    best = tune(config, num_samples=args.samples, epochs=args.epochs, storage=args.storage)
+    print(json.dumps(best, indent=1, default=str))
+    return 0
+
+
+def _config(args: argparse.Namespace) -> Config:
+    config = load_config(args.config) if args.config else Config()
+    changes: dict[str, dict[str, Any]] = {}
+    if getattr(args, "run_dir", None):
+        changes.setdefault("output", {})["run_dir"] = args.run_dir
+    if getattr(args, "limit", None):
+        changes.setdefault("data", {})["limit"] = args.limit
+    if getattr(args, "epochs_override", None):
+        changes.setdefault("train", {})["epochs"] = args.epochs_override
+    if getattr(args, "no_export", False):
+        changes.setdefault("output", {})["onnx"] = ""
+    return override(config, **changes) if changes else config
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="TOML config (defaults for every missing key)")
+        p.add_argument("--run-dir", help="override output.run_dir")
+        p.add_argument("--limit", type=int, help="at most this many images per set")
+        p.add_argument("--no-pictures", action="store_true")
+
+    p = sub.add_parser("train", help="train, evaluate, and export when output.onnx is set")
+    common(p)
+    p.add_argument("--resume", action="store_true", help="continue from run_dir/last.pt")
+    p.add_argument("--epochs", dest="epochs_override", type=int)
+    p.add_argument("--no-export", action="store_true")
+    p.set_defaults(func=cmd_train)
+    p = sub.add_parser("evaluate", help="metrics and pictures for a checkpoint")
+    common(p)
+    p.add_argument("--checkpoint")
+    p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("export", help="export a checkpoint to ONNX with metadata")
+    common(p)
+    p.add_argument("--checkpoint")
+    p.add_argument("--output")
+    p.set_defaults(func=cmd_export)
+    p = sub.add_parser("tune", help="Ray Tune search over lr, width, augmentation strength")
+    common(p)
+    p.add_argument("--samples", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--storage", default=None, help="folder for Ray Tune results (default run_dir/tune)")
+    p.set_defaults(func=cmd_tune)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
+    return args.func(args)
