@@ -173,10 +173,11 @@ class Predictor:
     """An onnxruntime session that predicts logits in fixed-size batches."""
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
-                 num_threads: int | None = None) -> None:
+                 num_threads: int | None = None, model_bytes: bytes | None = None) -> None:
+        """``model_bytes``, when given, is the content of ``path`` as read elsewhere (a cluster
+        driver ships it to workers that cannot see the driver's files)."""
         import onnxruntime as ort
 
-        self.info = load_model_info(path)
         self.device = resolve_device(device)
         self.batch_size = batch_size
         options = ort.SessionOptions()
@@ -189,7 +190,12 @@ class Predictor:
                              "galaxy-infer[gpu] (onnxruntime-gpu) in an environment without onnxruntime")
         providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
                      else ["CPUExecutionProvider"])
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        if model_bytes is None and not os.path.isfile(path):
+            raise ModelError(f"model file not found: {path}")
+        self.session = ort.InferenceSession(model_bytes if model_bytes is not None else str(path), options,
+                                            providers=providers)
+        self.info = parse_metadata(str(path), self.session.get_modelmeta().custom_metadata_map)
+        _check_shapes(self.session, self.info)
         active = self.session.get_providers()
         if self.device == "cuda" and active[0] != "CUDAExecutionProvider":
             raise ModelError(

@@ -90,8 +90,10 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[st
 class PredictAndPostprocess:
     """Actor: one onnxruntime session, predicting ok rows and shaping every row for the catalog."""
 
-    def __init__(self, model: str, device: str, batch_size: int, num_threads: int, run_id: str) -> None:
-        self.predictor = Predictor(model, device=device, batch_size=batch_size, num_threads=num_threads)
+    def __init__(self, model: str, model_bytes: bytes, device: str, batch_size: int, num_threads: int,
+                 run_id: str) -> None:
+        self.predictor = Predictor(model, device=device, batch_size=batch_size, num_threads=num_threads,
+                                   model_bytes=model_bytes)
         self.run_id = run_id
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
@@ -160,15 +162,18 @@ def build_dataset(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     import ray
 
     n_actors, actor_resources = plan_actors(device, config)
+    # A local Ray starts every actor at once; on a cluster the autoscaler adds GPU nodes as needed.
     fixed_pool = not (config.address or os.environ.get("RAY_ADDRESS"))
-    blocks = max(1, math.ceil(table.num_rows / config.batch_size))
+    blocks = max(1, math.ceil(table.num_rows / config.batch_size), min(n_actors, table.num_rows))
+    n_actors = min(n_actors, blocks)
     block_rows = math.ceil(table.num_rows / blocks) if table.num_rows else 1
     ds = ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, max(table.num_rows, 1), block_rows)])
     ds = ds.map_batches(read_and_preprocess, fn_kwargs={"recipe": info.recipe}, batch_size=config.batch_size,
                         batch_format="numpy", num_cpus=1, udf_modifying_row_count=False)
     return ds.map_batches(
         PredictAndPostprocess,
-        fn_constructor_kwargs={"model": config.model, "device": device, "batch_size": config.batch_size,
+        fn_constructor_kwargs={"model": config.model, "model_bytes": Path(config.model).read_bytes(),
+                               "device": device, "batch_size": config.batch_size,
                                "num_threads": 1 if device == "cpu" else 2, "run_id": config.run_id},
         compute=ray.data.ActorPoolStrategy(min_size=n_actors if fixed_pool else 1, max_size=n_actors),
         batch_size=config.batch_size, batch_format="numpy", udf_modifying_row_count=False,
@@ -182,7 +187,8 @@ def classify(config: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     info = load_model_info(config.model)
     device = resolve_device(config.device)
-    if device == "cuda":
+    local = not (config.address or os.environ.get("RAY_ADDRESS"))
+    if device == "cuda" and local:
         Predictor(config.model, device="cuda", batch_size=1)
     table = records_table(config.inputs)
     if table.num_rows == 0:
