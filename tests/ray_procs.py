@@ -1,0 +1,91 @@
+"""Helpers for the cluster tests: free ports, synthetic nights, and ending only our own processes.
+
+The machine is shared, so teardown never uses ``ray stop`` (it kills every Ray on the host by
+name); it ends the processes these tests started, by pid.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from pathlib import Path
+
+import psutil
+
+from galaxy_infer.synthetic import write_sample
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def write_night(inbox: Path, night: str, n: int, seed: int, size: int = 128) -> list[str]:
+    """``n`` JPEG cutouts plus one FITS under ``inbox/night/``, named so object ids are unique per night."""
+    scratch = inbox.parent / f".scratch-{night}"
+    write_sample(scratch, n, seed=seed, size=size)
+    folder = inbox / night
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for path in sorted(scratch.iterdir()):
+        target = folder / f"n{night.replace('-', '')}_{path.name}"
+        shutil.move(str(path), target)
+        ids.append(target.name.split(".")[0])
+    scratch.rmdir()
+    return ids
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def processes_mentioning(text: str) -> list[psutil.Process]:
+    """Our processes whose command line contains ``text`` (a unique temp dir), plus their children."""
+    found: dict[int, psutil.Process] = {}
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.info["cmdline"] and any(text in part for part in p.info["cmdline"]):
+                found[p.pid] = p
+                for c in p.children(recursive=True):
+                    found[c.pid] = c
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def end_processes(procs: list[psutil.Process], grace: float = 5.0) -> None:
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+def wait_for(predicate, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return None

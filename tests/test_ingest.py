@@ -1,0 +1,158 @@
+"""Nightly ingest: the catalog is the ledger, chunks commit atomically, the lock keeps runs apart.
+
+The three-nights test runs ``jobs/nightly_ingest.py`` as a process, kills the first night's run
+with SIGKILL once its first chunk is committed, reruns it, and reruns a finished night.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from galaxy_infer.ingest import (EXIT_LOCKED, EXIT_OK, LOCK_NAME, IngestConfig, committed_files, ingest,
+                                 read_ingest_catalog)
+from tests.ray_procs import descendants, end_processes, wait_for, write_night
+
+ROOT = Path(__file__).resolve().parents[1]
+JOB = ROOT / "jobs" / "nightly_ingest.py"
+
+
+def run_job(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    return subprocess.run([sys.executable, str(JOB), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=ROOT)
+
+
+def test_locked_catalog_exits_75_and_leaves_it_alone(tmp_path, tiny_model):
+    catalog = tmp_path / "catalog"
+    catalog.mkdir()
+    (tmp_path / "inbox").mkdir()
+    fd = os.open(catalog / LOCK_NAME, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = run_job("--inbox", str(tmp_path / "inbox"), "--catalog", str(catalog), "--model", str(tiny_model))
+    finally:
+        os.close(fd)
+    assert done.returncode == EXIT_LOCKED, done.stderr
+    assert "another ingest" in done.stderr
+    assert not committed_files(catalog)
+
+
+def test_nothing_to_do_removes_stale_temp_files_and_exits_0(tmp_path, tiny_model):
+    catalog = tmp_path / "catalog"
+    stale = catalog / "ingest_date=2026-01-01" / ".part-dead-00000.parquet.tmp"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"half a parquet file")
+    (tmp_path / "inbox").mkdir()
+    summary = ingest(IngestConfig(inbox=str(tmp_path / "inbox"), catalog=str(catalog), model=str(tiny_model),
+                                  date="2026-01-02"))
+    assert summary["rows"] == 0 and summary["stale_temp_files_removed"] == 1
+    assert not stale.exists()
+
+
+def test_bad_date_and_missing_inbox_fail_with_1(tmp_path, tiny_model):
+    bad = run_job("--inbox", str(tmp_path), "--catalog", str(tmp_path / "c"), "--date", "2026-13-40",
+                  "--model", str(tiny_model))
+    missing = run_job("--inbox", str(tmp_path / "nope"), "--catalog", str(tmp_path / "c"),
+                      "--model", str(tiny_model))
+    assert (bad.returncode, missing.returncode) == (1, 1)
+
+
+def test_files_still_arriving_wait_for_the_next_run(tmp_path, tiny_model):
+    write_night(tmp_path / "inbox", "2026-11-20", 2, seed=3)
+    summary = ingest(IngestConfig(inbox=str(tmp_path / "inbox"), catalog=str(tmp_path / "catalog"),
+                                  model=str(tiny_model), settle_seconds=3600))
+    assert summary["unsettled"] == 3 and summary["rows"] == 0
+
+
+@pytest.mark.ray
+def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(tmp_path, tiny_model):
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    nights = {"2026-11-20": 60, "2026-11-21": 12, "2026-11-22": 12}
+    expected: dict[str, set[str]] = {}
+    common = ["--inbox", str(inbox), "--catalog", str(catalog), "--model", str(tiny_model), "--settle-seconds",
+              "0", "--num-cpus", "2", "--json"]
+    figures: dict[str, object] = {}
+
+    # Night 1: SIGKILL the ingest process right after its first chunk is committed.
+    night = "2026-11-20"
+    expected[night] = set(write_night(inbox, night, nights[night], seed=1, size=256))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, str(JOB), *common, "--date", night, "--chunk-rows", "4",
+                             "--batch-size", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        first = wait_for(lambda: committed_files(catalog), timeout=240, interval=0.02)
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    end_processes(children)  # the local Ray that the killed driver started
+    assert first, "no chunk was committed before the timeout"
+    assert proc.returncode == -signal.SIGKILL
+    after_kill = read_ingest_catalog(catalog)
+    figures["rows_committed_before_kill"] = after_kill.num_rows
+    assert 0 < after_kill.num_rows < len(expected[night]), "the kill did not land part-way"
+    # What a kill inside a chunk write leaves behind; the rerun must remove it.
+    (catalog / f"ingest_date={night}" / ".part-killed-00009.parquet.tmp").write_bytes(b"PAR1 torn")
+
+    started = time.perf_counter()
+    rerun = run_job(*common, "--date", night, "--chunk-rows", "16")
+    figures["rerun_after_kill_seconds"] = round(time.perf_counter() - started, 1)
+    assert rerun.returncode == EXIT_OK, rerun.stderr[-3000:]
+    s = json.loads(rerun.stdout)
+    assert s["already_held"] == after_kill.num_rows
+    assert s["rows"] == len(expected[night]) - after_kill.num_rows
+    assert s["stale_temp_files_removed"] >= 1 and s["duplicates_dropped"] == 0
+
+    # Nights 2 and 3, then a rerun of a finished night changes nothing.
+    for seed, night in enumerate(["2026-11-21", "2026-11-22"], start=2):
+        expected[night] = set(write_night(inbox, night, nights[night], seed=seed))
+        done = run_job(*common, "--date", night)
+        assert done.returncode == EXIT_OK, done.stderr[-3000:]
+        assert json.loads(done.stdout)["rows"] == len(expected[night])
+    files_before = {p: p.stat().st_mtime_ns for p in committed_files(catalog)}
+    started = time.perf_counter()
+    again = run_job(*common, "--date", "2026-11-22")
+    figures["rerun_finished_night_seconds"] = round(time.perf_counter() - started, 1)
+    assert again.returncode == EXIT_OK
+    assert json.loads(again.stdout)["rows"] == 0
+    assert {p: p.stat().st_mtime_ns for p in committed_files(catalog)} == files_before
+
+    table = read_ingest_catalog(catalog)
+    ids = table.column("object_id").to_pylist()
+    sent = set().union(*expected.values())
+    figures.update(objects_sent=len(sent), rows_written=table.num_rows, duplicates=len(ids) - len(set(ids)),
+                   lost=len(sent - set(ids)), runs=len(set(table.column("run_id").to_pylist())))
+    print("\nthree-nights figures:", json.dumps(figures))
+    assert figures["duplicates"] == 0 and figures["lost"] == 0 and table.num_rows == len(sent)
+    assert set(table.column("model_id").to_pylist()) == {"tiny-test-0.0.1"}
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    by_night = table.select(["object_id", "ingest_date"]).to_pylist()
+    for night, objects in expected.items():
+        assert {r["object_id"] for r in by_night if r["ingest_date"] == night} == objects
+    assert not list(catalog.glob("**/.*.tmp"))
+
+    # All nights at once, as the README tells astronomers.
+    import duckdb
+    import pandas as pd
+
+    df = pd.read_parquet(catalog)
+    assert len(df) == len(sent) and df.groupby("ingest_date", observed=True).size().to_dict() == {
+        n: len(o) for n, o in expected.items()}
+    glob = str(catalog / "*" / "*.parquet")
+    counts = duckdb.sql(f"select ingest_date, count(*) n, count(distinct object_id) d from "
+                        f"read_parquet('{glob}', hive_partitioning=true) group by 1 order by 1").fetchall()
+    assert [(str(d), n, u) for d, n, u in counts] == [(n, len(o), len(o)) for n, o in sorted(expected.items())]
+    meta = pq.read_schema(committed_files(catalog)[0]).metadata
+    assert meta[b"galaxy_infer.model_id"] == b"tiny-test-0.0.1"
