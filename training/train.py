@@ -101,6 +101,20 @@ def evaluate_loss(model: torch.nn.Module, parts: list[SplitSet], negation_weight
     return out
 
 
+def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], float]:
+    """LR factor: linear warm-up over ``warmup`` of the steps, then cosine decay to 1% at the end.
+
+    Stateless (a function of the step), so a resumed run with more epochs just stretches it.
+    """
+    def factor(step: int) -> float:
+        w = max(1, int(warmup * total_steps))
+        if step < w:
+            return (step + 1) / w
+        progress = min(1.0, (step - w) / max(1, total_steps - w))
+        return 0.01 + 0.99 * 0.5 * (1 + np.cos(np.pi * progress))
+    return factor
+
+
 def make_model(config: Config) -> torch.nn.Module:
     return build_model(config.model.name, in_channels=config.recipe.channels, width=config.model.width,
                        dropout=config.model.dropout)
@@ -118,8 +132,7 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
     model = make_model(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(images) / t.batch_size)))
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=t.lr, epochs=t.epochs,
-                                                    steps_per_epoch=steps_per_epoch, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimiser, warmup_cosine(t.epochs * steps_per_epoch))
     state = {"epoch": 0, "best": float("inf"), "best_epoch": -1, "history": [], "wall_s": 0.0}
     last = run / "last.pt"
     if resume and last.exists():
