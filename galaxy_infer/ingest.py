@@ -70,6 +70,23 @@ class IngestConfig:
     address: str | None = None
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
+    object_store_mb: int | None = None
+
+
+def init_local_ray(address: str | None, num_cpus: int | None, object_store_mb: int | None) -> None:
+    """:func:`~galaxy_infer.pipeline.init_ray`, with the object store of a local Ray sized on request.
+
+    Only a local Ray (no address, no RAY_ADDRESS) with ``object_store_mb`` set differs; small or
+    shared machines and the tests use it.
+    """
+    import ray
+
+    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS") or not object_store_mb:
+        init_ray(address, num_cpus)
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_mb * 1024 * 1024,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def partition_dir(catalog: Path, date: str) -> Path:
@@ -234,7 +251,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         import ray
 
         device = resolve_device(config.device)
-        init_ray(config.address, config.num_cpus)
+        init_local_ray(config.address, config.num_cpus, config.object_store_mb)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if config.progress is None else config.progress
         context.enable_operator_progress_bars = context.enable_progress_bars

@@ -18,9 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
 from galaxy_infer.cli import add_classify_options, config_from_args, run_and_report  # noqa: E402
+from galaxy_infer.ingest import init_local_ray  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
-PROFILE_KEYS = {"device", "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus", "max_error_fraction"}
+PROFILE_KEYS = {"device", "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus", "max_error_fraction",
+                "object_store_mb"}
 
 
 def load_profile(name: str) -> dict:
@@ -42,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_classify_options(p)
     p.add_argument("--num-gpus-per-actor", type=float, default=None,
                    help="GPUs each prediction actor reserves (default: 1 with cuda, 0 with cpu)")
+    p.add_argument("--object-store-mb", type=int, default=None,
+                   help="object store of the local Ray started when no cluster is given (default: 1024)")
     return p
 
 
@@ -53,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(args.input, args.output, args)
     config.num_gpus_per_actor = args.num_gpus_per_actor
+    if args.object_store_mb:
+        init_local_ray(config.address, config.num_cpus, args.object_store_mb)
     return run_and_report(config, args.max_error_fraction)
 
 

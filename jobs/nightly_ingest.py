@@ -45,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-actors", type=int, default=None)
     p.add_argument("--num-gpus-per-actor", type=float, default=None)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    p.add_argument("--object-store-mb", type=int, default=None,
+                   help="object store of the local Ray started when no cluster is given (default: 1024)")
     p.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
                           num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
-                          address=args.address)
+                          address=args.address, object_store_mb=args.object_store_mb)
     if args.date:
         config.date = args.date
     try:

@@ -79,7 +79,7 @@ def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(t
     nights = {"2026-11-20": 60, "2026-11-21": 12, "2026-11-22": 12}
     expected: dict[str, set[str]] = {}
     common = ["--inbox", str(inbox), "--catalog", str(catalog), "--model", str(tiny_model), "--settle-seconds",
-              "0", "--num-cpus", "2", "--json"]
+              "0", "--num-cpus", "2", "--object-store-mb", "256", "--json"]
     figures: dict[str, object] = {}
 
     # Night 1: SIGKILL the ingest process right after its first chunk is committed.

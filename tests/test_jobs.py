@@ -1,0 +1,92 @@
+"""The batch job: ``ray job submit`` to a real ``ray start --head`` on 127.0.0.1, and a local run.
+
+The head gets its own temp dir and explicit free ports (other people run Ray on this machine);
+teardown ends exactly the processes started for it, by pid, instead of ``ray stop`` (which
+kills every Ray on the host).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from galaxy_infer.catalog import SUMMARY_NAME, read_catalog
+from galaxy_infer.synthetic import write_sample
+from tests.ray_procs import end_processes, free_ports, processes_mentioning
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.ray
+
+
+def job_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
+               **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray start --head`` with a dashboard (job submission needs it), 2 CPUs, a 256 MB object store."""
+    temp_dir = tempfile.mkdtemp(prefix="gi-ray-", dir="/tmp")
+    (gcs, dash, client, agent_listen, agent_grpc, metrics, env_agent, node_manager,
+     object_manager) = free_ports(9)
+    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+           "--num-cpus", "2", "--object-store-memory", str(256 * 1024 * 1024), "--include-dashboard", "true",
+           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+           "--dashboard-agent-listen-port", str(agent_listen), "--dashboard-agent-grpc-port", str(agent_grpc),
+           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(env_agent),
+           "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
+           "--temp-dir", temp_dir, "--disable-usage-stats"]
+    try:
+        started = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=job_env())
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        yield {"dashboard": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}"}
+    finally:
+        end_processes(processes_mentioning(temp_dir))
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_writes_the_complete_catalog(ray_head, tmp_path, tiny_model):
+    cutouts = write_sample(tmp_path / "cutouts", 24, seed=11, size=128)
+    out = tmp_path / "catalog"
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
+           "--", "python", "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--output", str(out),
+           "--model", str(tiny_model), "--batch-size", "8", "--num-actors", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=job_env(), cwd=ROOT)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log[-4000:]
+    assert "succeeded" in log and f"rows: {len(cutouts)}  ok: {len(cutouts)}  errors: 0" in log, log[-4000:]
+    assert "Uploading package" in log or "working_dir" in log or "gcs://" in log
+    table = read_catalog(out)
+    summary = json.loads((out / SUMMARY_NAME).read_text())
+    ids = table.column("object_id").to_pylist()
+    print(f"\nray job submit: objects sent {len(cutouts)}, rows {table.num_rows}, duplicates "
+          f"{len(ids) - len(set(ids))}, job wall {summary['wall_seconds']} s")
+    assert table.num_rows == len(cutouts) == len(set(ids)) == summary["rows"]
+    assert set(table.column("status").to_pylist()) == {"ok"}
+    assert set(ids) == {p.name.split(".")[0] for p in cutouts}
+    assert len(set(table.column("run_id").to_pylist())) == 1
+
+
+def test_local_run_with_a_profile_starts_its_own_ray(tmp_path, tiny_model):
+    write_sample(tmp_path / "cutouts", 6, seed=12, size=128)
+    (tmp_path / "cutouts" / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    profile = tmp_path / "tiny.toml"
+    profile.write_text('device = "cpu"\nbatch_size = 4\nobject_store_mb = 256\nmax_error_fraction = 0.5\n')
+    cmd = [sys.executable, "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--output",
+           str(tmp_path / "catalog"), "--model", str(tiny_model), "--profile", str(profile), "--num-cpus", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "rows: 8  ok: 7  errors: 1" in done.stdout
+    strict = subprocess.run(cmd[:-4] + ["--output", str(tmp_path / "strict"), "--max-error-fraction", "0.05",
+                                        "--num-cpus", "2", "--object-store-mb", "256", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300, env=job_env(), cwd=ROOT)
+    assert strict.returncode == 3, strict.stderr[-3000:]
