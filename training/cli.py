@@ -91,6 +91,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from training.export import onnx_throughput
+
+    print(json.dumps(onnx_throughput(Path(args.model), args.batch, args.threads), indent=1))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
     changes: dict[str, dict[str, Any]] = {}
@@ -136,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--storage", default=None, help="folder for Ray Tune results (default run_dir/tune)")
     p.set_defaults(func=cmd_tune)
+    p = sub.add_parser("speed", help="onnxruntime CPU throughput of an exported model")
+    p.add_argument("model", nargs="?", default="galaxy_infer/models/default.onnx")
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_speed)
     args = parser.parse_args(argv)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -41,3 +41,29 @@ def export_onnx(model: nn.Module, path: Path, recipe: Recipe, name: str, version
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
     return path
+
+
+def onnx_throughput(path: Path, batch: int = 256, threads: int = 1, repeats: int = 7) -> dict[str, float]:
+    """Images per second of an exported model in onnxruntime (CPU, fixed thread count, best of N)."""
+    import time
+
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    shape = [batch] + [int(d) for d in session.get_inputs()[0].shape[1:]]
+    x = np.random.default_rng(0).random(shape, dtype=np.float32)
+    session.run(None, {INPUT_NAME: x})
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        session.run(None, {INPUT_NAME: x})
+        times.append(time.perf_counter() - started)
+    best, median = min(times), float(np.median(times))
+    return {"batch": batch, "threads": threads, "ms_per_image_best": 1e3 * best / batch,
+            "ms_per_image_median": 1e3 * median / batch, "images_per_s_best": batch / best,
+            "images_per_s_median": batch / median}
