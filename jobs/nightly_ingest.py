@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
         print(f"nightly_ingest: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1, committed chunks stay
+        print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     print(json.dumps(summary, indent=2) if args.json else format_ingest_summary(summary))
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > args.max_error_fraction:
