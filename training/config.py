@@ -32,7 +32,7 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = 60
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 1e-4

@@ -57,7 +57,7 @@ def roc_curves(curves: dict[str, tuple[np.ndarray, np.ndarray, float]], path: Pa
 
 
 def feature_maps(model: nn.Module, image: np.ndarray, path: Path, per_layer: int = 8) -> Path:
-    """The activations of each convolution layer (after its ReLU where there is one) for one image."""
+    """The rectified outputs of each convolution layer for one image (strongest channels first)."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     maps: list[torch.Tensor] = []
     hooks = [c.register_forward_hook(lambda _m, _i, o: maps.append(o.detach())) for c in convs]

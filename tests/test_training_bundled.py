@@ -1,0 +1,38 @@
+"""The bundled default model: loads without torch, describes itself, and classifies real cutouts."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from galaxy_infer.model import Predictor, bundled_model_path, load_model_info
+from galaxy_infer.postprocess import postprocess
+from galaxy_infer.preprocess import preprocess
+from galaxy_infer.readers import read_cutout
+from galaxy_infer.schema import ODD_FEATURES
+
+pytestmark = pytest.mark.skipif(not bundled_model_path().exists(), reason="no bundled model")
+
+
+def test_bundled_model_is_small_and_describes_itself():
+    assert bundled_model_path().stat().st_size < 5_000_000
+    info = load_model_info(bundled_model_path())
+    assert set(info.thresholds) == set(ODD_FEATURES)
+    assert {"metrics", "training_data", "versions", "architecture", "threshold_choice"} <= set(info.extra)
+    floors = info.extra["metrics"]["floors_on_test"]
+    assert set(floors) == {"gz1_sdss.three_way_accuracy", "gz1_sdss.merger_auc", "gz_kaggle_spiral.spiral_auc",
+                           "gzdecals_rings.ring_auc", "gz2_votes.rmse_ratio"}
+
+
+@pytest.mark.shared_data
+def test_bundled_model_tells_ellipticals_from_edge_on_disks(shared_data):
+    import pandas as pd
+
+    labels = pd.read_csv(shared_data / "gz1_sdss" / "labels.csv")
+    picks = pd.concat([labels[labels.class_name == c].head(20) for c in ("elliptical", "edge_on")])
+    predictor = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
+    recipe = predictor.info.recipe
+    x = np.stack([preprocess(read_cutout(str(shared_data / "gz1_sdss" / f), recipe).pixels, recipe) for f in picks.file])
+    c = postprocess(predictor.predict(x), predictor.info.thresholds)
+    edge = c["smooth_or_featured_featured_or_disk_fraction"] * c["disk_edge_on_yes_fraction"]
+    is_edge = (picks.class_name == "edge_on").to_numpy()
+    assert edge[is_edge].mean() > edge[~is_edge].mean() + 0.3
