@@ -33,7 +33,9 @@ def main() -> None:
     print(f"\nread back with pandas.read_parquet({summary['output']!r}): {len(frame)} rows, "
           f"{len(frame.columns)} columns; a few of them:")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
-        print(frame.sort_values("object_id")[SHOWN].head(8).to_string(index=False))
+        kind = frame["object_id"].str.extract(r"synthetic_([a-z_]+)_\d+", expand=False)
+        shown = frame.assign(kind=kind).sort_values("object_id").groupby("kind").head(2)
+        print(shown[SHOWN].to_string(index=False))
 
 
 if __name__ == "__main__":
