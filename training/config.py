@@ -15,6 +15,8 @@ class DataConfig:
     sets: list[str] = field(default_factory=lambda: ["gz1_sdss", "gz_kaggle_spiral", "gz2_votes", "gzdecals_rings"])
     oversample: dict[str, int] = field(default_factory=dict)
     """Repeat a (small) set's training images this many times per epoch."""
+    negation_weights: dict[str, float] = field(default_factory=dict)
+    """Scale a set's negated-event loss (e.g. a noisy 'not X' label)."""
     limit: int = 0
     """Use at most this many images per set (0 = all): for tests and quick trials."""
     seed: int = 0

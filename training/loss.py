@@ -4,7 +4,7 @@ For each question, cross-entropy of the predicted conditional fractions (per-que
 the logits) against the target fractions, masked where the target is NaN and weighted by how
 often the question was reached according to the target itself (its known parents' fractions;
 1 for hard labels). Samples with a negated event (a conjunction of answers known to be false)
-add ``-log(1 - P(event))``, P being the product of the answers' predicted conditional fractions.
+add ``w * -log(1 - P(event))`` (``w`` the value stored in the event row, 1 by default), P being the product of the answers' predicted conditional fractions.
 """
 from __future__ import annotations
 
@@ -54,9 +54,10 @@ def tree_loss(logits: torch.Tensor, targets: torch.Tensor, negated: torch.Tensor
         ce = -(t[:, s] * logp[:, s]).sum(dim=1)
         total = total + torch.where(mask, ce * weights[:, i], torch.zeros_like(ce))
     if negated is not None:
+        # a row's non-zero entries mark the event's answers; their value is the sample's weight
         has_event = negated.sum(dim=1) > 0
-        log_event = (logp * negated).sum(dim=1)
+        log_event = (logp * (negated > 0).to(logp.dtype)).sum(dim=1)
         # log(1 - exp(x)) computed stably; clamp keeps it finite when the event is near certain
         neg = -torch.log(-torch.expm1(log_event.clamp(max=-1e-6)))
-        total = total + negation_weight * torch.where(has_event, neg, torch.zeros_like(neg))
+        total = total + negation_weight * negated.amax(dim=1) * torch.where(has_event, neg, torch.zeros_like(neg))
     return total.mean()

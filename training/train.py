@@ -63,13 +63,19 @@ def prepare(config: Config) -> Prepared:
     return Prepared(split_sets(sets, inputs, config.data.seed, config.data.val_fraction, config.data.test_fraction))
 
 
-def stack(parts: list[SplitSet], oversample: dict[str, int] | None = None) -> tuple[torch.Tensor, ...]:
-    """Concatenate sets into (images, targets, negated), repeating oversampled ones."""
-    oversample = oversample or {}
+def stack(parts: list[SplitSet], oversample: dict[str, int] | None = None,
+          negation_weights: dict[str, float] | None = None) -> tuple[torch.Tensor, ...]:
+    """Concatenate sets into (images, targets, negated), repeating oversampled ones.
+
+    A set's negated events are scaled by its ``negation_weights`` entry (the loss reads the weight
+    from the event row).
+    """
+    oversample, negation_weights = oversample or {}, negation_weights or {}
     reps = [max(1, int(oversample.get(p.name, 1))) for p in parts]
     images = np.concatenate([np.repeat(p.images, r, axis=0) for p, r in zip(parts, reps)])
     targets = np.concatenate([np.repeat(p.labelled.targets, r, axis=0) for p, r in zip(parts, reps)])
-    negated = np.concatenate([np.repeat(p.labelled.negated, r, axis=0) for p, r in zip(parts, reps)])
+    negated = np.concatenate([np.repeat(p.labelled.negated * np.float32(negation_weights.get(p.name, 1.0)), r, axis=0)
+                              for p, r in zip(parts, reps)])
     return torch.from_numpy(images), torch.from_numpy(targets), torch.from_numpy(negated)
 
 
@@ -128,7 +134,7 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
     seed_everything(t.seed)
     run = Path(config.output.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    images, targets, negated = stack(prepared.splits["train"], config.data.oversample)
+    images, targets, negated = stack(prepared.splits["train"], config.data.oversample, config.data.negation_weights)
     model = make_model(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(images) / t.batch_size)))
