@@ -78,18 +78,18 @@ def set_metrics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarra
                      "edge_on_no": ("disk-edge-on_no_fraction", "disk_edge_on_no_fraction"),
                      "spiral_no": ("has-spiral-arms_no_fraction", "has_spiral_arms_no_fraction")}
         out["fraction_rmse"] = {k: rmse(table[a].to_numpy(float), c[b]) for k, (a, b) in fractions.items()}
-    if labelled.name == "gz2_votes" or np.isfinite(labelled.targets).all(axis=1).any():
-        full = np.isfinite(labelled.targets[:, GZ2.slices["smooth_or_featured"]]).all(axis=1) & (
-            np.isfinite(labelled.targets).sum(axis=1) > 20)
-        if full.any():
-            truth = unconditional_targets(labelled.targets[full])
-            pred = GZ2.unconditional(GZ2.softmax_by_question(logits[full].astype(np.float32)))
-            out["rmse_unconditional"] = rmse(truth, pred)
-            if train_mean is not None:
-                out["rmse_train_mean"] = rmse(truth, np.broadcast_to(train_mean, truth.shape))
-                out["rmse_ratio"] = out["rmse_unconditional"] / out["rmse_train_mean"]
-            simple = (truth[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")] > 0.5).astype(int)
-            out["featured_auc"] = _auc(simple, pred[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")])
+    # Kaggle-style RMSE wherever a sample has (nearly) the whole tree: vote-fraction catalogs
+    full = np.isfinite(labelled.targets[:, GZ2.slices["smooth_or_featured"]]).all(axis=1) & (
+        np.isfinite(labelled.targets).sum(axis=1) > 20)
+    if full.any():
+        truth = unconditional_targets(labelled.targets[full])
+        pred = GZ2.unconditional(GZ2.softmax_by_question(logits[full].astype(np.float32)))
+        out["rmse_unconditional"] = rmse(truth, pred)
+        if train_mean is not None:
+            out["rmse_train_mean"] = rmse(truth, np.broadcast_to(train_mean, truth.shape))
+            out["rmse_ratio"] = out["rmse_unconditional"] / out["rmse_train_mean"]
+        simple = (truth[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")] > 0.5).astype(int)
+        out["featured_auc"] = _auc(simple, pred[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")])
     return out
 
 
