@@ -149,6 +149,14 @@ def test_augmentation_keeps_shape_and_range_and_is_seeded():
     assert c.shape == x.shape and torch.allclose(c.sum(dim=(2, 3)), x.sum(dim=(2, 3)), atol=1e-3)
 
 
+def test_exact_augmentation_moves_pixels_without_resampling():
+    x = torch.rand(8, 3, 64, 64)
+    y = random_affine(x, 1.0, generator=torch.Generator().manual_seed(2), exact_fraction=1.0)
+    for i in range(8):
+        candidates = [torch.rot90(v, k, (1, 2)) for v in (x[i], x[i].flip(2)) for k in range(4)]
+        assert any(torch.allclose(y[i], t, atol=1e-5) for t in candidates)
+
+
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_registry_builds_every_model_with_37_logits(name):
     model = build_model(name).eval()

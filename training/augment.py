@@ -14,11 +14,14 @@ import torch.nn.functional as F
 
 
 def random_affine(images: torch.Tensor, strength: float = 1.0, max_zoom: float = 0.25,
-                  max_shift: float = 0.06, generator: torch.Generator | None = None) -> torch.Tensor:
+                  max_shift: float = 0.06, generator: torch.Generator | None = None,
+                  exact_fraction: float = 0.0) -> torch.Tensor:
     """Rotate by any angle, flip, zoom by up to ``±max_zoom·strength`` (log scale) and shift.
 
     ``strength`` 0 returns the input unchanged (apart from flips and right-angle rotations, which
-    are exact); 1 uses the full ranges.
+    are exact); 1 uses the full ranges. ``exact_fraction`` of the samples get only a right-angle
+    rotation and flip, which need no interpolation, so the model also sees unblurred pixels as
+    survey images have them.
     """
     n = images.shape[0]
     dev, dtype = images.device, images.dtype
@@ -37,5 +40,12 @@ def random_affine(images: torch.Tensor, strength: float = 1.0, max_zoom: float =
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.stack([torch.stack([cos * flip, -sin, shift[:, 0]], 1),
                          torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1)
+    if exact_fraction > 0:
+        exact = rand(n) < exact_fraction
+        quarter = torch.floor(rand(n) * 4) * (math.pi / 2)
+        c, s = torch.round(torch.cos(quarter)), torch.round(torch.sin(quarter))
+        zero = torch.zeros_like(c)
+        exact_theta = torch.stack([torch.stack([c * flip, -s, zero], 1), torch.stack([s * flip, c, zero], 1)], 1)
+        theta = torch.where(exact[:, None, None], exact_theta, theta)
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)

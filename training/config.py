@@ -40,6 +40,8 @@ class TrainConfig:
     weight_decay: float = 1e-4
     patience: int = 8
     aug_strength: float = 1.0
+    exact_fraction: float = 0.0
+    """Share of samples augmented by right-angle rotations and flips only (no resampling blur)."""
     negation_weight: float = 1.0
     threads: int = 2
     seed: int = 0

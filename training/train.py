@@ -160,7 +160,7 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
             idx = order[i:i + t.batch_size]
             if len(idx) < 2:
                 continue
-            x = random_affine(images[idx], t.aug_strength, generator=generator)
+            x = random_affine(images[idx], t.aug_strength, generator=generator, exact_fraction=t.exact_fraction)
             loss = tree_loss(model(x), targets[idx], negated[idx], t.negation_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
