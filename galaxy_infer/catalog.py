@@ -179,7 +179,7 @@ class CatalogWriter:
         if self._files == 0:
             pq.write_table(self.schema.empty_table(), self.tmp_dir / "part-00000.parquet")
         (self.tmp_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-        _fsync_dir(self.tmp_dir)
+        fsync_dir(self.tmp_dir)
         if self.out_dir.exists():
             old = self.out_dir.parent / f".{self.out_dir.name}.old-{summary.get('run_id', 'previous')}"
             os.rename(self.out_dir, old)
@@ -187,7 +187,7 @@ class CatalogWriter:
             shutil.rmtree(old)
         else:
             os.rename(self.tmp_dir, self.out_dir)
-        _fsync_dir(self.out_dir.parent)
+        fsync_dir(self.out_dir.parent)
         return self.out_dir
 
     def abort(self) -> None:
@@ -202,7 +202,7 @@ class CatalogWriter:
             self.abort()
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

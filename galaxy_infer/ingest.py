@@ -34,7 +34,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galaxy_infer.catalog import RunStats, _fsync_dir, arrow_schema, file_metadata
+from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadata
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, build_dataset, init_ray, new_run_id
 from galaxy_infer.readers import discover
@@ -71,22 +71,6 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
-
-
-def init_local_ray(address: str | None, num_cpus: int | None, object_store_mb: int | None) -> None:
-    """:func:`~galaxy_infer.pipeline.init_ray`, with the object store of a local Ray sized on request.
-
-    Only a local Ray (no address, no RAY_ADDRESS) with ``object_store_mb`` set differs; small or
-    shared machines and the tests use it.
-    """
-    import ray
-
-    if ray.is_initialized() or address or os.environ.get("RAY_ADDRESS") or not object_store_mb:
-        init_ray(address, num_cpus)
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=object_store_mb * 1024 * 1024,
-             include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
 def partition_dir(catalog: Path, date: str) -> Path:
@@ -185,7 +169,7 @@ class ChunkWriter:
             os.close(fd)
         final = self.folder / name
         os.rename(tmp, final)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self.files.append(final)
         self.rows_committed += table.num_rows
         self.buffer, self.buffered = [], 0
@@ -251,7 +235,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         import ray
 
         device = resolve_device(config.device)
-        init_local_ray(config.address, config.num_cpus, config.object_store_mb)
+        init_ray(config.address, config.num_cpus, config.object_store_mb)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = sys.stderr.isatty() if config.progress is None else config.progress
         context.enable_operator_progress_bars = context.enable_progress_bars

@@ -121,17 +121,23 @@ def records_table(inputs: list[str]) -> pa.Table:
         ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
 
 
-def init_ray(address: str | None, num_cpus: int | None) -> None:
+def on_cluster(address: str | None) -> bool:
+    """Whether the job joins an existing cluster (an address or ``RAY_ADDRESS``) rather than a local Ray."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def init_ray(address: str | None, num_cpus: int | None, object_store_mb: int | None = None) -> None:
     """Join the cluster at ``address`` (or ``RAY_ADDRESS``), else start a local Ray sized to this job."""
     import ray
 
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if address or os.environ.get("RAY_ADDRESS"):
+    if on_cluster(address):
         ray.init(address=address, log_to_driver=True)
         return
-    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=LOCAL_OBJECT_STORE_BYTES,
+    store = object_store_mb * 1024 * 1024 if object_store_mb else LOCAL_OBJECT_STORE_BYTES
+    ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=store,
              include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
@@ -163,7 +169,7 @@ def build_dataset(table: pa.Table, info: ModelInfo, device: str, config: RunConf
 
     n_actors, actor_resources = plan_actors(device, config)
     # A local Ray starts every actor at once; on a cluster the autoscaler adds GPU nodes as needed.
-    fixed_pool = not (config.address or os.environ.get("RAY_ADDRESS"))
+    fixed_pool = not on_cluster(config.address)
     blocks = max(1, math.ceil(table.num_rows / config.batch_size), min(n_actors, table.num_rows))
     n_actors = min(n_actors, blocks)
     block_rows = math.ceil(table.num_rows / blocks) if table.num_rows else 1
@@ -187,8 +193,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     info = load_model_info(config.model)
     device = resolve_device(config.device)
-    local = not (config.address or os.environ.get("RAY_ADDRESS"))
-    if device == "cuda" and local:
+    if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
     table = records_table(config.inputs)
     if table.num_rows == 0:

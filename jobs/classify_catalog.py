@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
 from galaxy_infer.cli import add_classify_options, config_from_args, run_and_report  # noqa: E402
-from galaxy_infer.ingest import init_local_ray  # noqa: E402
+from galaxy_infer.pipeline import init_ray  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 PROFILE_KEYS = {"device", "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus", "max_error_fraction",
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args.input, args.output, args)
     config.num_gpus_per_actor = args.num_gpus_per_actor
     if args.object_store_mb:
-        init_local_ray(config.address, config.num_cpus, args.object_store_mb)
+        init_ray(config.address, config.num_cpus, args.object_store_mb)
     return run_and_report(config, args.max_error_fraction)
 
 
