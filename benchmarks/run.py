@@ -66,14 +66,23 @@ def _decode_chunk(paths: list[str]) -> int:
     return len(paths)
 
 
-def decode_ceiling(files: list[Path], recipe: Recipe, processes: int) -> dict:
-    """Decode every file to the model's input size on all cores, nothing else (wall clock, pool start included)."""
+def warm_page_cache(files: list[Path]) -> None:
+    """Read every file once: no measurement pays for first reads from disk, whatever the order of runs."""
+    for f in set(files):
+        f.read_bytes()
+
+
+def decode_ceiling(files: list[Path], recipe: Recipe, processes: int, repeats: int = 1) -> dict:
+    """Decode every file to the model's input size on all cores, nothing else; the best of ``repeats``
+    (wall clock, pool start included)."""
     chunks = [[str(f) for f in files[i:i + 256]] for i in range(0, len(files), 256)]
-    started = time.perf_counter()
-    with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(recipe,)) as pool:
-        done = sum(pool.imap_unordered(_decode_chunk, chunks))
-    seconds = time.perf_counter() - started
-    return {"images": done, "seconds": round(seconds, 2), "images_per_second": round(done / seconds, 1)}
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(recipe,)) as pool:
+            done = sum(pool.imap_unordered(_decode_chunk, chunks))
+        best = min(best, time.perf_counter() - started)
+    return {"images": done, "seconds": round(best, 2), "images_per_second": round(done / best, 1), "repeats": repeats}
 
 
 class PeakMemory:
@@ -130,6 +139,8 @@ def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: lis
     shutil.rmtree(out, ignore_errors=True)
     return {"images": summary["rows"], "seconds": round(seconds, 2),
             "images_per_second": round(summary["rows"] / seconds, 1),
+            "processing_seconds": summary["seconds"],
+            "startup_and_shutdown_seconds": round(seconds - summary["seconds"], 2),
             "peak_memory_mib": round(memory.peak / 2**20), "stage_seconds": summary["stage_seconds"],
             "errors": summary["errors"]}
 
@@ -175,11 +186,12 @@ def main() -> None:
     results: dict = {
         "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
                     "memory_gib": round(psutil.virtual_memory().total / 2**30, 1), "python": platform.python_version()},
-        "model": str(args.model), "recipe": json.loads(recipe.to_json()),
+        "model": str(args.model), "recipe": json.loads(recipe.to_json()), "num_cpus": args.num_cpus,
     }
     sample = files[: args.images]
-    print(f"decode ceiling on {len(sample)} cutouts, {args.num_cpus} processes ...", flush=True)
-    results["decode_ceiling"] = decode_ceiling(sample, recipe, args.num_cpus)
+    warm_page_cache(files)
+    print(f"decode ceiling on {len(sample)} cutouts, {args.num_cpus} processes, best of 2 ...", flush=True)
+    results["decode_ceiling"] = decode_ceiling(sample, recipe, args.num_cpus, repeats=2)
     print(f"galaxy-infer classify on {len(sample)} cutouts ...", flush=True)
     manifest = write_manifest(args.workdir / f"manifest-{len(sample)}.csv", sample)
     results["end_to_end"] = end_to_end(manifest, args.workdir / "catalog", args.model, args.num_cpus, extra)
@@ -218,6 +230,10 @@ def format_table(r: dict) -> str:
               for n, m in r["memory"].items()]
     lines.append("time split (worker seconds): " + ", ".join(
         f"{k} {v:.1f} s ({v / total:.0%})" for k, v in stage.items()))
+    e2e = r["end_to_end"]
+    lines.append(f"end to end: {e2e['processing_seconds']} s processing, {e2e['startup_and_shutdown_seconds']} s "
+                 f"interpreter, Ray start-up and shut-down; the workers' stage time spread over {r['num_cpus']} "
+                 f"cores: {total / r['num_cpus']:.1f} s")
     lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in r["ratios"].items()))
     return "\n".join(lines)
 

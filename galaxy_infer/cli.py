@@ -23,8 +23,8 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="images per prediction batch; the last batch is zero-padded (default: 256)")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs for the local Ray started when no cluster is given (default: all)")
-    parser.add_argument("--num-actors", type=int, default=None,
-                        help="most prediction actors (default: one per CPU, or one per GPU with cuda)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="chunks classified at once (default: one per CPU, or one per GPU with cuda)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
     parser.add_argument("--overwrite", action="store_true",
@@ -36,7 +36,7 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
-                     num_cpus=args.num_cpus, num_actors=args.num_actors, address=args.address,
+                     num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
                      overwrite=args.overwrite)
 
 

@@ -24,7 +24,6 @@ import fcntl
 import json
 import os
 import re
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -36,7 +35,8 @@ import pyarrow.parquet as pq
 
 from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadata
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, build_dataset, init_ray, new_run_id
+from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
+                                   stream_tables)
 from galaxy_infer.readers import discover
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
@@ -63,10 +63,11 @@ class IngestConfig:
     device: str = "auto"
     batch_size: int = 256
     chunk_rows: int = 5000
+    task_rows: int = 1024
     settle_seconds: float = 60.0
     num_cpus: int | None = None
-    num_actors: int | None = None
-    num_gpus_per_actor: float | None = None
+    num_workers: int | None = None
+    num_gpus_per_worker: float | None = None
     address: str | None = None
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
@@ -232,21 +233,16 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         if table.num_rows == 0:
             return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "files": [],
                     "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
-        import ray
-
         device = resolve_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = sys.stderr.isatty() if config.progress is None else config.progress
-        context.enable_operator_progress_bars = context.enable_progress_bars
         run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
-                        batch_size=config.batch_size, num_cpus=config.num_cpus, num_actors=config.num_actors,
-                        num_gpus_per_actor=config.num_gpus_per_actor, address=config.address,
-                        run_id=config.run_id, progress=config.progress)
+                        batch_size=config.batch_size, num_cpus=config.num_cpus, num_workers=config.num_workers,
+                        num_gpus_per_worker=config.num_gpus_per_worker, task_rows=config.task_rows,
+                        address=config.address, run_id=config.run_id, progress=config.progress)
         writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
                              config.run_id, config.chunk_rows)
         stats = RunStats()
-        for batch in build_dataset(table, info, device, run).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in stream_tables(table, info, device, run, progress_printer(table.num_rows, config.progress)):
             stats.add(batch)
             writer.add(batch)
             if on_batch is not None:

@@ -4,7 +4,7 @@
     python jobs/classify_catalog.py --input cutouts/ --output catalog      # starts a local Ray
 
 Same options as ``galaxy-infer classify`` plus cluster knobs; ``--profile`` loads defaults for
-batch size, actor count and GPUs per actor from ``jobs/profiles/<name>.toml`` (or a path), and
+batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name>.toml`` (or a path), and
 options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set and the job
 joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
 """
@@ -21,7 +21,7 @@ from galaxy_infer.cli import add_classify_options, config_from_args, run_and_rep
 from galaxy_infer.pipeline import init_ray  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
-PROFILE_KEYS = {"device", "batch_size", "num_actors", "num_gpus_per_actor", "num_cpus", "max_error_fraction",
+PROFILE_KEYS = {"device", "batch_size", "num_workers", "num_gpus_per_worker", "num_cpus", "max_error_fraction",
                 "object_store_mb"}
 
 
@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="catalog folder to create")
     p.add_argument("--profile", default=None, help=f"hardware profile: a name in {PROFILES} or a .toml path")
     add_classify_options(p)
-    p.add_argument("--num-gpus-per-actor", type=float, default=None,
-                   help="GPUs each prediction actor reserves (default: 1 with cuda, 0 with cpu)")
+    p.add_argument("--num-gpus-per-worker", type=float, default=None,
+                   help="GPUs each prediction task reserves (default: 1 with cuda, 0 with cpu)")
     p.add_argument("--object-store-mb", type=int, default=None,
                    help="object store of the local Ray started when no cluster is given (default: 1024)")
     return p
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.set_defaults(**load_profile(known.profile))
     args = parser.parse_args(argv)
     config = config_from_args(args.input, args.output, args)
-    config.num_gpus_per_actor = args.num_gpus_per_actor
+    config.num_gpus_per_worker = args.num_gpus_per_worker
     if args.object_store_mb:
         init_ray(config.address, config.num_cpus, args.object_store_mb)
     return run_and_report(config, args.max_error_fraction)

@@ -42,8 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--settle-seconds", type=float, default=60.0,
                    help="leave files modified more recently than this for the next run (default: 60)")
     p.add_argument("--num-cpus", type=int, default=None)
-    p.add_argument("--num-actors", type=int, default=None)
-    p.add_argument("--num-gpus-per-actor", type=float, default=None)
+    p.add_argument("--num-workers", type=int, default=None)
+    p.add_argument("--num-gpus-per-worker", type=float, default=None)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--object-store-mb", type=int, default=None,
                    help="object store of the local Ray started when no cluster is given (default: 1024)")
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     config = IngestConfig(inbox=args.inbox, catalog=args.catalog, model=args.model, device=args.device,
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
-                          num_actors=args.num_actors, num_gpus_per_actor=args.num_gpus_per_actor,
+                          num_workers=args.num_workers, num_gpus_per_worker=args.num_gpus_per_worker,
                           address=args.address, object_store_mb=args.object_store_mb)
     if args.date:
         config.date = args.date

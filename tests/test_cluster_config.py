@@ -78,4 +78,4 @@ def test_hardware_profiles_load_and_command_line_wins():
     parser = job.build_parser()
     parser.set_defaults(**job.load_profile("h100-shared"))
     args = parser.parse_args(["--input", "x", "--output", "y", "--batch-size", "32"])
-    assert (args.batch_size, args.num_gpus_per_actor, args.device) == (32, 0.5, "cuda")
+    assert (args.batch_size, args.num_gpus_per_worker, args.device) == (32, 0.5, "cuda")

@@ -1,4 +1,4 @@
-"""Fault tolerance through real Ray: a prediction actor killed mid-run, a worker node removed mid-run.
+"""Fault tolerance through real Ray: a prediction worker killed mid-run, a worker node removed mid-run.
 
 Each scenario runs in its own Python process (``python tests/test_ingest_faults.py SCENARIO DIR
 MODEL``) so its Ray (a local one, or a ``ray.cluster_utils.Cluster``) never meets the session's
@@ -22,23 +22,23 @@ if __name__ == "__main__":
 from galaxy_infer.ingest import IngestConfig, ingest, read_ingest_catalog  # noqa: E402
 from tests.ray_procs import descendants, end_processes, write_night  # noqa: E402
 
-ACTOR_MARK = "PredictAndPostprocess"
+BUSY_MARKS = ("ray::classify_chunk", "ray::predict_chunk")  # a worker process titles itself by its task
 NIGHT = "2026-11-20"
 MB = 1024 * 1024
 
 
-def _actors_under(pid: int) -> list:
+def _busy_workers_under(pid: int) -> list:
     found = []
     for p in descendants(pid):
         try:
-            if ACTOR_MARK in " ".join(p.cmdline()):
+            if any(mark in " ".join(p.cmdline()) for mark in BUSY_MARKS):
                 found.append(p)
         except Exception:  # noqa: BLE001 - processes come and go
             continue
     return found
 
 
-def scenario_actor_kill(workdir: Path, model: str) -> dict:
+def scenario_worker_kill(workdir: Path, model: str) -> dict:
     import ray
 
     ray.init(num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
@@ -50,19 +50,19 @@ def scenario_actor_kill(workdir: Path, model: str) -> dict:
         rows_at_kill: list[int] = []
 
         def on_batch(rows: int) -> None:
-            actors = _actors_under(os.getpid())
-            seen.update(p.pid for p in actors)
-            if not killed and actors:
-                actors[0].kill()  # SIGKILL, as a crash or the OOM killer would
-                killed.append(actors[0].pid)
+            busy = _busy_workers_under(os.getpid())
+            seen.update(p.pid for p in busy)
+            if not killed and busy:
+                busy[0].kill()  # SIGKILL, as a crash or the OOM killer would
+                killed.append(busy[0].pid)
                 rows_at_kill.append(rows)
 
         summary = ingest(IngestConfig(inbox=str(workdir / "inbox"), catalog=str(workdir / "catalog"), model=model,
-                                      date=NIGHT, device="cpu", batch_size=2, chunk_rows=8, settle_seconds=0,
-                                      num_actors=2), on_batch=on_batch)
-        return {"objects_sent": len(sent), "killed_actor_pid": killed[0] if killed else None,
+                                      date=NIGHT, device="cpu", batch_size=2, chunk_rows=8, task_rows=4,
+                                      settle_seconds=0, num_workers=2), on_batch=on_batch)
+        return {"objects_sent": len(sent), "killed_worker_pid": killed[0] if killed else None,
                 "rows_before_kill": rows_at_kill[0] if rows_at_kill else None,
-                "actor_pids_seen": len(seen), "rows_reported": summary["rows"],
+                "busy_worker_pids_seen": len(seen), "rows_reported": summary["rows"],
                 "duplicates_dropped_by_writer": summary["duplicates_dropped"], "seconds": summary["wall_seconds"]}
     finally:
         ray.shutdown()
@@ -89,20 +89,20 @@ def scenario_node_loss(workdir: Path, model: str) -> dict:
                 return
             for node in list(cluster.worker_nodes):
                 raylet = node.all_processes[ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
-                actors = _actors_under(raylet)
-                if actors:
+                busy = _busy_workers_under(raylet)
+                if busy:
                     cluster.remove_node(node, allow_graceful=False)
-                    removed.append({"rows_before": rows, "actors_on_node": len(actors)})
+                    removed.append({"rows_before": rows, "busy_workers_on_node": len(busy)})
                     return
 
-        # Half a logical GPU per actor: the surviving node can host the whole pool of 2 actors.
+        # Half a logical GPU per prediction task: the surviving node can run both at once.
         summary = ingest(IngestConfig(inbox=str(workdir / "inbox"), catalog=str(workdir / "catalog"), model=model,
-                                      date=NIGHT, device="cpu", batch_size=2, chunk_rows=8, settle_seconds=0,
-                                      num_actors=2, num_gpus_per_actor=0.5), on_batch=on_batch)
+                                      date=NIGHT, device="cpu", batch_size=2, chunk_rows=8, task_rows=4,
+                                      settle_seconds=0, num_workers=2, num_gpus_per_worker=0.5), on_batch=on_batch)
         alive = [n for n in ray.nodes() if n["Alive"]]
         return {"objects_sent": len(sent), "node_removed": bool(removed),
                 "rows_before_removal": removed[0]["rows_before"] if removed else None,
-                "actors_on_removed_node": removed[0]["actors_on_node"] if removed else 0,
+                "busy_workers_on_removed_node": removed[0]["busy_workers_on_node"] if removed else 0,
                 "nodes_alive_after": len(alive), "gpus_after": sum(n["Resources"].get("GPU", 0) for n in alive),
                 "rows_reported": summary["rows"], "duplicates_dropped_by_writer": summary["duplicates_dropped"],
                 "seconds": summary["wall_seconds"], "workers_started": len(workers)}
@@ -135,10 +135,10 @@ def run_scenario(name: str, workdir: Path, model: Path, timeout: float = 420) ->
 
 
 @pytest.mark.ray
-def test_prediction_actor_killed_mid_run_is_replaced_and_every_object_lands_once(tmp_path, tiny_model):
-    f = run_scenario("actor-kill", tmp_path, tiny_model)
-    assert f["killed_actor_pid"] is not None and f["rows_before_kill"] < f["objects_sent"]
-    assert f["actor_pids_seen"] >= 2  # the replacement (or the second pool member) kept working
+def test_worker_killed_mid_chunk_is_retried_and_every_object_lands_once(tmp_path, tiny_model):
+    f = run_scenario("worker-kill", tmp_path, tiny_model)
+    assert f["killed_worker_pid"] is not None and f["rows_before_kill"] < f["objects_sent"]
+    assert f["busy_worker_pids_seen"] >= 2  # a new worker process (or the other one) took the chunk again
     assert f["rows_written"] == f["objects_sent"] == f["rows_reported"]
     assert f["duplicates"] == 0 and f["lost"] == 0 and f["duplicates_dropped_by_writer"] == 0
 
@@ -146,7 +146,7 @@ def test_prediction_actor_killed_mid_run_is_replaced_and_every_object_lands_once
 @pytest.mark.ray
 def test_worker_node_removed_mid_run_on_a_three_node_cluster_loses_nothing(tmp_path, tiny_model):
     f = run_scenario("node-loss", tmp_path, tiny_model)
-    assert f["node_removed"] and f["actors_on_removed_node"] >= 1
+    assert f["node_removed"] and f["busy_workers_on_removed_node"] >= 1
     assert f["rows_before_removal"] < f["objects_sent"]
     assert f["nodes_alive_after"] == 2 and f["gpus_after"] == 1
     assert f["rows_written"] == f["objects_sent"] == f["rows_reported"]
@@ -155,7 +155,7 @@ def test_worker_node_removed_mid_run_on_a_three_node_cluster_loses_nothing(tmp_p
 
 if __name__ == "__main__":
     scenario, directory, model_path = sys.argv[1:4]
-    runner = {"actor-kill": scenario_actor_kill, "node-loss": scenario_node_loss}[scenario]
+    runner = {"worker-kill": scenario_worker_kill, "node-loss": scenario_node_loss}[scenario]
     started = time.perf_counter()
     result = runner(Path(directory), model_path)
     result["process_seconds"] = round(time.perf_counter() - started, 1)

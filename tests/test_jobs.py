@@ -59,7 +59,7 @@ def test_ray_job_submit_writes_the_complete_catalog(ray_head, tmp_path, tiny_mod
     out = tmp_path / "catalog"
     cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
            "--", "python", "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--output", str(out),
-           "--model", str(tiny_model), "--batch-size", "8", "--num-actors", "2"]
+           "--model", str(tiny_model), "--batch-size", "8", "--num-workers", "2"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=job_env(), cwd=ROOT)
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
