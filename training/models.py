@@ -59,8 +59,14 @@ def resnet18_small(in_channels: int = 3, width: int = 64, n_outputs: int = GZ2.n
     return model
 
 
+def compact_fine(**kwargs) -> CompactCNN:
+    """``compact`` with a stride-1 first conv: fine structure (arms, edge-on disks) is seen at full 64-pixel resolution."""
+    return CompactCNN(stages=((1, 1), (1, 2), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1)), **kwargs)
+
+
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactCNN,
+    "compact-fine": compact_fine,
     "resnet18": resnet18_small,
 }
 
