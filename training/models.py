@@ -1,6 +1,7 @@
 """Model architectures and the registry the CLI names them by.
 
-``compact`` is sized for the pipeline's CPU throughput target (a fraction of JPEG-decode cost);
+``compact`` is sized for the pipeline's CPU throughput target (a fraction of JPEG-decode cost),
+``compact-fine`` adds a full-resolution first conv (tested, not better: see the model card);
 ``resnet18`` is torchvision's ResNet-18 adapted to 64-pixel inputs (3x3 stride-1 stem, no max
 pool), stronger and ~100x costlier. All return raw logits ``(n, 37)`` for the GZ2 tree.
 """
@@ -64,8 +65,14 @@ def compact_fine(**kwargs) -> CompactCNN:
     return CompactCNN(stages=((1, 1), (1, 2), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1)), **kwargs)
 
 
+def compact_fine(**kwargs) -> CompactCNN:
+    """``compact`` with a stride-1 first conv that sees the input at full resolution (~1.45x the cost)."""
+    return CompactCNN(stages=((1, 1), (1, 2), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1)), **kwargs)
+
+
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactCNN,
+    "compact-fine": compact_fine,
     "compact-fine": compact_fine,
     "resnet18": resnet18_small,
 }
