@@ -212,13 +212,17 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
                   on_progress: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Classify ``table``'s records in chunks on Ray and yield one catalog table per chunk as it finishes.
 
-    At most two chunks per worker are in flight, so memory stays flat however many inputs there
-    are. A chunk whose worker dies (process killed, node lost) is retried by Ray; every chunk is
-    yielded exactly once.
+    At most two chunks per worker are in flight (on GPU, one more per CPU of the cluster, so that
+    decoding on every CPU feeds the GPUs), so memory stays flat however many inputs there are. A
+    chunk whose worker dies (process killed, node lost) is retried by Ray; every chunk is yielded
+    exactly once.
     """
     import ray
 
     n_workers, resources = plan_workers(device, config)
+    in_flight = 2 * n_workers
+    if resources.get("num_gpus"):
+        in_flight += int(ray.cluster_resources().get("CPU", 0))
     rows = max(1, min(config.task_rows, math.ceil(table.num_rows / n_workers)))
     spec = PredictorSpec(info.model_id, config.model, device, config.batch_size, 1 if device == "cpu" else 2,
                          ray.put(Path(config.model).read_bytes()))
@@ -238,7 +242,7 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     for chunk in itertools.chain(chunks, [None]):
         if chunk is not None:
             pending.append(submit(chunk))
-        while pending and (chunk is None or len(pending) >= 2 * n_workers):
+        while pending and (chunk is None or len(pending) >= in_flight):
             ready, pending = ray.wait(pending, num_returns=1)
             result = ray.get(ready[0])
             done += result.num_rows
