@@ -83,7 +83,8 @@ def decode_ceiling(files: list[Path], recipe: Recipe, processes: int, repeats: i
         with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(recipe,)) as pool:
             done = sum(pool.imap_unordered(_decode_chunk, chunks))
         best = min(best, time.perf_counter() - started)
-    return {"images": done, "seconds": round(best, 2), "images_per_second": round(done / best, 1), "repeats": repeats}
+    return {"images": done, "seconds": round(best, 2), "images_per_second": round(done / best, 1),
+            "repeats": repeats}
 
 
 class PeakMemory:

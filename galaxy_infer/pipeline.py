@@ -11,7 +11,6 @@ operators, its executor and its helper actors took about 40% of the CPU this pip
 """
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import os
@@ -187,11 +186,12 @@ def init_ray(address: str | None, num_cpus: int | None, object_store_mb: int | N
              include_dashboard=False, log_to_driver=False, configure_logging=False)
 
 
-def plan_workers(device: str, config: RunConfig) -> tuple[int, dict[str, float]]:
-    """How many chunks predict at once and what each prediction task reserves.
+def plan_workers(device: str, config: RunConfig) -> tuple[int, int, dict[str, float]]:
+    """How many chunks predict at once, how many may be in flight, and what each prediction task reserves.
 
-    On CPU every core runs whole chunks (read to postprocess); on GPU, one prediction task per
-    ``num_gpus_per_worker`` of the cluster's GPUs, fed by decode tasks on CPU.
+    On CPU every core runs whole chunks (read to postprocess) and two chunks per worker are in
+    flight; on GPU, one prediction task per ``num_gpus_per_worker`` of the cluster's GPUs, with
+    one more chunk in flight per CPU so that decoding on every CPU feeds the GPUs.
     """
     import ray
 
@@ -204,51 +204,56 @@ def plan_workers(device: str, config: RunConfig) -> tuple[int, dict[str, float]]
         if gpus <= 0 and config.num_workers is None:
             raise RuntimeError(f"workers need {gpus_per_worker} GPU each but the Ray cluster has no GPU resources")
         n = config.num_workers or max(1, int(gpus / gpus_per_worker))
-        return n, {"num_cpus": 1, "num_gpus": gpus_per_worker}
-    return config.num_workers or max(1, int(resources.get("CPU", 1))), {"num_cpus": 1}
+        return n, 2 * n + int(resources.get("CPU", 0)), {"num_cpus": 1, "num_gpus": gpus_per_worker}
+    n = config.num_workers or max(1, int(resources.get("CPU", 1)))
+    return n, 2 * n, {"num_cpus": 1}
 
 
 def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConfig,
                   on_progress: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Classify ``table``'s records in chunks on Ray and yield one catalog table per chunk as it finishes.
 
-    At most two chunks per worker are in flight (on GPU, one more per CPU of the cluster, so that
-    decoding on every CPU feeds the GPUs), so memory stays flat however many inputs there are. A
-    chunk whose worker dies (process killed, node lost) is retried by Ray; every chunk is yielded
-    exactly once.
+    A bounded number of chunks is in flight (see :func:`plan_workers`), so memory stays flat
+    however many inputs there are. A chunk whose worker dies (process killed, node lost) is
+    retried by Ray; every chunk is yielded exactly once.
     """
     import ray
 
-    n_workers, resources = plan_workers(device, config)
-    in_flight = 2 * n_workers
-    if resources.get("num_gpus"):
-        in_flight += int(ray.cluster_resources().get("CPU", 0))
+    n_workers, in_flight, resources = plan_workers(device, config)
     rows = max(1, min(config.task_rows, math.ceil(table.num_rows / n_workers)))
     spec = PredictorSpec(info.model_id, config.model, device, config.batch_size, 1 if device == "cpu" else 2,
                          ray.put(Path(config.model).read_bytes()))
     retry = {"max_retries": TASK_RETRIES, "retry_exceptions": False}
-    decode = ray.remote(decode_chunk).options(num_cpus=1, **retry)
-    predict = ray.remote(predict_chunk).options(**resources, **retry)
-    whole = ray.remote(classify_chunk).options(**resources, **retry)
+    if resources.get("num_gpus"):
+        decode = ray.remote(decode_chunk).options(num_cpus=1, **retry)
+        predict = ray.remote(predict_chunk).options(**resources, **retry)
 
-    def submit(chunk: pa.Table) -> ray.ObjectRef:
-        if resources.get("num_gpus"):
+        def submit(chunk: pa.Table) -> ray.ObjectRef:
             return predict.remote(decode.remote(chunk, info.recipe), spec, config.run_id)
-        return whole.remote(chunk, info.recipe, spec, config.run_id)
+    else:
+        whole = ray.remote(classify_chunk).options(**resources, **retry)
 
-    chunks = (table.slice(i, rows) for i in range(0, table.num_rows, rows))
+        def submit(chunk: pa.Table) -> ray.ObjectRef:
+            return whole.remote(chunk, info.recipe, spec, config.run_id)
+
     pending: list = []
     done = 0
-    for chunk in itertools.chain(chunks, [None]):
-        if chunk is not None:
-            pending.append(submit(chunk))
-        while pending and (chunk is None or len(pending) >= in_flight):
-            ready, pending = ray.wait(pending, num_returns=1)
-            result = ray.get(ready[0])
-            done += result.num_rows
-            if on_progress is not None:
-                on_progress(done)
-            yield result
+
+    def next_finished() -> pa.Table:
+        nonlocal pending, done
+        ready, pending = ray.wait(pending, num_returns=1)
+        result = ray.get(ready[0])
+        done += result.num_rows
+        if on_progress is not None:
+            on_progress(done)
+        return result
+
+    for start in range(0, table.num_rows, rows):
+        if len(pending) >= in_flight:
+            yield next_finished()
+        pending.append(submit(table.slice(start, rows)))
+    while pending:
+        yield next_finished()
 
 
 def progress_printer(total: int, enabled: bool | None) -> Callable[[int], None] | None:
@@ -264,8 +269,6 @@ def progress_printer(total: int, enabled: bool | None) -> Callable[[int], None] 
 
 def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary."""
-    import ray
-
     started = time.perf_counter()
     info = load_model_info(config.model)
     device = resolve_device(config.device)

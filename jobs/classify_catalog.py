@@ -4,9 +4,9 @@
     python jobs/classify_catalog.py --input cutouts/ --output catalog      # starts a local Ray
 
 Same options as ``galaxy-infer classify`` plus cluster knobs; ``--profile`` loads defaults for
-batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name>.toml`` (or a path), and
-options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set and the job
-joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
+batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name>.toml`` (or a
+path), and options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set
+and the job joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
 """
 from __future__ import annotations
 
