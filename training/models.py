@@ -61,18 +61,12 @@ def resnet18_small(in_channels: int = 3, width: int = 64, n_outputs: int = GZ2.n
 
 
 def compact_fine(**kwargs) -> CompactCNN:
-    """``compact`` with a stride-1 first conv: fine structure (arms, edge-on disks) is seen at full 64-pixel resolution."""
-    return CompactCNN(stages=((1, 1), (1, 2), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1)), **kwargs)
-
-
-def compact_fine(**kwargs) -> CompactCNN:
     """``compact`` with a stride-1 first conv that sees the input at full resolution (~1.45x the cost)."""
     return CompactCNN(stages=((1, 1), (1, 2), (2, 2), (2, 1), (4, 2), (4, 1), (8, 2), (8, 1)), **kwargs)
 
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactCNN,
-    "compact-fine": compact_fine,
     "compact-fine": compact_fine,
     "resnet18": resnet18_small,
 }
