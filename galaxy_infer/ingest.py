@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadata
-from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device
+from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
 from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
                                    stream_tables)
 from galaxy_infer.readers import discover
@@ -72,6 +72,9 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
+
+    def __post_init__(self) -> None:
+        self.model = resolve_model(self.model)
 
 
 def partition_dir(catalog: Path, date: str) -> Path:

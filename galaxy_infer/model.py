@@ -27,9 +27,19 @@ OUTPUT_NAME = "logits"
 DEVICES = ("auto", "cpu", "cuda")
 
 
-def bundled_model_path() -> Path:
-    """The default model shipped inside the package."""
-    return Path(__file__).parent / "models" / "default.onnx"
+BUNDLED_MODELS = {"default": "default.onnx", "int8": "default-int8.onnx"}
+"""Models shipped inside the package, by name: ``default`` is the float32 reference; ``int8`` is
+its quantized copy (same test metrics, prediction ~2.3x cheaper on CPU; see the model card)."""
+
+
+def bundled_model_path(name: str = "default") -> Path:
+    return Path(__file__).parent / "models" / BUNDLED_MODELS[name]
+
+
+def resolve_model(model: str | os.PathLike) -> str:
+    """A bundled model's name becomes its path (unless a file of that name exists); anything else is a path."""
+    model = str(model)
+    return str(bundled_model_path(model)) if model in BUNDLED_MODELS and not os.path.exists(model) else model
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ import pyarrow as pa
 
 from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, catalog_table, file_metadata
 from galaxy_infer.errors import InputError
-from galaxy_infer.model import ModelInfo, Predictor, bundled_model_path, load_model_info, resolve_device
+from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_model_info, resolve_device,
+                                resolve_model)
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.readers import discover, read_cutout
@@ -62,6 +63,9 @@ class RunConfig:
     overwrite: bool = False
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
+
+    def __post_init__(self) -> None:
+        self.model = resolve_model(self.model)
 
 
 def new_run_id() -> str:

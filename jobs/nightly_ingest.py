@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from galaxy_infer.errors import ModelError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
                                  IngestConfig, Locked, format_ingest_summary, ingest)
-from galaxy_infer.model import DEVICES, bundled_model_path  # noqa: E402
+from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
 
 
@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inbox", required=True, help="folder of incoming cutouts (searched recursively)")
     p.add_argument("--catalog", required=True, help="catalog root holding ingest_date=*/ partitions")
     p.add_argument("--date", default=None, help="partition to write new rows into (default: today, UTC)")
-    p.add_argument("--model", default=str(bundled_model_path()), help="ONNX model (default: bundled)")
+    p.add_argument("--model", default="default", help="ONNX file or bundled model name: default or int8")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--chunk-rows", type=int, default=5000,

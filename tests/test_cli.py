@@ -11,6 +11,14 @@ def test_info_json_gives_input_shape_and_schema_version(tiny_model, capsys):
     assert info["input_shape"] == [3, 64, 64] and info["schema_version"] == "1"
 
 
+def test_bundled_models_are_named_by_their_name(capsys):
+    assert main(["info", "int8", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["name"].endswith("-int8") and info["precision"] == "int8"
+    assert main(["info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["path"].endswith("default.onnx")
+
+
 def test_info_refuses_a_bad_model(tmp_path, capsys):
     (tmp_path / "x.onnx").write_bytes(b"not onnx")
     assert main(["info", str(tmp_path / "x.onnx")]) == 1

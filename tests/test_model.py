@@ -5,7 +5,7 @@ import onnxruntime as ort
 import pytest
 
 from galaxy_infer.errors import ModelError
-from galaxy_infer.model import Predictor, load_model_info, resolve_device
+from galaxy_infer.model import Predictor, bundled_model_path, load_model_info, resolve_device, resolve_model
 from galaxy_infer.preprocess import Recipe
 from tests.onnx_models import build_tiny_model
 
@@ -44,6 +44,15 @@ def test_missing_and_non_onnx_files_are_refused(tmp_path):
     (tmp_path / "junk.onnx").write_bytes(b"junk")
     with pytest.raises(ModelError, match="not a loadable ONNX"):
         load_model_info(tmp_path / "junk.onnx")
+
+
+def test_bundled_names_resolve_to_package_files_and_paths_pass_through(tmp_path, monkeypatch):
+    assert resolve_model("int8") == str(bundled_model_path("int8"))
+    assert resolve_model("default") == str(bundled_model_path())
+    assert resolve_model(tmp_path / "m.onnx") == str(tmp_path / "m.onnx")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "int8").write_bytes(b"")
+    assert resolve_model("int8") == "int8"
 
 
 def test_fixed_batches_pad_the_last_and_match_one_by_one(tiny_model):

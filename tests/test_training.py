@@ -202,6 +202,24 @@ def test_onnx_matches_pytorch_on_cutouts(cutouts, tmp_path):
     assert load_model_info(path).input_shape == [3, 64, 64]
 
 
+def test_int8_quantization_keeps_the_graph_interface_and_tracks_the_float_model(cutouts, tmp_path):
+    import onnx
+
+    from training.quantize import quantize_int8
+
+    recipe = Recipe()
+    torch.manual_seed(0)
+    model = build_model("compact").eval()
+    x = np.stack([load_input(p, recipe) for p in cutouts])
+    fp32 = export_onnx(model, tmp_path / "m.onnx", recipe, "q", "0", {f: 0.5 for f in ODD_FEATURES})
+    int8 = quantize_int8(fp32, tmp_path / "m8.onnx", x)
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert load_model_info(int8).input_shape == [3, 64, 64]
+    a, b = _ort_logits(fp32, x), _ort_logits(int8, x)
+    assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.99
+
+
 def test_training_and_inference_preprocess_identically(cutouts, tmp_path):
     recipe = Recipe()
     labelled = L.LabelledSet("x", cutouts, L.empty_targets(len(cutouts)), np.zeros((len(cutouts), 37), np.float32),
@@ -223,13 +241,17 @@ def test_mini_train_evaluate_export_round_trip(shared_data, tmp_path):
     config = tmp_path / "c.toml"
     config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'
                       f'oversample = {{ gz2_votes = 2 }}\n[train]\nepochs = 1\nbatch_size = 32\n'
-                      f'[output]\nrun_dir = "{run}"\nonnx = "{tmp_path / "m.onnx"}"\nname = "mini"\n')
+                      f'[output]\nrun_dir = "{run}"\nonnx = "{tmp_path / "m.onnx"}"\nname = "mini"\n'
+                      f'int8_onnx = "{tmp_path / "m8.onnx"}"\n')
     assert main(["train", "--config", str(config), "--no-pictures"]) == 0
     assert (run / "best.pt").exists() and (run / "last.pt").exists() and (run / "metrics.json").exists()
     info = load_model_info(tmp_path / "m.onnx")
     assert info.name == "mini" and set(info.thresholds) == set(ODD_FEATURES)
     assert {"metrics", "training_data", "versions", "architecture"} <= set(info.extra)
     assert info.extra["training_data"]["sets"]["gz1_sdss"]["train"] > 0
+    int8 = load_model_info(tmp_path / "m8.onnx")
+    assert int8.name == "mini-int8" and int8.extra["precision"] == "int8" and (run / "metrics_int8.json").exists()
+    assert int8.extra["quantization"]["quantized_from"]["sha256"] == info.sha256
     # resume picks up the finished run without training again, then one more epoch when asked
     assert main(["train", "--config", str(config), "--no-pictures", "--resume", "--epochs", "2", "--no-export"]) == 0
     import json

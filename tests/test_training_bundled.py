@@ -36,3 +36,28 @@ def test_bundled_model_tells_ellipticals_from_edge_on_disks(shared_data):
     edge = c["smooth_or_featured_featured_or_disk_fraction"] * c["disk_edge_on_yes_fraction"]
     is_edge = (picks.class_name == "edge_on").to_numpy()
     assert edge[is_edge].mean() > edge[~is_edge].mean() + 0.3
+
+
+def test_bundled_int8_model_is_the_quantized_default_and_scores_like_it():
+    fp32, int8 = load_model_info(bundled_model_path()), load_model_info(bundled_model_path("int8"))
+    assert bundled_model_path("int8").stat().st_size < bundled_model_path().stat().st_size
+    assert int8.name == f"{fp32.name}-int8" and int8.version == fp32.version and int8.recipe == fp32.recipe
+    assert int8.extra["precision"] == "int8"
+    # rebuilt whenever the float model changes: `python -m training quantize --config training/configs/default.toml`
+    assert int8.extra["quantization"]["quantized_from"] == {"model_id": fp32.model_id, "sha256": fp32.sha256}
+    for key, floor in fp32.extra["metrics"]["floors_on_test"].items():
+        assert int8.extra["metrics"]["floors_on_test"][key]["pass"] == floor["pass"]
+        assert abs(int8.extra["metrics"]["floors_on_test"][key]["value"] - floor["value"]) < 0.02
+
+
+@pytest.mark.shared_data
+def test_bundled_int8_model_agrees_with_the_float_model_on_real_cutouts(shared_data):
+    files = sorted((shared_data / "gz1_sdss" / "images").glob("*.jpg"))[:32] + \
+        sorted((shared_data / "gzdecals_rings" / "images").glob("*.jpg"))[:16]
+    fp32 = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
+    int8 = Predictor(bundled_model_path("int8"), batch_size=64, num_threads=1)
+    recipe = fp32.info.recipe
+    x = np.stack([preprocess(read_cutout(str(f), recipe).pixels, recipe) for f in files])
+    a, b = postprocess(fp32.predict(x), fp32.info.thresholds), postprocess(int8.predict(x), int8.info.thresholds)
+    diff = np.stack([np.abs(a[k] - b[k]) for k in a if k.endswith(("_fraction", "_prob"))])
+    assert diff.mean() < 0.01 and diff.max() < 0.15

@@ -33,6 +33,18 @@ def export_run(config: Config, model, prepared, result: dict[str, Any], fit_info
                        result["thresholds"], **extra)
 
 
+def quantize_run(config: Config, prepared, fp32: Path, out: Path) -> dict[str, Any]:
+    """The int8 copy of ``fp32``, scored on every split (``metrics_int8.json`` in the run folder)."""
+    from training.quantize import export_int8
+
+    result = export_int8(fp32, out, prepared, seed=config.data.seed)
+    run_dir = Path(config.output.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics_int8.json").write_text(json.dumps(result, indent=1))
+    print(f"quantized {out} ({out.stat().st_size / 1e6:.2f} MB)")
+    return result
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
     from training.train import fit, load_checkpoint, prepare
@@ -48,6 +60,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if config.output.onnx:
         path = export_run(config, model, prepared, result, info, Path(config.output.onnx))
         print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
+        if config.output.int8_onnx:
+            quantize_run(config, prepared, path, Path(config.output.int8_onnx))
     info["total_wall_s"] = time.perf_counter() - started
     (Path(config.output.run_dir) / "fit.json").write_text(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
     print(json.dumps({"floors_on_test": result["floors_on_test"], "best_epoch": info["best_epoch"],
@@ -79,6 +93,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     info = json.loads(fit_file.read_text()) if fit_file.exists() else None
     path = export_run(config, model, prepared, result, info, Path(args.output or config.output.onnx))
     print(f"exported {path}")
+    return 0
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from training.train import prepare
+
+    config = _config(args)
+    fp32, out = args.model or config.output.onnx, args.output or config.output.int8_onnx
+    if not (fp32 and out):
+        raise SystemExit("quantize needs the float model and an output: set output.onnx and output.int8_onnx "
+                         "in the config, or pass --model and --output")
+    result = quantize_run(config, prepare(config), Path(fp32), Path(out))
+    print(json.dumps(result["floors_on_test"], indent=1))
     return 0
 
 
@@ -137,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint")
     p.add_argument("--output")
     p.set_defaults(func=cmd_export)
+    p = sub.add_parser("quantize", help="int8 copy of an exported model, calibrated and scored on the splits")
+    common(p)
+    p.add_argument("--model", help="the float ONNX model (default output.onnx)")
+    p.add_argument("--output", help="where to write the int8 model (default output.int8_onnx)")
+    p.set_defaults(func=cmd_quantize)
     p = sub.add_parser("tune", help="Ray Tune search over lr, width, augmentation strength")
     common(p)
     p.add_argument("--samples", type=int, default=4)

@@ -54,6 +54,8 @@ class OutputConfig:
     run_dir: str = "runs/default"
     onnx: str = ""
     """Also export the best model here (e.g. galaxy_infer/models/default.onnx)."""
+    int8_onnx: str = ""
+    """Also write an int8-quantized copy of the exported model here (see :mod:`training.quantize`)."""
     name: str = "gz2-compact"
     version: str = "1.0.0"
 

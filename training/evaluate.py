@@ -32,17 +32,24 @@ def check_floors(test: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures: bool = True) -> dict[str, Any]:
-    """Metrics per split and set, thresholds chosen on validation, floors checked on test."""
-    run_dir = Path(run_dir)
+def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Metrics per split and set, thresholds chosen on validation, floors checked on test, from
+    ``logits[split][set]`` (a PyTorch model's or an exported ONNX file's)."""
     mean = prepared.train_mean_unconditional()
-    logits = {split: {p.name: predict(model, p.images) for p in parts} for split, parts in prepared.splits.items()}
     result: dict[str, Any] = {"splits": {}}
     for split, parts in prepared.splits.items():
         result["splits"][split] = {p.name: set_metrics(p.labelled, logits[split][p.name], mean) for p in parts}
     val = {p.name: (p.labelled, logits["val"][p.name]) for p in prepared.splits["val"]}
     result["thresholds"], result["threshold_choice"] = choose_thresholds(val)
     result["floors_on_test"] = check_floors(result["splits"]["test"])
+    return result
+
+
+def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures: bool = True) -> dict[str, Any]:
+    """Score ``model`` on every split; writes ``metrics.json`` (and pictures) into ``run_dir``."""
+    run_dir = Path(run_dir)
+    logits = {split: {p.name: predict(model, p.images) for p in parts} for split, parts in prepared.splits.items()}
+    result = score(prepared, logits)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
     if pictures:

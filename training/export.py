@@ -32,7 +32,12 @@ def export_onnx(model: nn.Module, path: Path, recipe: Recipe, name: str, version
                           dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
                           opset_version=OPSET, do_constant_folding=True, dynamo=False)
     proto = onnx.load_from_string(buffer.getvalue())
-    doc = metadata_document(name, version, recipe, thresholds, versions=versions(), **extra)
+    return save_with_metadata(proto, path, metadata_document(name, version, recipe, thresholds,
+                                                             versions=versions(), **extra))
+
+
+def save_with_metadata(proto: onnx.ModelProto, path: Path, doc: str) -> Path:
+    """Replace the model's metadata with ``doc`` (under :data:`METADATA_KEY`), check it and save it."""
     del proto.metadata_props[:]
     proto.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=doc))
     proto.producer_name = "galaxy-infer training"
