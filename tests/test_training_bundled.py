@@ -42,7 +42,7 @@ def test_bundled_int8_model_is_the_quantized_default_and_scores_like_it():
     fp32, int8 = load_model_info(bundled_model_path()), load_model_info(bundled_model_path("int8"))
     assert bundled_model_path("int8").stat().st_size < bundled_model_path().stat().st_size
     assert int8.name == f"{fp32.name}-int8" and int8.version == fp32.version and int8.recipe == fp32.recipe
-    assert int8.extra["precision"] == "int8"
+    assert int8.extra["precision"] == "int8" and int8.thresholds == fp32.thresholds
     # rebuilt whenever the float model changes: `python -m training quantize --config training/configs/default.toml`
     assert int8.extra["quantization"]["quantized_from"] == {"model_id": fp32.model_id, "sha256": fp32.sha256}
     for key, floor in fp32.extra["metrics"]["floors_on_test"].items():
