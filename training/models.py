@@ -3,10 +3,13 @@
 ``compact`` is sized for the pipeline's CPU throughput target (a fraction of JPEG-decode cost),
 ``compact-fine`` adds a full-resolution first conv (tested, not better: see the model card);
 ``resnet18`` is torchvision's ResNet-18 adapted to 64-pixel inputs (3x3 stride-1 stem, no max
-pool), stronger and ~100x costlier. All return raw logits ``(n, 37)`` for the GZ2 tree.
+pool; 2.2 billion multiply-adds against compact's 6.3 million); ``resnet18-std`` keeps
+torchvision's stem (148 million at 64 pixels, 592 million at 128). All return raw logits
+``(n, 37)`` for the GZ2 tree.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Callable
 
 import torch
@@ -46,16 +49,21 @@ class CompactCNN(nn.Module):
         return self.head(pooled)
 
 
-def resnet18_small(in_channels: int = 3, width: int = 64, n_outputs: int = GZ2.n_answers,
-                   dropout: float = 0.1) -> nn.Module:
-    """torchvision ResNet-18 with a 3x3 stride-1 stem and no max pool, for 64-pixel cutouts."""
-    from torchvision.models import resnet18
+def resnet18(in_channels: int = 3, width: int = 64, n_outputs: int = GZ2.n_answers, dropout: float = 0.1,
+             small_input_stem: bool = True) -> nn.Module:
+    """torchvision ResNet-18 with a dropout + linear head; ``small_input_stem`` replaces its 7x7
+    stride-2 conv and max pool by one 3x3 stride-1 conv, so a 64-pixel cutout keeps 8x8 maps in
+    the last stage instead of 2x2."""
+    from torchvision.models import resnet18 as torchvision_resnet18
 
     if width != 64:
         raise ValueError("resnet18 has a fixed width of 64")
-    model = resnet18(weights=None, num_classes=n_outputs)
-    model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-    model.maxpool = nn.Identity()
+    model = torchvision_resnet18(weights=None, num_classes=n_outputs)
+    if small_input_stem:
+        model.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_channels != 3:
+        model.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
     model.fc = nn.Sequential(nn.Dropout(dropout), nn.Linear(512, n_outputs))
     return model
 
@@ -68,7 +76,8 @@ def compact_fine(**kwargs) -> CompactCNN:
 REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "compact": CompactCNN,
     "compact-fine": compact_fine,
-    "resnet18": resnet18_small,
+    "resnet18": resnet18,
+    "resnet18-std": partial(resnet18, small_input_stem=False),
 }
 
 
