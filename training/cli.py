@@ -93,6 +93,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     info = json.loads(fit_file.read_text()) if fit_file.exists() else None
     path = export_run(config, model, prepared, result, info, Path(args.output or config.output.onnx))
     print(f"exported {path}")
+    if config.output.int8_onnx and not args.output:
+        quantize_run(config, prepared, path, Path(config.output.int8_onnx))
     return 0
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     common(p)
     p.add_argument("--checkpoint")
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("export", help="export a checkpoint to ONNX with metadata")
+    p = sub.add_parser("export", help="export a checkpoint to ONNX with metadata (and the int8 copy)")
     common(p)
     p.add_argument("--checkpoint")
     p.add_argument("--output")
