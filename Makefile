@@ -16,8 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e ".[cpu,dev]"
 	touch $@
 
-$(VENV)/.installed-train: $(VENV)/.installed
-	$(PIP) -e ".[cpu,dev,train]"
+# zoobot pulls lightning and timm; the constraints keep torch and torchvision at the train extra's pins
+$(VENV)/.installed-train: $(VENV)/.installed constraints.txt
+	$(PIP) -e ".[cpu,dev,train,zoobot]" -c constraints.txt
 	touch $@
 
 demo: install

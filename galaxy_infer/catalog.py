@@ -1,6 +1,8 @@
 """The Parquet catalog: its Arrow schema, file metadata and an atomic writer.
 
-The column contract is ``shared/docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.SCHEMA_VERSION`).
+The column contract is ``docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.SCHEMA_VERSION`):
+the prediction columns are a function of the model's tree, flags and output options
+(:class:`Layout`), which every file's metadata records, so the Arrow schema can be rebuilt from it.
 A catalog is written into a hidden temporary folder and renamed into place only when complete,
 so a crash never leaves a half-written catalog that looks finished.
 """
@@ -8,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import json
+from dataclasses import dataclass
 import os
 import shutil
 import time
@@ -21,24 +24,74 @@ import pyarrow.parquet as pq
 
 from galaxy_infer import __version__
 from galaxy_infer.model import ModelInfo
-from galaxy_infer.schema import GZ2, ODD_FEATURES, SCHEMA_VERSION, Schema
+from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
+from galaxy_infer.trees import resolve_tree, tree_reference
 
 SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
 STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
+TREE_KEY = "galaxy_infer.tree"
+FLAGS_KEY = "galaxy_infer.flags"
+OUTPUT_KIND_KEY = "galaxy_infer.output_kind"
+INTERVALS_KEY = "galaxy_infer.dirichlet_intervals"
 
 
-def prediction_fields(schema: Schema = GZ2) -> list[pa.Field]:
-    fields = [pa.field(c, pa.float32()) for c in schema.answer_columns]
-    fields += [pa.field(c, pa.float32()) for c in schema.asked_columns]
-    fields += [pa.field(f"odd_{f}_prob", pa.float32()) for f in ODD_FEATURES]
-    fields += [pa.field(f"odd_{f}_flag", pa.bool_()) for f in ODD_FEATURES]
+@dataclass(frozen=True)
+class Layout:
+    """What decides a catalog's prediction columns: the tree, the flags, and whether a Dirichlet
+    model's concentrations and 90% intervals are written too."""
+
+    tree: Schema = GZ2
+    flags: tuple[Flag, ...] | None = None
+    intervals: bool = False
+
+    @property
+    def flag_list(self) -> tuple[Flag, ...]:
+        return self.tree.flags if self.flags is None else self.flags
+
+    @classmethod
+    def of(cls, model: ModelInfo, intervals: bool = False) -> Layout:
+        return cls(model.tree, model.flags, intervals and model.output_kind == "dirichlet")
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Layout:
+        """The layout a file's metadata records (GZ2 with its odd-feature flags when it records none)."""
+        md = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+              for k, v in metadata.items()}
+        if TREE_KEY not in md:
+            return cls()
+        tree = resolve_tree(json.loads(md[TREE_KEY]))
+        flags = tuple(Flag.from_dict(f) for f in json.loads(md[FLAGS_KEY])) if FLAGS_KEY in md else None
+        return cls(tree, flags, md.get(INTERVALS_KEY) == "true")
+
+    def metadata(self) -> dict[str, str]:
+        return {TREE_KEY: json.dumps(tree_reference(self.tree), sort_keys=True),
+                FLAGS_KEY: json.dumps([f.to_dict() for f in self.flag_list], sort_keys=True),
+                INTERVALS_KEY: json.dumps(self.intervals)}
+
+
+def prediction_fields(layout: Layout | Schema = Layout()) -> list[pa.Field]:
+    """The prediction columns, in contract order: fractions, proportions asked, flag probabilities,
+    flags, then (Dirichlet models with intervals) concentrations and the 5% and 95% quantiles."""
+    if isinstance(layout, Schema):
+        layout = Layout(layout)
+    tree, flags = layout.tree, layout.flag_list
+    fields = [pa.field(c, pa.float32()) for c in tree.answer_columns]
+    fields += [pa.field(c, pa.float32()) for c in tree.asked_columns]
+    fields += [pa.field(f"{f.column}_prob", pa.float32()) for f in flags]
+    fields += [pa.field(f"{f.column}_flag", pa.bool_()) for f in flags]
+    if layout.intervals:
+        fields += [pa.field(c.removesuffix("_fraction") + "_concentration", pa.float32()) for c in tree.answer_columns]
+        fields += [pa.field(f"{c}_q05", pa.float32()) for c in tree.answer_columns]
+        fields += [pa.field(f"{c}_q95", pa.float32()) for c in tree.answer_columns]
     return fields
 
 
-def arrow_schema(metadata: dict[str, str] | None = None, schema: Schema = GZ2) -> pa.Schema:
-    """Every catalog column, in contract order."""
+def arrow_schema(metadata: dict[str, str] | None = None, layout: Layout | Schema | None = None) -> pa.Schema:
+    """Every catalog column, in contract order; the layout comes from ``metadata`` unless given."""
+    if layout is None:
+        layout = Layout.from_metadata(metadata or {})
     fields = [
         pa.field("object_id", pa.string(), nullable=False),
         pa.field("source_path", pa.string(), nullable=False),
@@ -46,15 +99,15 @@ def arrow_schema(metadata: dict[str, str] | None = None, schema: Schema = GZ2) -
         pa.field("dec", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
-        *prediction_fields(schema),
+        *prediction_fields(layout),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ]
     return pa.schema(fields, metadata=metadata)
 
 
-def file_metadata(model: ModelInfo, run_id: str) -> dict[str, str]:
-    """Key-value metadata written into every Parquet file of a run."""
+def file_metadata(model: ModelInfo, run_id: str, intervals: bool = False) -> dict[str, str]:
+    """Key-value metadata written into every Parquet file of a run (the tree and flags included)."""
     return {
         "galaxy_infer.schema_version": SCHEMA_VERSION,
         "galaxy_infer.model_id": model.model_id,
@@ -64,15 +117,17 @@ def file_metadata(model: ModelInfo, run_id: str) -> dict[str, str]:
         "galaxy_infer.code_version": __version__,
         "galaxy_infer.run_id": run_id,
         "galaxy_infer.created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        OUTPUT_KIND_KEY: model.output_kind,
+        **Layout.of(model, intervals).metadata(),
     }
 
 
 def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: dict[str, np.ndarray] | None,
-                  model_id: str, run_id: str) -> pa.Table:
+                  model_id: str, run_id: str, layout: Layout = Layout()) -> pa.Table:
     """One batch of catalog rows; prediction columns are null where ``errors`` has a reason.
 
     ``ids`` holds ``object_id``, ``source_path``, ``ra`` and ``dec`` sequences; ``predictions``
-    holds one value per row for every prediction column (ignored on error rows).
+    holds one value per row for every prediction column of ``layout`` (ignored on error rows).
     """
     n = len(errors)
     failed = np.array([e is not None for e in errors], dtype=bool)
@@ -84,14 +139,14 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
         "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
         "error": pa.array(errors, pa.string()),
     }
-    for f in prediction_fields():
+    for f in prediction_fields(layout):
         if predictions is None:
             columns[f.name] = pa.nulls(n, f.type)
         else:
             columns[f.name] = pa.array(np.asarray(predictions[f.name]), f.type, mask=failed)
     columns["model_id"] = pa.array([model_id] * n, pa.string())
     columns["run_id"] = pa.array([run_id] * n, pa.string())
-    return pa.Table.from_pydict(columns, schema=arrow_schema())
+    return pa.Table.from_pydict(columns, schema=arrow_schema(layout=layout))
 
 
 class RunStats:

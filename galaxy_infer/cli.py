@@ -20,8 +20,12 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="where onnxruntime runs: cuda fails unless the GPU is really used; "
                              "auto takes cuda when available, else cpu (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=256,
-                        help="images per prediction batch; the last batch is zero-padded (default: 256)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per prediction batch; the last batch is zero-padded (default: the "
+                             "model's preference, else 256)")
+    parser.add_argument("--dirichlet-intervals", action="store_true",
+                        help="for models that predict Dirichlet concentrations (Zoobot), also write each "
+                             "answer's concentration and a 90%% interval of its fraction")
     parser.add_argument("--num-cpus", type=int, default=None,
                         help="CPUs for the local Ray started when no cluster is given (default: all)")
     parser.add_argument("--num-workers", type=int, default=None,
@@ -38,7 +42,7 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -78,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, globs, files or manifests")
     c.add_argument("--out", required=True, help="catalog folder to create (part-*.parquet + _run_summary.json)")
     add_classify_options(c)
-    i = sub.add_parser("info", help="describe a model: schema, input shape, recipe, thresholds, metrics")
+    i = sub.add_parser("info", help="describe a model: tree, input shape, recipe, flags, metrics")
     i.add_argument("model", nargs="?", default="default", help="ONNX file or bundled model name (default: default)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
     return parser

@@ -26,20 +26,33 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, catalog_table, file_metadata
+from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalog_table, file_metadata
 from galaxy_infer.errors import InputError
 from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_model_info, resolve_device,
                                 resolve_model)
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.readers import discover, read_cutout
-from galaxy_infer.schema import GZ2
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 TASK_RETRIES = 5
+DEFAULT_BATCH_SIZE = 256
+DEFAULT_TASK_ROWS = 1024
+TASK_PIXEL_BYTES = 64 << 20
+"""Model inputs one task holds at most by default: 1,024 cutouts of a 64-pixel model (48 MiB), 108 of a
+224-pixel one, so that a worker's memory does not grow with the model's input size."""
+
+
+def run_sizes(info: ModelInfo, config: RunConfig) -> tuple[int, int]:
+    """Batch size and task rows: the user's, else the model's preference, else the defaults (tasks
+    bounded by :data:`TASK_PIXEL_BYTES`); a batch never exceeds a task, so padding stays small."""
+    image_bytes = 4 * info.recipe.channels * info.recipe.input_size ** 2
+    rows = config.task_rows or info.runtime.get("task_rows") or max(1, min(DEFAULT_TASK_ROWS, TASK_PIXEL_BYTES // image_bytes))
+    batch = config.batch_size or info.runtime.get("batch_size") or DEFAULT_BATCH_SIZE
+    return (batch if config.batch_size else min(batch, rows)), rows
 
 
 @dataclass
@@ -50,19 +63,23 @@ class RunConfig:
     out: str
     model: str = field(default_factory=lambda: str(bundled_model_path()))
     device: str = "auto"
-    batch_size: int = 256
+    batch_size: int | None = None
+    """Images per onnxruntime call (None: the model's preference, else 256)."""
     num_cpus: int | None = None
     num_workers: int | None = None
     """Chunks predicted at once (default: one per CPU, or one per ``num_gpus_per_worker`` of the GPUs)."""
     num_gpus_per_worker: float | None = None
     """GPUs each prediction task reserves: None means 1 with cuda and 0 with cpu; a value with
     cpu reserves logical GPUs while onnxruntime runs on CPU (GPU scheduling in tests)."""
-    task_rows: int = 1024
-    """Cutouts per Ray task: large enough that Ray's per-task cost vanishes, small enough to balance."""
+    task_rows: int | None = None
+    """Cutouts per Ray task: large enough that Ray's per-task cost vanishes, small enough to balance
+    (None: the model's preference, else as many as fit :data:`TASK_PIXEL_BYTES`, at most 1,024)."""
     address: str | None = None
     overwrite: bool = False
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
+    dirichlet_intervals: bool = False
+    """For Dirichlet models, also write each answer's concentration and 90% interval."""
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -99,18 +116,23 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[st
             "error": errors, "pixels": pixels, STAGE_SECONDS_KEY: time.perf_counter() - started}
 
 
-def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor, run_id: str) -> pa.Table:
-    """Predict the rows that decoded, shape every row for the catalog; stage timings ride in the schema metadata."""
+def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor, run_id: str,
+                            intervals: bool = False) -> pa.Table:
+    """Predict the rows that decoded, shape every row for the catalog (the model's tree and flags);
+    stage timings ride in the schema metadata."""
+    info = predictor.info
+    layout = Layout.of(info, intervals)
     errors = [e if e else None for e in decoded["error"]]
     ok = np.array([e is None for e in errors], dtype=bool)
     predictions = None
     started = predicted = time.perf_counter()
     if ok.any():
-        logits = np.zeros((len(errors), GZ2.n_answers), np.float32)
-        logits[ok] = predictor.predict(decoded["pixels"] if ok.all() else decoded["pixels"][ok])
+        # error rows get a harmless value (1 is a valid logit and concentration); their columns are masked
+        outputs = np.ones((len(errors), info.tree.n_answers), np.float32)
+        outputs[ok] = predictor.predict(decoded["pixels"] if ok.all() else decoded["pixels"][ok])
         predicted = time.perf_counter()
-        predictions = postprocess(logits, predictor.info.thresholds)
-    table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, predictor.info.model_id, run_id)
+        predictions = postprocess(outputs, info.thresholds, info.tree, info.flags, info.output_kind, layout.intervals)
+    table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, info.model_id, run_id, layout)
     timing = {"read_preprocess": float(decoded[STAGE_SECONDS_KEY]), "predict": predicted - started,
               "postprocess": time.perf_counter() - predicted}
     return table.replace_schema_metadata({STAGE_TIMING_KEY: json.dumps(timing)})
@@ -126,6 +148,7 @@ class PredictorSpec:
     batch_size: int
     num_threads: int
     model_bytes: Any = field(compare=False)
+    intervals: bool = field(default=False, compare=False)
     """ObjectRef of the ONNX file: nested in the spec, Ray passes the reference, not the bytes, to each task."""
 
 
@@ -152,7 +175,8 @@ def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
 
 def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str) -> pa.Table:
     """All four stages in one worker, so pixels never leave the process that decoded them (the CPU path)."""
-    return predict_and_postprocess(read_and_preprocess(records_batch(records), recipe), cached_predictor(spec), run_id)
+    return predict_and_postprocess(read_and_preprocess(records_batch(records), recipe), cached_predictor(spec), run_id,
+                                   spec.intervals)
 
 
 def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
@@ -161,7 +185,7 @@ def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
 
 
 def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: str) -> pa.Table:
-    return predict_and_postprocess(decoded, cached_predictor(spec), run_id)
+    return predict_and_postprocess(decoded, cached_predictor(spec), run_id, spec.intervals)
 
 
 def records_table(inputs: list[str]) -> pa.Table:
@@ -224,9 +248,10 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     import ray
 
     n_workers, in_flight, resources = plan_workers(device, config)
-    rows = max(1, min(config.task_rows, math.ceil(table.num_rows / n_workers)))
-    spec = PredictorSpec(info.model_id, config.model, device, config.batch_size, 1 if device == "cpu" else 2,
-                         ray.put(Path(config.model).read_bytes()))
+    batch_size, task_rows = run_sizes(info, config)
+    rows = max(1, min(task_rows, math.ceil(table.num_rows / n_workers)))
+    spec = PredictorSpec(info.model_id, config.model, device, batch_size, 1 if device == "cpu" else 2,
+                         ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
     retry = {"max_retries": TASK_RETRIES, "retry_exceptions": False}
     if resources.get("num_gpus"):
         decode = ray.remote(decode_chunk).options(num_cpus=1, **retry)
@@ -282,7 +307,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     if table.num_rows == 0:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
     init_ray(config.address, config.num_cpus)
-    with CatalogWriter(config.out, file_metadata(info, config.run_id), config.run_id,
+    with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
                        overwrite=config.overwrite) as writer:
         for batch in stream_tables(table, info, device, config, progress_printer(table.num_rows, config.progress)):
             writer.write(batch)
