@@ -37,8 +37,12 @@ ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
                  ANONYMOUS_ENV)
 """Storage settings Ray workers need besides credentials; none of them is a secret."""
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
 S3_ATTEMPTS = 8
 """AWS standard retry strategy: 503 SlowDown, throttling, timeouts and resets back off and retry this often."""
+PROBE_ATTEMPTS = 2
+"""The before-any-work check retries less: a dead endpoint should answer in seconds, not after minutes of backoff."""
 READ_CONCURRENCY = 32
 """Objects fetched at once per task: object stores answer each GET after tens of ms, so reads overlap."""
 
@@ -54,11 +58,11 @@ def _local_path(uri: str) -> str:
     return str(uri)[len("file://"):] if str(uri).startswith("file://") else str(uri)
 
 
-def s3_settings() -> dict:
+def s3_settings(attempts: int = S3_ATTEMPTS) -> dict:
     """S3FileSystem arguments from the environment; credentials are left to the AWS chain."""
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
-    settings: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+    settings: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
                       "anonymous": os.environ.get(ANONYMOUS_ENV, "") not in ("", "0", "false")}
     if endpoint:
         settings["endpoint_override"] = endpoint
@@ -69,15 +73,16 @@ def s3_settings() -> dict:
     return settings
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+def resolve(uri: str, attempts: int = S3_ATTEMPTS) -> tuple[pafs.FileSystem, str]:
     """A URI or local path -> (filesystem, path inside it). Filesystems are cached per settings."""
     uri = str(uri)
     if not is_remote(uri):
         return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri))
     scheme, rest = uri.split("://", 1)
     if scheme in ("s3", "s3a"):
-        settings = s3_settings()
-        key = ("s3", tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        settings = s3_settings(attempts)
+        identity = hash(tuple(os.environ.get(k) for k in CREDENTIAL_ENV))  # new credentials, new client
+        key = ("s3", identity, tuple(sorted((k, repr(v)) for k, v in settings.items())))
         with _FS_LOCK:
             if key not in _FILESYSTEMS:
                 _FILESYSTEMS[key] = pafs.S3FileSystem(**settings)
@@ -113,7 +118,7 @@ def check_reachable(uri: str) -> None:
     """Fail before any work when the store behind ``uri`` cannot be reached or refuses us."""
     if not is_remote(uri):
         return
-    filesystem, path = resolve(uri)
+    filesystem, path = resolve(uri, attempts=PROBE_ATTEMPTS)
     try:
         filesystem.get_file_info(path)
     except OSError as exc:
@@ -184,7 +189,9 @@ def glob(pattern: str) -> list[str]:
     base = "/".join(fixed)
     matched = []
     for file_info in list_files(f"{scheme}://{base}"):
-        if regex.fullmatch(file_info.path[len(base):].lstrip("/")):
+        relative = file_info.path[len(base):].lstrip("/")
+        hidden = any(p.startswith(".") for p in relative.split("/"))  # as local glob: * never matches a dot name
+        if regex.fullmatch(relative) and not hidden:
             matched.append(f"{scheme}://{file_info.path}")
     return matched
 
@@ -332,8 +339,11 @@ def delete_tree(uri: str) -> None:
     if not is_remote(uri):
         shutil.rmtree(_local_path(uri), ignore_errors=True)
         return
-    for file_info in list_files(uri):
-        delete_file(_uri(uri, file_info.path))
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_dir(path)  # every object under the prefix, and the folder entry stores like SeaweedFS keep
+    except FileNotFoundError:
+        pass
 
 
 def fsync_file(path: str) -> None:
