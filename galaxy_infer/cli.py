@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
-from galaxy_infer.errors import ModelError
+from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
+from galaxy_infer.storage import ANONYMOUS_ENV, Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
 
@@ -34,12 +36,18 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
+    parser.add_argument("--anonymous", action="store_true",
+                        help="read s3:// inputs unsigned (public buckets); credentials otherwise come from the "
+                             "AWS chain: AWS_* variables, AWS_PROFILE, instance or pod roles. AWS_ENDPOINT_URL "
+                             "selects an S3-compatible store")
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
 
 
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
+    if args.anonymous:
+        os.environ[ANONYMOUS_ENV] = "1"  # read by every filesystem this process and its Ray workers open
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
                      overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals)
@@ -49,7 +57,7 @@ def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
     """Run, print the summary, and turn the error share into an exit status."""
     try:
         summary = classify(config)
-    except (ModelError, FileNotFoundError, FileExistsError, ValueError, RuntimeError) as exc:
+    except (ModelError, StorageError, FileNotFoundError, FileExistsError, ValueError, RuntimeError, Locked) as exc:
         print(f"galaxy-infer: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(format_summary(summary))
@@ -80,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "INPUT is a folder (searched recursively), a glob, a file, or a "
                                    "CSV/Parquet manifest with a 'path' column (optional object_id, ra, dec).")
     c.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, globs, files or manifests")
-    c.add_argument("--out", required=True, help="catalog folder to create (part-*.parquet + _run_summary.json)")
+    c.add_argument("--out", required=True, help="catalog folder or object-store prefix (s3://bucket/catalogs/run-1) "
+                                                "to create: part-*.parquet + _run_summary.json")
     add_classify_options(c)
     i = sub.add_parser("info", help="describe a model: tree, input shape, recipe, flags, metrics")
     i.add_argument("model", nargs="?", default="default", help="ONNX file or bundled model name (default: default)")

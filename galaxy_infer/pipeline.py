@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalog_table, file_metadata
 from galaxy_infer.errors import InputError
@@ -32,7 +33,8 @@ from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_m
                                 resolve_model)
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
-from galaxy_infer.readers import discover, read_cutout
+from galaxy_infer import storage
+from galaxy_infer.readers import decode_cutout, discover
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -89,17 +91,24 @@ def new_run_id() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
-def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
-    """Decode each file of a batch and turn it into a model input; failures become reasons."""
+def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
+                        filesystem: pafs.FileSystem | None = None) -> dict[str, np.ndarray]:
+    """Fetch each file of a batch (many at once), decode it and turn it into a model input; failures become reasons.
+
+    ``filesystem`` reads every path through that filesystem instead of the one its URI names.
+    """
     n = len(batch["source_path"])
     pixels = np.zeros((n, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     ra = np.asarray(batch["ra"], dtype=np.float64).copy()
     dec = np.asarray(batch["dec"], dtype=np.float64).copy()
     started = time.perf_counter()
-    for i, path in enumerate(batch["source_path"]):
+    paths = [str(p) for p in batch["source_path"]]
+    for i, (path, data) in enumerate(zip(paths, storage.read_many(paths, filesystem))):
         try:
-            decoded = read_cutout(str(path), recipe)
+            if isinstance(data, InputError):
+                raise data
+            decoded = decode_cutout(data, path, recipe)
             pixels[i] = preprocess(decoded.pixels, recipe)
         except InputError as exc:
             errors[i] = str(exc)
@@ -148,8 +157,8 @@ class PredictorSpec:
     batch_size: int
     num_threads: int
     model_bytes: Any = field(compare=False)
-    intervals: bool = field(default=False, compare=False)
     """ObjectRef of the ONNX file: nested in the spec, Ray passes the reference, not the bytes, to each task."""
+    intervals: bool = field(default=False, compare=False)
 
 
 _PREDICTOR: dict[PredictorSpec, Predictor] = {}
@@ -207,7 +216,8 @@ def init_ray(address: str | None, num_cpus: int | None, object_store_mb: int | N
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     if on_cluster(address):
-        ray.init(address=address, log_to_driver=True)
+        env = {k: os.environ[k] for k in storage.FORWARDED_ENV if k in os.environ}
+        ray.init(address=address, log_to_driver=True, runtime_env={"env_vars": env} if env else None)
         return
     store = object_store_mb * 1024 * 1024 if object_store_mb else LOCAL_OBJECT_STORE_BYTES
     ray.init(num_cpus=num_cpus or os.cpu_count(), object_store_memory=store,
@@ -313,7 +323,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
             writer.write(batch)
         summary = writer.stats.summary(
             inputs=table.num_rows, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
-            device=device, output=str(Path(config.out).resolve()),
+            device=device, output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
         if summary["rows"] != table.num_rows:

@@ -5,7 +5,8 @@ on; the pipeline turns those into ``error`` rows.
 """
 from __future__ import annotations
 
-import glob
+import gzip
+import io
 import os
 import warnings
 import zlib
@@ -15,11 +16,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from galaxy_infer import storage
 from galaxy_infer.errors import InputError
 from galaxy_infer.preprocess import Recipe
 
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_PIXELS = 100_000_000
 """Images with more pixels are refused before decoding (decompression-bomb guard)."""
 
@@ -53,26 +56,23 @@ def is_cutout(path: str) -> bool:
 
 
 def read_cutout(path: str, recipe: Recipe) -> Decoded:
-    """Decode one cutout, at reduced scale where the format allows it."""
-    if not os.path.lexists(path):
-        raise InputError("file not found")
-    if not os.path.exists(path):
-        raise InputError("broken symbolic link")
-    if os.path.isdir(path):
-        raise InputError("is a directory, not an image")
-    if os.path.getsize(path) == 0:
-        raise InputError("empty file (0 bytes)")
+    """Fetch one cutout (local path or URI) and decode it, at reduced scale where the format allows it."""
+    return decode_cutout(storage.read_bytes(path), path, recipe)
+
+
+def decode_cutout(data: bytes, path: str, recipe: Recipe) -> Decoded:
+    """Decode a cutout's bytes, in memory; ``path`` names the format (by suffix) and the file in reasons."""
     if _suffix(path) in FITS_SUFFIXES:
-        return read_fits(path)
-    return Decoded(read_raster(path, recipe))
+        return read_fits(data)
+    return Decoded(read_raster(data, path, recipe))
 
 
-def read_raster(path: str, recipe: Recipe) -> np.ndarray:
-    """JPEG/PNG -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
+def read_raster(data: bytes, path: str, recipe: Recipe) -> np.ndarray:
+    """JPEG/PNG bytes -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(data))
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
@@ -113,8 +113,8 @@ def _raster_array(im: Image.Image) -> np.ndarray:
     raise InputError(f"unsupported image mode {im.mode}")
 
 
-def read_fits(path: str) -> Decoded:
-    """FITS (also ``.gz`` and tile-compressed ``.fz``) -> ``(bands, H, W)`` float32.
+def read_fits(data: bytes) -> Decoded:
+    """FITS bytes (also gzipped and tile-compressed ``.fz``) -> ``(bands, H, W)`` float32.
 
     Takes the primary HDU, or the first extension holding an image; astropy applies
     BSCALE/BZERO. Non-finite pixels are left for preprocessing to handle.
@@ -124,7 +124,8 @@ def read_fits(path: str) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
+            source = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == GZIP_MAGIC else io.BytesIO(data)
+            with fits.open(source, memmap=False) as hdul:
                 hdu = next((h for h in hdul if h.is_image and h.data is not None and h.data.size), None)
                 if hdu is None:
                     raise InputError("FITS has no image data")
@@ -132,7 +133,7 @@ def read_fits(path: str) -> Decoded:
                 header = hdu.header
     except InputError:
         raise
-    except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error) as exc:
+    except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(f"corrupt or truncated FITS: {exc}") from None
     if data.ndim == 2:
         data = data[None]
@@ -166,30 +167,29 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
 def discover(inputs: list[str]) -> list[dict]:
-    """Expand directories (recursively), globs and manifests into input records.
+    """Expand folders/prefixes (recursively), globs and manifests, local or in an object store, into records.
 
-    A record has ``source_path``, ``object_id``, ``ra`` and ``dec``. Files named by a manifest
-    are kept even when missing, so they become ``file not found`` rows rather than vanish.
+    A record has ``source_path`` (a local path or a URI), ``object_id``, ``ra`` and ``dec``. Files
+    named by a manifest are kept even when missing, so they become ``file not found`` rows rather
+    than vanish. Hidden files (leading ``.``) are skipped when listing.
     """
     records: list[dict] = []
     for item in inputs:
+        storage.check_reachable(item)
         if _is_manifest(item):
             records.extend(read_manifest(item))
-        elif os.path.isdir(item):
-            for root, dirs, files in os.walk(item, followlinks=False):
-                dirs.sort()
-                for name in sorted(files):
-                    if is_cutout(name) and not name.startswith("."):
-                        records.append(_record(os.path.join(root, name)))
-        elif glob.has_magic(item):
-            records.extend(_record(p) for p in sorted(glob.glob(item, recursive=True)) if is_cutout(p))
+        elif storage.is_dir(item):
+            records.extend(_record(p) for p in storage.list_uris(item)
+                           if is_cutout(p) and not os.path.basename(p).startswith("."))
+        elif storage.has_magic(item):
+            records.extend(_record(p) for p in storage.glob(item) if is_cutout(p))
         else:
             records.append(_record(item))
     return records
 
 
 def _is_manifest(item: str) -> bool:
-    return item.lower().endswith((".csv", ".parquet")) and os.path.isfile(item)
+    return item.lower().endswith((".csv", ".parquet")) and storage.is_file(item)
 
 
 def _record(path: str, object_id: str | None = None, ra: float | None = None, dec: float | None = None) -> dict:
@@ -197,28 +197,30 @@ def _record(path: str, object_id: str | None = None, ra: float | None = None, de
 
 
 def read_manifest(path: str) -> list[dict]:
-    """CSV or Parquet with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
+    """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
 
-    Relative paths are taken relative to the manifest's folder.
+    Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
+    object store); a ``path`` that is a URI is used as is.
     """
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
-    if path.lower().endswith(".parquet"):
-        table = pq.read_table(path)
-    else:
-        table = pv.read_csv(path, convert_options=pv.ConvertOptions(
-            column_types={"path": "string", "object_id": "string"}, strings_can_be_null=True))
+    with storage.open_input(path) as f:
+        if path.lower().endswith(".parquet"):
+            table = pq.read_table(f)
+        else:
+            table = pv.read_csv(f, convert_options=pv.ConvertOptions(
+                column_types={"path": "string", "object_id": "string"}, strings_can_be_null=True))
     if "path" not in table.column_names:
         raise ValueError(f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)})")
-    base = os.path.dirname(os.path.abspath(path))
+    base = storage.parent_and_name(path)[0]
     rows = table.to_pylist()
     out = []
     for row in rows:
         p = row["path"]
         if p is None:
             continue
-        full = p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
+        full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
         ra, dec = row.get("ra"), row.get("dec")
         out.append(_record(full, None if row.get("object_id") is None else str(row["object_id"]),
                            None if ra is None else float(ra), None if dec is None else float(dec)))

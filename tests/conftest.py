@@ -35,3 +35,25 @@ def local_ray():
              log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the session, stopped after."""
+    from tests import s3_server as server
+
+    running = server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield running
+    server.stop(running)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """This process talks to the test server with admin credentials; yields a helper to make buckets."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    for key, value in s3_server.env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return s3_server
