@@ -37,7 +37,8 @@ from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadat
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
 from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
                                    stream_tables)
-from galaxy_infer.readers import discover
+from galaxy_infer.readers import discover, records_table
+from galaxy_infer.shards import ShardFields
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
 """0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);
@@ -72,6 +73,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
+    shard_fields: ShardFields = field(default_factory=ShardFields)
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -184,7 +186,8 @@ def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dic
     """Cutouts under the inbox not yet held, settled, one per object id (first path in sort order)."""
     now = time.time()
     counts = {"inbox": 0, "already_held": 0, "unsettled": 0, "duplicate_ids": 0}
-    records = sorted(discover([config.inbox]), key=lambda r: r["source_path"])
+    records = sorted(discover([config.inbox], config.shard_fields),
+                     key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
     counts["inbox"] = len(records)
     pending, seen = [], set()
     for r in records:
@@ -193,14 +196,12 @@ def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dic
             counts["already_held"] += 1
         elif oid in seen:
             counts["duplicate_ids"] += 1
-        elif config.settle_seconds > 0 and _age(r["source_path"], now) < config.settle_seconds:
+        elif config.settle_seconds > 0 and _age(r.get("shard") or r["source_path"], now) < config.settle_seconds:
             counts["unsettled"] += 1
         else:
             seen.add(oid)
             pending.append(r)
-    table = pa.Table.from_pylist(pending, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
-    return table, counts
+    return records_table(pending), counts
 
 
 def _age(path: str, now: float) -> float:

@@ -32,8 +32,10 @@ from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_m
                                 resolve_model)
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
-from galaxy_infer.readers import discover, read_cutout
+from galaxy_infer.readers import discover
+from galaxy_infer.readers import records_table as to_records_table
 from galaxy_infer.schema import GZ2
+from galaxy_infer.shards import ShardFields, read_units
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -63,6 +65,8 @@ class RunConfig:
     overwrite: bool = False
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
+    shard_fields: ShardFields = field(default_factory=ShardFields)
+    """Image/id/ra/dec field names for shards whose layout is ambiguous."""
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -73,16 +77,16 @@ def new_run_id() -> str:
 
 
 def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe) -> dict[str, np.ndarray]:
-    """Decode each file of a batch and turn it into a model input; failures become reasons."""
+    """Decode each cutout of a batch (a file or a shard row) into a model input; failures become reasons."""
     n = len(batch["source_path"])
     pixels = np.zeros((n, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
     ra = np.asarray(batch["ra"], dtype=np.float64).copy()
     dec = np.asarray(batch["dec"], dtype=np.float64).copy()
     started = time.perf_counter()
-    for i, path in enumerate(batch["source_path"]):
+    for i, load in read_units(batch, recipe):
         try:
-            decoded = read_cutout(str(path), recipe)
+            decoded = load()
             pixels[i] = preprocess(decoded.pixels, recipe)
         except InputError as exc:
             errors[i] = str(exc)
@@ -144,10 +148,14 @@ def cached_predictor(spec: PredictorSpec) -> Predictor:
 
 
 def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
-    return {"object_id": np.asarray(records.column("object_id").to_pylist(), dtype=object),
-            "source_path": np.asarray(records.column("source_path").to_pylist(), dtype=object),
-            "ra": records.column("ra").to_numpy(zero_copy_only=False),
-            "dec": records.column("dec").to_numpy(zero_copy_only=False)}
+    batch = {"object_id": np.asarray(records.column("object_id").to_pylist(), dtype=object),
+             "source_path": np.asarray(records.column("source_path").to_pylist(), dtype=object),
+             "ra": records.column("ra").to_numpy(zero_copy_only=False),
+             "dec": records.column("dec").to_numpy(zero_copy_only=False)}
+    for name in ("shard", "shard_layout", "shard_pos", "error"):
+        if name in records.column_names:
+            batch[name] = records.column(name).to_pylist()
+    return batch
 
 
 def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str) -> pa.Table:
@@ -164,10 +172,15 @@ def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: s
     return predict_and_postprocess(decoded, cached_predictor(spec), run_id)
 
 
-def records_table(inputs: list[str]) -> pa.Table:
-    records = discover(inputs)
-    return pa.Table.from_pylist(records, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
+def records_table(inputs: list[str], fields: ShardFields | None = None) -> pa.Table:
+    return to_records_table(discover(inputs, fields))
+
+
+def duplicate_ids(table: pa.Table) -> int:
+    """Rows whose object id another row of the run already has (the catalog keeps every row)."""
+    import pyarrow.compute as pc
+
+    return table.num_rows - pc.count_distinct(table.column("object_id"), mode="all").as_py()
 
 
 def on_cluster(address: str | None) -> bool:
@@ -278,7 +291,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
-    table = records_table(config.inputs)
+    table = records_table(config.inputs, config.shard_fields)
     if table.num_rows == 0:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
     init_ray(config.address, config.num_cpus)
@@ -291,6 +304,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
             device=device, output=str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
+        summary["duplicate_ids"] = duplicate_ids(table)
         if summary["rows"] != table.num_rows:
             raise RuntimeError(f"pipeline produced {summary['rows']} rows for {table.num_rows} inputs")
         writer.commit(summary)
