@@ -242,7 +242,8 @@ def read_manifest(path: str, fields: shards.ShardFields | None = None) -> list[d
         table = pv.read_csv(path, convert_options=pv.ConvertOptions(
             column_types={"path": "string", "object_id": "string"}, strings_can_be_null=True))
     if "path" not in table.column_names:
-        raise ValueError(f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)})")
+        raise ValueError(f"manifest {path} has no 'path' column, nor is it a shard with an image-bytes column "
+                         f"(columns: {', '.join(table.column_names)})")
     base = os.path.dirname(os.path.abspath(path))
     rows = table.to_pylist()
     out = []

@@ -427,8 +427,8 @@ def _read_parquet(source: Source, layout: Layout, positions: list[int]) -> Itera
                     column = column.field("bytes")
                 for pos in here:
                     value = column[pos - start].as_py()
-                    yield pos, (InputError(f"no image bytes (null) in column {layout.image!r}") if value is None
-                                else bytes(value))
+                    yield pos, value if value is not None else InputError(
+                        f"no image bytes (null) in column {layout.image!r}")
             start = stop
             if k == len(wanted):
                 break
