@@ -103,24 +103,27 @@ def _binary(source: Source) -> Iterator[BinaryIO]:
         with open(source, "rb") as f:
             yield f
     else:
+        source.seek(0)
         yield source
 
 
-def shard_records(path: str, fields: ShardFields | None = None) -> list[dict] | None:
+def shard_records(path: str, fields: ShardFields | None = None, source: Source | None = None) -> list[dict] | None:
     """One record per cutout of the shard at ``path``, or None when ``path`` is not a shard.
 
-    A shard that cannot be opened gives one record carrying the reason in ``error``.
+    ``source`` is the shard's content when it is not a local path (an open file, bytes). A shard
+    that cannot be opened gives one record carrying the reason in ``error``.
     """
     fields = fields or ShardFields()
     name = _lower(path)
+    source = open_source(path) if source is None else source
     if name.endswith(MEF_SUFFIXES):
-        hdus = _fits_image_hdus_or_none(path)
+        hdus = _fits_image_hdus_or_none(source)
         return None if hdus is None or len(hdus) < 2 else _fits_records(path, hdus)
     if not name.endswith(SHARD_SUFFIXES):
         return None
     lister = _lister(name)
     try:
-        return lister(path, open_source(path), fields)
+        return lister(path, source, fields)
     except FieldError:
         raise
     except InputError as exc:
@@ -513,9 +516,9 @@ def _read_tar(source: Source, layout: Layout, positions: list[int], path: str) -
 
 # --- multi-extension FITS ---------------------------------------------------------------------
 
-def _fits_image_hdus_or_none(path: str) -> list[tuple[int, str | None]] | None:
+def _fits_image_hdus_or_none(source: Source) -> list[tuple[int, str | None]] | None:
     try:
-        with _binary(open_source(path)) as f:
+        with _binary(source) as f:
             return fits_image_hdus(f)
     except (OSError, ValueError):
         return None
@@ -654,10 +657,12 @@ def _as_decoded(value: Any, recipe: Recipe) -> readers.Decoded:
     return stamp_pixels(value)
 
 
-def read_shard_rows(shard: str, layout: Layout, positions: list[int]) -> Iterator[tuple[int, Any]]:
+def read_shard_rows(shard: str, layout: Layout, positions: list[int],
+                    source: Source | None = None) -> Iterator[tuple[int, Any]]:
     """``(position, raw value)`` for each position, read in order: a stamp array, image bytes,
-    :class:`Decoded`, or the :class:`InputError` that this cutout gets."""
-    source = open_source(shard)
+    :class:`~galaxy_infer.readers.Decoded`, or the :class:`InputError` that this cutout gets.
+    ``source`` as for :func:`shard_records`."""
+    source = open_source(shard) if source is None else source
     if layout.kind == "hdf5":
         return _read_hdf5(source, layout, positions)
     if layout.kind == "parquet":

@@ -21,7 +21,8 @@ from PIL import Image
 from galaxy_infer.pipeline import RunConfig, classify, read_and_preprocess, records_batch
 from galaxy_infer.preprocess import Recipe
 from galaxy_infer.readers import discover, records_table
-from galaxy_infer.shards import FieldError, ShardFields, fits_image_hdus
+from galaxy_infer.shards import (FieldError, Layout, ShardFields, fits_image_hdus, read_shard_rows, shard_records,
+                                 stamp_pixels)
 from galaxy_infer.synthetic import galaxy_image
 from tests.conftest import SHARED_DATA
 
@@ -193,6 +194,35 @@ def test_multi_extension_fits_one_cutout_per_image_hdu(tmp_path, shared_data):
     assert [r["object_id"] for r in discover([str(tmp_path / "field.fits")])] == ["OBJ0", "OBJ1", "OBJ2"]
     single = shared_data / "fits" / "decals_dr5_example_a.fits"
     assert discover([str(single)])[0]["source_path"] == str(single)
+
+
+def test_readers_take_an_open_pyarrow_file_or_bytes_as_for_object_stores(tmp_path, jpegs):
+    """What an object store hands over (a pyarrow NativeFile, or bytes) reads as the local file does."""
+    write_galaxy10(tmp_path / "g.h5", jpegs[:3])
+    write_hf_parquet(tmp_path / "hf.parquet", jpegs[:3])
+    write_webdataset(tmp_path / "w.tar.gz", {"a.jpg": jpegs[0], "b.jpg": jpegs[1]})
+    np.savez(tmp_path / "s.npz", images=rgb(jpegs[:3], 32))
+    np.save(tmp_path / "s.npy", rgb(jpegs[:3], 32))
+    for name in ["g.h5", "hf.parquet", "w.tar.gz", "s.npz", "s.npy"]:
+        local = shard_records(str(tmp_path / name))
+        data = (tmp_path / name).read_bytes()
+        for source in (pa.BufferReader(data), pa.OSFile(str(tmp_path / name)), data):
+            remote = shard_records(f"s3://bucket/{name}", source=source)
+            assert [r["object_id"].replace("s3://bucket/", "") for r in remote] == \
+                   [r["object_id"] for r in local], name
+            layout = Layout.from_json(remote[-1]["shard_layout"])
+            pos = remote[-1]["shard_pos"]
+            [(got, value)] = list(read_shard_rows(f"s3://bucket/{name}", layout, [pos], source=source))
+            assert got == pos and not isinstance(value, Exception), (name, value)
+
+
+def test_stamp_band_axis_and_scaling_follow_the_array():
+    assert stamp_pixels(np.zeros((64, 64, 3), np.uint8)).pixels.shape == (64, 64, 3)
+    assert stamp_pixels(np.zeros((3, 64, 64), np.uint8)).pixels.shape == (64, 64, 3)
+    assert stamp_pixels(np.ones((64, 64, 4), np.float32)).pixels.shape == (4, 64, 64)
+    assert stamp_pixels(np.ones((64, 64), np.int32)).pixels.dtype == np.float32
+    with pytest.raises(Exception, match="cannot tell the band axis"):
+        stamp_pixels(np.ones((32, 64, 32), np.float32))
 
 
 def test_an_unopenable_shard_is_one_error_row_naming_it(tmp_path):
