@@ -124,15 +124,13 @@ def shard_records(path: str, fields: ShardFields | None = None, source: Source |
     lister = _lister(name)
     try:
         return lister(path, source, fields)
-    except FieldError:
-        raise
     except InputError as exc:
         return [_shard_error(path, str(exc))]
     except (OSError, ValueError, KeyError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:
         return [_shard_error(path, f"cannot open {_kind_name(name)} shard: {type(exc).__name__}: {exc}"[:300])]
 
 
-class FieldError(ValueError):
+class FieldError(InputError):
     """A shard's layout is ambiguous or a named field is missing: the user must name the field."""
 
 
@@ -204,30 +202,29 @@ def _float(values: list | None, i: int) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str, path: str) -> str | None:
+def _pick(names: list[str], wanted: str | None, candidates: tuple[str, ...], what: str) -> str | None:
     """The field the user named, else the first candidate present (case-insensitive), else None."""
     if wanted is not None:
         if wanted not in names:
-            raise FieldError(f"{path}: no {what} field {wanted!r}; it has {', '.join(names) or 'nothing'}")
+            raise FieldError(f"no {what} field {wanted!r}; the shard has {', '.join(names) or 'nothing'}")
         return wanted
     lowered = {n.lower().rsplit("/", 1)[-1]: n for n in names}
     return next((lowered[c] for c in candidates if c in lowered), None)
 
 
-def _choose_image(found: list[str], wanted: str | None, all_names: list[str], path: str, what: str) -> str:
+def _choose_image(found: list[str], wanted: str | None, all_names: list[str], what: str) -> str:
     if wanted is not None:
         if wanted not in all_names:
-            raise FieldError(f"{path}: no image field {wanted!r}; it has {', '.join(all_names) or 'nothing'}")
+            raise FieldError(f"no image field {wanted!r}; the shard has {', '.join(all_names) or 'nothing'}")
         return wanted
     if len(found) == 1:
         return found[0]
-    preferred = _pick(found, None, IMAGE_FIELDS, "image", path)
+    preferred = _pick(found, None, IMAGE_FIELDS, "image")
     if preferred is not None:
         return preferred
     if not found:
-        raise FieldError(f"{path}: no {what} found (fields: {', '.join(all_names) or 'none'}); "
-                         "name it with --image-field")
-    raise FieldError(f"{path}: several possible image fields ({', '.join(found)}); name one with --image-field")
+        raise FieldError(f"no {what} found (fields: {', '.join(all_names) or 'none'}); name it with --image-field")
+    raise FieldError(f"several possible image fields ({', '.join(found)}); name one with --image-field")
 
 
 # --- HDF5 -------------------------------------------------------------------------------------
@@ -249,12 +246,12 @@ def _hdf5_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     with _h5_file(source) as h5:
         datasets = _hdf5_datasets(h5)
         stacks = [n for n, d in datasets.items() if d.ndim >= 3 and d.dtype.kind in "uif"]
-        image = _choose_image(stacks, fields.image, list(datasets), path, "image stack (a dataset of 3 or more dimensions)")
+        image = _choose_image(stacks, fields.image, list(datasets), "image stack (a dataset of 3 or more dimensions)")
         n = datasets[image].shape[0]
         columns = [n_ for n_, d in datasets.items() if d.ndim == 1 and d.shape[0] == n]
 
         def column(wanted: str | None, candidates: tuple[str, ...], what: str) -> list | None:
-            name = _pick(columns if wanted is None else list(datasets), wanted, candidates, what, path)
+            name = _pick(columns if wanted is None else list(datasets), wanted, candidates, what)
             return None if name is None else datasets[name][()].tolist()
 
         ids = column(fields.id, ID_FIELDS, "id")
@@ -336,12 +333,12 @@ def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
                 with zf.open(name) as member:
                     shapes[name[:-4]] = _npy_header(member)[0]
         stacks = [n for n, s in shapes.items() if len(s) >= 3]
-        image = _choose_image(stacks, fields.image, list(shapes), path, "image stack (an array of 3 or more dimensions)")
+        image = _choose_image(stacks, fields.image, list(shapes), "image stack (an array of 3 or more dimensions)")
         n = shapes[image][0]
         columns = [k for k, s in shapes.items() if len(s) == 1 and s[0] == n]
 
         def column(wanted: str | None, candidates: tuple[str, ...], what: str) -> list | None:
-            name = _pick(columns if wanted is None else list(shapes), wanted, candidates, what, path)
+            name = _pick(columns if wanted is None else list(shapes), wanted, candidates, what)
             if name is None:
                 return None
             with zf.open(name + ".npy") as member:
@@ -395,10 +392,10 @@ def _parquet_records(path: str, source: Source, fields: ShardFields) -> list[dic
         pf = pq.ParquetFile(src)
         schema = pf.schema_arrow
         names = schema.names
-        image = _choose_image(_image_columns(schema), fields.image, names, path,
+        image = _choose_image(_image_columns(schema), fields.image, names,
                               "image-bytes column (binary, or a struct with 'bytes')")
         scalar = [n for n in names if n != image and not schema.field(n).type.num_fields]
-        wanted = {what: _pick(scalar if want is None else names, want, cands, what, path)
+        wanted = {what: _pick(scalar if want is None else names, want, cands, what)
                   for what, want, cands in (("id", fields.id, ID_FIELDS), ("ra", fields.ra, RA_FIELDS),
                                             ("dec", fields.dec, DEC_FIELDS))}
         read = sorted({c for c in wanted.values() if c})

@@ -21,7 +21,7 @@ from PIL import Image
 from galaxy_infer.pipeline import RunConfig, classify, read_and_preprocess, records_batch
 from galaxy_infer.preprocess import Recipe
 from galaxy_infer.readers import discover, records_table
-from galaxy_infer.shards import (FieldError, Layout, ShardFields, fits_image_hdus, read_shard_rows, shard_records,
+from galaxy_infer.shards import (Layout, ShardFields, fits_image_hdus, read_shard_rows, shard_records,
                                  stamp_pixels)
 from galaxy_infer.synthetic import galaxy_image
 from tests.conftest import SHARED_DATA
@@ -113,17 +113,18 @@ def test_hdf5_float_stack_nan_stamp_and_wrong_layouts_are_error_rows(tmp_path, j
     assert {k: v for k, v in outcome.items() if k.startswith("obj")} == {f"obj{i}": "" for i in range(N) if i != 2}
 
 
-def test_ambiguous_hdf5_says_what_it_found_and_a_named_field_resolves_it(tmp_path):
+def test_ambiguous_hdf5_is_an_error_row_saying_what_it_found_and_a_named_field_resolves_it(tmp_path):
     with h5py.File(tmp_path / "two.h5", "w") as h5:
         h5["g_band"] = np.ones((3, 32, 32), np.float32)
         h5["r_band"] = np.ones((3, 32, 32), np.float32)
         h5["name"] = np.array([b"a", b"b", b"c"])
-    with pytest.raises(FieldError, match="several possible image fields.*g_band, r_band.*--image-field"):
-        discover([str(tmp_path / "two.h5")])
+    [record] = discover([str(tmp_path / "two.h5")])
+    assert record["object_id"] == "two.h5"
+    assert record["error"] == "several possible image fields (g_band, r_band); name one with --image-field"
     records = discover([str(tmp_path / "two.h5")], ShardFields(image="r_band", id="name"))
     assert [r["object_id"] for r in records] == ["a", "b", "c"]
-    with pytest.raises(FieldError, match="no id field 'objid'; it has g_band, name, r_band"):
-        discover([str(tmp_path / "two.h5")], ShardFields(image="r_band", id="objid"))
+    [record] = discover([str(tmp_path / "two.h5")], ShardFields(image="r_band", id="objid"))
+    assert record["error"] == "no id field 'objid'; the shard has g_band, name, r_band"
 
 
 def test_hugging_face_parquet_reads_only_its_row_groups_and_a_missing_bytes_value_is_one_error(tmp_path, jpegs):
