@@ -226,6 +226,15 @@ def test_stamp_band_axis_and_scaling_follow_the_array():
         stamp_pixels(np.ones((32, 64, 32), np.float32))
 
 
+def test_a_manifest_row_naming_a_shard_stands_for_its_cutouts(tmp_path, jpegs):
+    write_galaxy10(tmp_path / "g10.h5", jpegs[:3])
+    (tmp_path / "one.jpg").write_bytes(jpegs[3])
+    (tmp_path / "m.csv").write_text("path,object_id\ng10.h5,ignored\none.jpg,first\nmissing.h5,\n")
+    records = discover([str(tmp_path / "m.csv")])
+    assert [r["object_id"] for r in records] == ["g10.h5#0", "g10.h5#1", "g10.h5#2", "first", "missing.h5"]
+    assert "cannot open HDF5 shard" in records[-1]["error"]
+
+
 def test_an_unopenable_shard_is_one_error_row_naming_it(tmp_path):
     (tmp_path / "broken.h5").write_bytes(b"not hdf5 at all" * 100)
     (tmp_path / "broken.tar").write_bytes(b"")
