@@ -175,8 +175,8 @@ def test_npy_listing_reads_the_header_only(tmp_path):
     data = (tmp_path / "cut.npy").read_bytes()
     (tmp_path / "cut.npy").write_bytes(data[: len(data) - 2 * 32 * 32 * 4])
     outcome = decode(discover([str(tmp_path / "cut.npy")]))
-    assert outcome == {**{f"cut.npy#{i}": "" for i in range(4)},
-                       "cut.npy#4": "stack is truncated before this row", "cut.npy#5": "stack is truncated before this row"}
+    cut = "stack is truncated before this row"
+    assert outcome == {**{f"cut.npy#{i}": "" for i in range(4)}, "cut.npy#4": cut, "cut.npy#5": cut}
 
 
 def test_multi_extension_fits_one_cutout_per_image_hdu(tmp_path, shared_data):
