@@ -34,9 +34,9 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
+from galaxy_infer import readers
 from galaxy_infer.errors import InputError
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer import readers
 
 Source = Union[str, "os.PathLike[str]", BinaryIO, bytes]
 
