@@ -32,6 +32,7 @@ train: install-train
 
 bench: install-train
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.shards
 
 clean:
 	rm -rf $(VENV) demo-output bench-results

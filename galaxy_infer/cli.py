@@ -9,6 +9,7 @@ import sys
 from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
+from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import ANONYMOUS_ENV, Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
@@ -43,6 +44,22 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
+    add_shard_field_options(parser)
+
+
+def add_shard_field_options(parser: argparse.ArgumentParser) -> None:
+    """Field names for shards (HDF5, Parquet, tar, npz) whose layout detection is ambiguous."""
+    g = parser.add_argument_group("shards", "fields of HDF5/Parquet/npz shards and WebDataset JSON, when detection "
+                                            "is ambiguous (default: detected)")
+    g.add_argument("--image-field", default=None, help="the image stack or image-bytes column")
+    g.add_argument("--id-field", default=None,
+                   help="the object id field (default: object_id, id_str, iauname or dr8_id; else <shard>#<row>)")
+    g.add_argument("--ra-field", default=None, help="the right ascension field (default: ra)")
+    g.add_argument("--dec-field", default=None, help="the declination field (default: dec)")
+
+
+def shard_fields_from_args(args: argparse.Namespace) -> ShardFields:
+    return ShardFields(image=args.image_field, id=args.id_field, ra=args.ra_field, dec=args.dec_field)
 
 
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
@@ -50,7 +67,8 @@ def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> R
         os.environ[ANONYMOUS_ENV] = "1"  # read by every filesystem this process and its Ray workers open
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals)
+                     overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals,
+                     shard_fields=shard_fields_from_args(args))
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -76,6 +94,8 @@ def format_summary(summary: dict) -> str:
         f"model: {summary['model_id']}  device: {summary['device']}  run: {summary['run_id']}",
         f"time: {summary['wall_seconds']:.1f} s  ({summary['rows_per_second_wall']:.0f} rows/s end to end)",
     ]
+    if summary.get("duplicate_ids"):
+        lines.append(f"duplicate object ids: {summary['duplicate_ids']} rows share an id with an earlier row")
     lines += [f"  {count:>8}  {reason}" for reason, count in summary["errors_by_reason"].items()]
     return "\n".join(lines)
 
@@ -85,8 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     c = sub.add_parser("classify", help="classify cutouts into a Parquet catalog",
                        description="Classify FITS/JPEG/PNG cutouts into a Parquet morphology catalog. "
-                                   "INPUT is a folder (searched recursively), a glob, a file, or a "
-                                   "CSV/Parquet manifest with a 'path' column (optional object_id, ra, dec).")
+                                   "INPUT is a folder (searched recursively), a glob, a file, a shard "
+                                   "(.h5/.hdf5, Parquet with an image column, .tar/.tar.gz, .npy/.npz, "
+                                   "multi-HDU FITS), or a CSV/Parquet manifest with a 'path' column "
+                                   "(optional object_id, ra, dec).")
     c.add_argument("inputs", nargs="+", metavar="INPUT", help="folders, globs, files or manifests")
     c.add_argument("--out", required=True, help="catalog folder or object-store prefix (s3://bucket/catalogs/run-1) "
                                                 "to create: part-*.parquet + _run_summary.json")

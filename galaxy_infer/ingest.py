@@ -43,7 +43,8 @@ from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
 from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
                                    stream_tables)
-from galaxy_infer.readers import discover
+from galaxy_infer.readers import discover, records_table
+from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
@@ -75,6 +76,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
+    shard_fields: ShardFields = field(default_factory=ShardFields)
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -181,7 +183,8 @@ def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dic
     """Cutouts under the inbox not yet held, settled, one per object id (first path in sort order)."""
     now = time.time()
     counts = {"inbox": 0, "already_held": 0, "unsettled": 0, "duplicate_ids": 0}
-    records = sorted(discover([config.inbox]), key=lambda r: r["source_path"])
+    records = sorted(discover([config.inbox], config.shard_fields),
+                     key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
     mtimes = {} if config.settle_seconds <= 0 else storage.mtimes(config.inbox)
     counts["inbox"] = len(records)
     pending, seen = [], set()
@@ -191,14 +194,13 @@ def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dic
             counts["already_held"] += 1
         elif oid in seen:
             counts["duplicate_ids"] += 1
-        elif config.settle_seconds > 0 and now - mtimes.get(r["source_path"], 0.0) < config.settle_seconds:
+        elif (config.settle_seconds > 0
+              and now - mtimes.get(r.get("shard") or r["source_path"], 0.0) < config.settle_seconds):
             counts["unsettled"] += 1
         else:
             seen.add(oid)
             pending.append(r)
-    table = pa.Table.from_pylist(pending, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
-    return table, counts
+    return records_table(pending), counts
 
 
 def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:

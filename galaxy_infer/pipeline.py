@@ -34,7 +34,9 @@ from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_m
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer import storage
-from galaxy_infer.readers import decode_cutout, discover
+from galaxy_infer.readers import discover
+from galaxy_infer.readers import records_table as to_records_table
+from galaxy_infer.shards import ShardFields, read_units
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -82,6 +84,8 @@ class RunConfig:
     progress: bool | None = None
     dirichlet_intervals: bool = False
     """For Dirichlet models, also write each answer's concentration and 90% interval."""
+    shard_fields: ShardFields = field(default_factory=ShardFields)
+    """Image/id/ra/dec field names for shards whose layout is ambiguous."""
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -93,9 +97,10 @@ def new_run_id() -> str:
 
 def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
                         filesystem: pafs.FileSystem | None = None) -> dict[str, np.ndarray]:
-    """Fetch each file of a batch (many at once), decode it and turn it into a model input; failures become reasons.
+    """Decode each cutout of a batch (a file, fetched many at once, or a shard row) into a model input;
+    failures become reasons.
 
-    ``filesystem`` reads every path through that filesystem instead of the one its URI names.
+    ``filesystem`` reads every file through that filesystem instead of the one its URI names.
     """
     n = len(batch["source_path"])
     pixels = np.zeros((n, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32)
@@ -103,12 +108,9 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
     ra = np.asarray(batch["ra"], dtype=np.float64).copy()
     dec = np.asarray(batch["dec"], dtype=np.float64).copy()
     started = time.perf_counter()
-    paths = [str(p) for p in batch["source_path"]]
-    for i, (path, data) in enumerate(zip(paths, storage.read_many(paths, filesystem))):
+    for i, load in read_units(batch, recipe, filesystem):
         try:
-            if isinstance(data, InputError):
-                raise data
-            decoded = decode_cutout(data, path, recipe)
+            decoded = load()
             pixels[i] = preprocess(decoded.pixels, recipe)
         except InputError as exc:
             errors[i] = str(exc)
@@ -176,10 +178,14 @@ def cached_predictor(spec: PredictorSpec) -> Predictor:
 
 
 def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
-    return {"object_id": np.asarray(records.column("object_id").to_pylist(), dtype=object),
-            "source_path": np.asarray(records.column("source_path").to_pylist(), dtype=object),
-            "ra": records.column("ra").to_numpy(zero_copy_only=False),
-            "dec": records.column("dec").to_numpy(zero_copy_only=False)}
+    batch = {"object_id": np.asarray(records.column("object_id").to_pylist(), dtype=object),
+             "source_path": np.asarray(records.column("source_path").to_pylist(), dtype=object),
+             "ra": records.column("ra").to_numpy(zero_copy_only=False),
+             "dec": records.column("dec").to_numpy(zero_copy_only=False)}
+    for name in ("shard", "shard_layout", "shard_pos", "error"):
+        if name in records.column_names:
+            batch[name] = records.column(name).to_pylist()
+    return batch
 
 
 def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str) -> pa.Table:
@@ -197,10 +203,15 @@ def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: s
     return predict_and_postprocess(decoded, cached_predictor(spec), run_id, spec.intervals)
 
 
-def records_table(inputs: list[str]) -> pa.Table:
-    records = discover(inputs)
-    return pa.Table.from_pylist(records, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
+def records_table(inputs: list[str], fields: ShardFields | None = None) -> pa.Table:
+    return to_records_table(discover(inputs, fields))
+
+
+def duplicate_ids(table: pa.Table) -> int:
+    """Rows whose object id another row of the run already has (the catalog keeps every row)."""
+    import pyarrow.compute as pc
+
+    return table.num_rows - pc.count_distinct(table.column("object_id"), mode="all").as_py()
 
 
 def on_cluster(address: str | None) -> bool:
@@ -313,7 +324,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
-    table = records_table(config.inputs)
+    table = records_table(config.inputs, config.shard_fields)
     if table.num_rows == 0:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
     init_ray(config.address, config.num_cpus)
@@ -326,6 +337,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
             device=device, output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
+        summary["duplicate_ids"] = duplicate_ids(table)
         if summary["rows"] != table.num_rows:
             raise RuntimeError(f"pipeline produced {summary['rows']} rows for {table.num_rows} inputs")
         writer.commit(summary)

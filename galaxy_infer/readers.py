@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from galaxy_infer import storage
+from galaxy_infer import shards, storage
 from galaxy_infer.errors import InputError
 from galaxy_infer.preprocess import Recipe
 
@@ -96,8 +97,8 @@ def read_raster(data: bytes, path: str, recipe: Recipe) -> np.ndarray:
         raise InputError(f"corrupt {_kind(path)}: {exc}") from None
 
 
-def _kind(path: str) -> str:
-    return "PNG" if _suffix(path) == ".png" else "JPEG"
+def _kind(path) -> str:
+    return "PNG" if _suffix(str(getattr(path, "name", path))) == ".png" else "JPEG"
 
 
 def _raster_array(im: Image.Image) -> np.ndarray:
@@ -129,12 +130,18 @@ def read_fits(data: bytes) -> Decoded:
                 hdu = next((h for h in hdul if h.is_image and h.data is not None and h.data.size), None)
                 if hdu is None:
                     raise InputError("FITS has no image data")
-                data = np.asarray(hdu.data, dtype=np.float32)
-                header = hdu.header
+                return decode_fits_hdu(hdu.data, hdu.header)
     except InputError:
         raise
     except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(f"corrupt or truncated FITS: {exc}") from None
+
+
+def decode_fits_hdu(data, header) -> Decoded:
+    """One image HDU's data -> ``(bands, H, W)`` float32 with the WCS centre position."""
+    if data is None or not data.size:
+        raise InputError("FITS HDU has no image data")
+    data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
     elif data.ndim != 3:
@@ -166,26 +173,50 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def discover(inputs: list[str]) -> list[dict]:
-    """Expand folders/prefixes (recursively), globs and manifests, local or in an object store, into records.
+RECORD_SCHEMA = pa.schema([
+    ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
+    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
+"""One input cutout. ``shard*`` locate a cutout inside a shard (see :mod:`galaxy_infer.shards`);
+``error`` is set when discovery already knows the cutout cannot be read (an unopenable shard)."""
 
-    A record has ``source_path`` (a local path or a URI), ``object_id``, ``ra`` and ``dec``. Files
-    named by a manifest are kept even when missing, so they become ``file not found`` rows rather
-    than vanish. Hidden files (leading ``.``) are skipped when listing.
+
+def discover(inputs: list[str], fields: shards.ShardFields | None = None) -> list[dict]:
+    """Expand folders/prefixes (recursively), globs, manifests and shards, local or in an object store, into records.
+
+    A record has ``source_path`` (a local path or a URI), ``object_id``, ``ra`` and ``dec`` (plus
+    the shard columns of :data:`RECORD_SCHEMA` for cutouts inside shards). Files named by a
+    manifest are kept even when missing, so they become ``file not found`` rows rather than
+    vanish. Hidden files (leading ``.``) are skipped when listing. ``fields`` names the
+    image/id/ra/dec fields of shards whose layout is ambiguous.
     """
     records: list[dict] = []
     for item in inputs:
         storage.check_reachable(item)
-        if _is_manifest(item):
-            records.extend(read_manifest(item))
+        if _is_manifest(item) and not shards.is_parquet_shard(item):
+            records.extend(read_manifest(item, fields))
         elif storage.is_dir(item):
-            records.extend(_record(p) for p in storage.list_uris(item)
-                           if is_cutout(p) and not os.path.basename(p).startswith("."))
+            for p in storage.list_uris(item):
+                if (is_cutout(p) or shards.is_shard_name(p)) and not os.path.basename(p).startswith("."):
+                    records.extend(_expand(p, fields, in_folder=True))
         elif storage.has_magic(item):
-            records.extend(_record(p) for p in storage.glob(item) if is_cutout(p))
+            for p in storage.glob(item):
+                if is_cutout(p) or shards.is_shard_name(p):
+                    records.extend(_expand(p, fields, in_folder=True))
         else:
-            records.append(_record(item))
+            records.extend(_expand(item, fields))
     return records
+
+
+def _expand(path: str, fields: shards.ShardFields | None, in_folder: bool = False) -> list[dict]:
+    """A shard's cutouts, or the file itself. In folders, Parquet files without an image column
+    (catalogs, manifests) are not inputs."""
+    if in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
+        return []
+    return shards.shard_records(path, fields) or [_record(path)]
+
+
+def records_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
 
 
 def _is_manifest(item: str) -> bool:
@@ -196,11 +227,12 @@ def _record(path: str, object_id: str | None = None, ra: float | None = None, de
     return {"source_path": path, "object_id": object_id or object_id_from_path(path), "ra": ra, "dec": dec}
 
 
-def read_manifest(path: str) -> list[dict]:
+def read_manifest(path: str, fields: shards.ShardFields | None = None) -> list[dict]:
     """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
 
     Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
-    object store); a ``path`` that is a URI is used as is.
+    object store); a ``path`` that is a URI is used as is. A path naming a shard stands for all
+    its cutouts (their ids and positions come from the shard).
     """
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
@@ -212,7 +244,8 @@ def read_manifest(path: str) -> list[dict]:
             table = pv.read_csv(f, convert_options=pv.ConvertOptions(
                 column_types={"path": "string", "object_id": "string"}, strings_can_be_null=True))
     if "path" not in table.column_names:
-        raise ValueError(f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)})")
+        raise ValueError(f"manifest {path} has no 'path' column, nor is it a shard with an image-bytes column "
+                         f"(columns: {', '.join(table.column_names)})")
     base = storage.parent_and_name(path)[0]
     rows = table.to_pylist()
     out = []
@@ -221,7 +254,12 @@ def read_manifest(path: str) -> list[dict]:
         if p is None:
             continue
         full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
+        shard = shards.shard_records(full, fields) if shards.is_shard_name(full) or is_cutout(full) else None
+        if shard is not None:
+            out.extend(shard)
+            continue
         ra, dec = row.get("ra"), row.get("dec")
         out.append(_record(full, None if row.get("object_id") is None else str(row["object_id"]),
                            None if ra is None else float(ra), None if dec is None else float(dec)))
     return out
+

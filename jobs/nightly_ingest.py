@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
+from galaxy_infer.cli import add_shard_field_options, shard_fields_from_args  # noqa: E402
 from galaxy_infer.errors import ModelError, StorageError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
                                  IngestConfig, Locked, format_ingest_summary, ingest)
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="object store of the local Ray started when no cluster is given (default: 1024)")
     p.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_shard_field_options(p)
     return p
 
 
@@ -64,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
                           num_workers=args.num_workers, num_gpus_per_worker=args.num_gpus_per_worker,
-                          address=args.address, object_store_mb=args.object_store_mb)
+                          address=args.address, object_store_mb=args.object_store_mb,
+                          shard_fields=shard_fields_from_args(args))
     if args.date:
         config.date = args.date
     if args.anonymous:
