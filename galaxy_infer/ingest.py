@@ -35,8 +35,8 @@ import pyarrow.parquet as pq
 
 from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadata
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
-from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
-                                   stream_tables)
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
+from galaxy_infer.progress import Progress
 from galaxy_infer.readers import discover
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
@@ -245,11 +245,12 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
                              config.run_id, config.chunk_rows)
         stats = RunStats()
-        for batch in stream_tables(table, info, device, run, progress_printer(table.num_rows, config.progress)):
-            stats.add(batch)
-            writer.add(batch)
-            if on_batch is not None:
-                on_batch(stats.rows)
+        with Progress(table.num_rows, config.progress, what="ingested") as progress:
+            for batch in progress.track(stream_tables(table, info, device, run)):
+                stats.add(batch)
+                writer.add(batch)
+                if on_batch is not None:
+                    on_batch(stats.rows)
         writer.flush()
         written = writer.rows_committed
         if written != table.num_rows:
