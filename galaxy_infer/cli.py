@@ -30,6 +30,8 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress (default: a bar on a terminal, else a plain line every 30 s)")
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
@@ -38,7 +40,7 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, progress=False if args.no_progress else None)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -104,6 +106,9 @@ def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--columns", type=int, default=COLUMNS, help=f"tiles per row in the PNG (default: {COLUMNS})")
     g.add_argument("--view", choices=VIEWS, default="full",
                    help="full: the whole cutout, the model's crop marked; model: only the crop (default: full)")
+    g.add_argument("--root", default=None,
+                   help="folder that relative source_path values are relative to, i.e. where classify ran "
+                        "(default: the current folder)")
     s = sub.add_parser("summary", help="rows, errors, flags, vote fractions, Galaxy10 classes, runs of a catalog")
     s.add_argument("catalog", help=catalog_help)
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -135,7 +140,7 @@ def run_catalog_command(args: argparse.Namespace) -> int:
 
         png, page, chosen = write_gallery(args.catalog, args.out, sort=args.sort, where=args.where, top=args.top,
                                           ascending=args.ascending, size=args.tile, columns=args.columns,
-                                          view=args.view)
+                                          view=args.view, root=args.root)
         print(f"{len(chosen.rows)} of {chosen.matched} rows: {png}  {page}")
     elif args.command == "summary":
         from galaxy_infer.summary import format_summary as format_catalog_summary, summarize

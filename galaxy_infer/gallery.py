@@ -144,12 +144,20 @@ def _recipe(selection: Selection, row: pd.Series) -> Recipe:
     return next(iter(selection.recipes.values()), Recipe())
 
 
-def tiles(selection: Selection, size: int = TILE, view: str = "full") -> list[tuple[Image.Image, str | None]]:
+def locate(source_path: str, root: str | os.PathLike | None) -> str:
+    """``source_path`` as the catalog holds it; a relative one (the run was given relative inputs) taken from ``root``."""
+    if root is None or os.path.isabs(source_path) or "://" in source_path:
+        return source_path
+    return os.path.join(root, source_path)
+
+
+def tiles(selection: Selection, size: int = TILE, view: str = "full",
+          root: str | os.PathLike | None = None) -> list[tuple[Image.Image, str | None]]:
     """Each selected cutout rendered (in parallel: reads are I/O-bound), crop marked in the full view."""
     def one(item: tuple[int, pd.Series]) -> tuple[Image.Image, str | None]:
         _, row = item
         recipe = _recipe(selection, row)
-        pixels, problem = render(row["source_path"], recipe, size, view)
+        pixels, problem = render(locate(row["source_path"], root), recipe, size, view)
         image = Image.fromarray(pixels)
         if problem is None and view == "full" and recipe.crop_fraction < 1:
             _mark_crop(image, recipe.crop_fraction)
@@ -171,7 +179,8 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
-def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view: str = "full") -> Image.Image:
+def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view: str = "full",
+           root: str | os.PathLike | None = None) -> Image.Image:
     """The PNG mosaic: one tile per row, its caption underneath, the reason written on placeholders."""
     font = _font(FONT_SIZE)
     line = FONT_SIZE + 3
@@ -181,7 +190,7 @@ def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view:
     cols = min(columns, n)
     sheet = Image.new("RGB", (cols * cell_w + pad, -(-n // cols) * cell_h + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view), selection.rows.iterrows())):
+    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view, root), selection.rows.iterrows())):
         x, y = pad + (i % cols) * cell_w, pad + (i // cols) * cell_h
         sheet.paste(image, (x, y))
         if problem is not None:
@@ -194,16 +203,16 @@ def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view:
 
 def gallery_array(catalog: str | os.PathLike | pd.DataFrame, sort: str | None = None, where: str | None = None,
                   top: int = 100, ascending: bool = False, size: int = TILE, columns: int = COLUMNS,
-                  view: str = "full") -> np.ndarray:
+                  view: str = "full", root: str | os.PathLike | None = None) -> np.ndarray:
     """The mosaic as an ``(H, W, 3)`` uint8 array, for notebooks (``plt.imshow(gallery_array(...))``)."""
-    return np.asarray(mosaic(select(catalog, sort, where, top, ascending), size, columns, view))
+    return np.asarray(mosaic(select(catalog, sort, where, top, ascending), size, columns, view, root))
 
 
-def html_page(selection: Selection, size: int = 256, view: str = "full") -> str:
+def html_page(selection: Selection, size: int = 256, view: str = "full", root: str | os.PathLike | None = None) -> str:
     """One self-contained HTML page: thumbnails inline (JPEG, base64) with their captions as text."""
     recipes = {json.dumps(r.__dict__, sort_keys=True) for r in selection.recipes.values()}
     figures = []
-    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view), selection.rows.iterrows())):
+    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view, root), selection.rows.iterrows())):
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=92)
         lines = caption(row, selection.sort, i + 1)
@@ -235,12 +244,16 @@ def html_page(selection: Selection, size: int = 256, view: str = "full") -> str:
 
 def write_gallery(catalog: str | os.PathLike | pd.DataFrame, out: str | os.PathLike, sort: str | None = None,
                   where: str | None = None, top: int = 100, ascending: bool = False, size: int = TILE,
-                  columns: int = COLUMNS, view: str = "full") -> tuple[Path, Path, Selection]:
-    """Write ``out.png`` (the mosaic) and ``out.html`` (the page); returns both paths and the selection."""
+                  columns: int = COLUMNS, view: str = "full",
+                  root: str | os.PathLike | None = None) -> tuple[Path, Path, Selection]:
+    """Write ``out.png`` (the mosaic) and ``out.html`` (the page); returns both paths and the selection.
+
+    ``root``: the folder relative ``source_path`` values are taken from (default: the current one).
+    """
     selection = select(catalog, sort, where, top, ascending)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png, page = out.with_name(out.name + ".png"), out.with_name(out.name + ".html")
-    mosaic(selection, size, columns, view).save(png, optimize=True)
-    page.write_text(html_page(selection, max(size, 256), view), encoding="utf-8")
+    mosaic(selection, size, columns, view, root).save(png, optimize=True)
+    page.write_text(html_page(selection, max(size, 256), view, root), encoding="utf-8")
     return png, page, selection

@@ -82,3 +82,12 @@ def test_cli_gallery(catalog, tmp_path, capsys):
     assert (tmp_path / "rings.png").is_file() and (tmp_path / "rings.html").is_file()
     assert "8 of 25 rows" in capsys.readouterr().out
     assert main(["gallery", str(catalog), "--sort", "no_such_column", "--out", str(out)]) == 1
+
+
+def test_relative_source_paths_are_taken_from_root(shared_data):
+    first = pd.read_csv(shared_data / "gz2_votes" / "labels.csv").file[0]
+    frame = pd.DataFrame({"object_id": ["a"], "source_path": [f"gz2_votes/{first}"], "ra": [1.0], "dec": [2.0],
+                          "status": ["ok"]})
+    found = gallery_array(frame, size=96, root=shared_data)[6:20, 6:102]  # the tile top, above the reason
+    missing = gallery_array(frame, size=96)[6:20, 6:102]
+    assert (missing == PLACEHOLDER).all() and not (found == PLACEHOLDER).all()
