@@ -179,9 +179,15 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     return text + "…"
 
 
+Rendered = list[tuple[Image.Image, str | None]]
+
+
 def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view: str = "full",
-           root: str | os.PathLike | None = None) -> Image.Image:
-    """The PNG mosaic: one tile per row, its caption underneath, the reason written on placeholders."""
+           root: str | os.PathLike | None = None, rendered: Rendered | None = None) -> Image.Image:
+    """The PNG mosaic: one tile per row, its caption underneath, the reason written on placeholders.
+
+    ``rendered``: tiles already made by :func:`tiles` (at any size), so a PNG and a page share one read.
+    """
     font = _font(FONT_SIZE)
     line = FONT_SIZE + 3
     pad = 6
@@ -190,9 +196,10 @@ def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view:
     cols = min(columns, n)
     sheet = Image.new("RGB", (cols * cell_w + pad, -(-n // cols) * cell_h + pad), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
-    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view, root), selection.rows.iterrows())):
+    rendered = rendered if rendered is not None else tiles(selection, size, view, root)
+    for i, ((image, problem), (_, row)) in enumerate(zip(rendered, selection.rows.iterrows())):
         x, y = pad + (i % cols) * cell_w, pad + (i // cols) * cell_h
-        sheet.paste(image, (x, y))
+        sheet.paste(image if image.width == size else image.resize((size, size), Image.Resampling.LANCZOS), (x, y))
         if problem is not None:
             draw.text((x + 6, y + size // 2 - line), "cutout unavailable", fill=(255, 255, 255), font=font)
             draw.text((x + 6, y + size // 2), _fit(draw, problem, font, size - 12), fill=(255, 200, 200), font=font)
@@ -208,11 +215,13 @@ def gallery_array(catalog: str | os.PathLike | pd.DataFrame, sort: str | None = 
     return np.asarray(mosaic(select(catalog, sort, where, top, ascending), size, columns, view, root))
 
 
-def html_page(selection: Selection, size: int = 256, view: str = "full", root: str | os.PathLike | None = None) -> str:
+def html_page(selection: Selection, size: int = 256, view: str = "full", root: str | os.PathLike | None = None,
+              rendered: Rendered | None = None) -> str:
     """One self-contained HTML page: thumbnails inline (JPEG, base64) with their captions as text."""
     recipes = {json.dumps(r.__dict__, sort_keys=True) for r in selection.recipes.values()}
     figures = []
-    for i, ((image, problem), (_, row)) in enumerate(zip(tiles(selection, size, view, root), selection.rows.iterrows())):
+    rendered = rendered if rendered is not None else tiles(selection, size, view, root)
+    for i, ((image, problem), (_, row)) in enumerate(zip(rendered, selection.rows.iterrows())):
         buffer = io.BytesIO()
         image.save(buffer, "JPEG", quality=92)
         lines = caption(row, selection.sort, i + 1)
@@ -254,6 +263,8 @@ def write_gallery(catalog: str | os.PathLike | pd.DataFrame, out: str | os.PathL
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     png, page = out.with_name(out.name + ".png"), out.with_name(out.name + ".html")
-    mosaic(selection, size, columns, view, root).save(png, optimize=True)
-    page.write_text(html_page(selection, max(size, 256), view, root), encoding="utf-8")
+    page_size = max(size, 256)
+    rendered = tiles(selection, page_size, view, root)
+    mosaic(selection, size, columns, view, root, rendered).save(png)
+    page.write_text(html_page(selection, page_size, view, root, rendered), encoding="utf-8")
     return png, page, selection
