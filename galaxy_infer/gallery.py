@@ -167,10 +167,6 @@ def tiles(selection: Selection, size: int = TILE, view: str = "full",
         return list(pool.map(one, selection.rows.iterrows()))
 
 
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=size)
-
-
 def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
     if draw.textlength(text, font=font) <= width:
         return text
@@ -188,7 +184,7 @@ def mosaic(selection: Selection, size: int = TILE, columns: int = COLUMNS, view:
 
     ``rendered``: tiles already made by :func:`tiles` (at any size), so a PNG and a page share one read.
     """
-    font = _font(FONT_SIZE)
+    font = ImageFont.load_default(size=FONT_SIZE)
     line = FONT_SIZE + 3
     pad = 6
     cell_w, cell_h = size + pad, size + CAPTION_LINES * line + 2 * pad

@@ -20,6 +20,8 @@ import pyarrow.dataset as ds
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 TOP_REASONS = 10
 METADATA_PREFIX = "galaxy_infer."
+PARTITION_KEY = "ingest_date"
+"""The nightly ingest's partition folders (``ingest_date=YYYY-MM-DD/``)."""
 RUN_KEYS = ("run_id", "model_id", "model_sha256", "created_utc", "code_version", "schema_version", "recipe",
             "thresholds")
 
@@ -84,10 +86,9 @@ def summarize(source: str | os.PathLike | list[str], top_reasons: int = TOP_REAS
             summary["fractions"][name] = {"mean": round(pc.mean(values).as_py(), 4),
                                           **{f"q{int(p * 100):02d}": round(v, 4) for p, v in zip(QUANTILES, q)}}
     summary["galaxy10"] = _galaxy10_counts(dataset)
-    for key in ("ingest_date",):
-        if key in names:
-            counts = pc.value_counts(_column(dataset, key, ok_only=False).cast(pa.string())).to_pylist()
-            summary["partitions"] = {key: {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}}
+    if PARTITION_KEY in names:
+        counts = pc.value_counts(_column(dataset, PARTITION_KEY, ok_only=False).cast(pa.string())).to_pylist()
+        summary["partitions"] = {PARTITION_KEY: {c["values"]: c["counts"] for c in sorted(counts, key=lambda c: c["values"])}}
     run_rows = Counter(_column(dataset, "run_id", ok_only=False).to_pylist()) if "run_id" in names else Counter()
     summary["runs"] = []
     for meta in file_metadata(dataset):
