@@ -7,7 +7,7 @@ import sys
 
 from galaxy_infer.errors import ModelError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, GPU_WAIT_SECONDS, RunConfig, classify
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
 
@@ -28,6 +28,9 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="chunks classified at once (default: one per CPU, or one per GPU with cuda)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
+    parser.add_argument("--gpu-wait-seconds", type=float, default=GPU_WAIT_SECONDS,
+                        help="on a cluster, fail when no node can run a prediction task (GPU nodes scaling from "
+                             f"zero) for this long (default: {GPU_WAIT_SECONDS:.0f})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
@@ -38,7 +41,7 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite)
+                     gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
