@@ -183,7 +183,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_speed)
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     return args.func(args)
