@@ -67,6 +67,10 @@ def format_summary(summary: dict) -> str:
         f"model: {summary['model_id']}  device: {summary['device']}  run: {summary['run_id']}",
         f"time: {summary['wall_seconds']:.1f} s  ({summary['rows_per_second_wall']:.0f} rows/s end to end)",
     ]
+    lines += [f"predicted on {kind}: {w['device']} ({w['execution_provider']}), {w['rows']} rows, {w['nodes']} node(s)"
+              for kind, w in summary.get("prediction_workers", {}).items()]
+    if summary.get("decode_split"):
+        lines.append("decoded on: " + ", ".join(f"{kind} {d['share']:.0%}" for kind, d in summary["decode_split"].items()))
     lines += [f"  {count:>8}  {reason}" for reason, count in summary["errors_by_reason"].items()]
     return "\n".join(lines)
 
