@@ -1,12 +1,14 @@
 """Batch job: classify cutouts into a Parquet catalog on a Ray cluster or on this machine.
 
-    ray job submit --working-dir . -- python jobs/classify_catalog.py --input s3dir --output catalog
+    RAY_AUTH_MODE=token ray job submit --working-dir . -- python jobs/classify_catalog.py --input s3dir --output catalog
     python jobs/classify_catalog.py --input cutouts/ --output catalog      # starts a local Ray
 
 Same options as ``galaxy-infer classify`` plus cluster knobs; ``--profile`` loads defaults for
 batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name>.toml`` (or a
 path), and options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set
-and the job joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
+and the job joins that cluster; prediction tasks ask for their GPUs whether or not GPU nodes exist yet
+(the autoscaler starts them) and the run fails after ``--gpu-wait-seconds`` if none can run them.
+Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
 """
 from __future__ import annotations
 
