@@ -26,6 +26,7 @@ from galaxy_infer import __version__, storage
 from galaxy_infer.model import ModelInfo
 from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
 from galaxy_infer.trees import resolve_tree, tree_reference
+from galaxy_infer.workers import DEVICES_METADATA_KEY, WorkerTally
 
 SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
@@ -158,12 +159,14 @@ class RunStats:
         self.errors: collections.Counter[str] = collections.Counter()
         self.started = time.perf_counter()
         self.stage_seconds: collections.Counter[str] = collections.Counter()
+        self.workers = WorkerTally()
 
     def add(self, table: pa.Table) -> None:
-        """Count a batch's rows; worker-side stage timings travel in its schema metadata."""
+        """Count a batch's rows; worker-side stage timings and what ran it travel in its schema metadata."""
         timing = (table.schema.metadata or {}).get(STAGE_TIMING_KEY)
         if timing:
             self.stage_seconds.update(json.loads(timing))
+        self.workers.add(table)
         self.rows += table.num_rows
         errors = [e for e in table.column("error").to_pylist() if e is not None]
         self.ok += table.num_rows - len(errors)
@@ -179,6 +182,7 @@ class RunStats:
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            **self.workers.summary(),
             **extra,
         }
 
@@ -218,10 +222,12 @@ class CatalogWriter:
         self._path = ""
         self._rows_in_file = 0
         self._files = 0
+        self._file_workers = WorkerTally()
 
     def write(self, table: pa.Table) -> None:
         started = time.perf_counter()
         self.stats.add(table)
+        self._file_workers.add(table)
         table = table.replace_schema_metadata(self.schema.metadata)
         while table.num_rows:
             if self._writer is None:
@@ -244,6 +250,9 @@ class CatalogWriter:
 
     def _close_file(self) -> None:
         if self._writer is not None:
+            self._writer.add_key_value_metadata(
+                {DEVICES_METADATA_KEY: json.dumps(self._file_workers.summary()["prediction_workers"])})
+            self._file_workers = WorkerTally()
             self._writer.close()
             if not storage.is_remote(self._path):
                 storage.fsync_file(self._path)

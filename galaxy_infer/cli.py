@@ -8,7 +8,7 @@ import sys
 
 from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, GPU_WAIT_SECONDS, RunConfig, classify
 from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import ANONYMOUS_ENV, Locked
 
@@ -35,6 +35,9 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="chunks classified at once (default: one per CPU, or one per GPU with cuda)")
     parser.add_argument("--address", default=None,
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
+    parser.add_argument("--gpu-wait-seconds", type=float, default=GPU_WAIT_SECONDS,
+                        help="on a cluster, fail when no node can run a prediction task (GPU nodes scaling from "
+                             f"zero) for this long (default: {GPU_WAIT_SECONDS:.0f})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
     parser.add_argument("--anonymous", action="store_true",
@@ -69,8 +72,9 @@ def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> R
         os.environ[ANONYMOUS_ENV] = "1"  # read by every filesystem this process and its Ray workers open
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite, dirichlet_intervals=args.dirichlet_intervals,
-                     shard_fields=shard_fields_from_args(args), progress=False if args.no_progress else None)
+                     gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite,
+                     dirichlet_intervals=args.dirichlet_intervals, shard_fields=shard_fields_from_args(args),
+                     progress=False if args.no_progress else None)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -98,6 +102,10 @@ def format_summary(summary: dict) -> str:
     ]
     if summary.get("duplicate_ids"):
         lines.append(f"duplicate object ids: {summary['duplicate_ids']} rows share an id with an earlier row")
+    lines += [f"predicted on {kind}: {w['device']} ({w['execution_provider']}), {w['rows']} rows, {w['nodes']} node(s)"
+              for kind, w in summary.get("prediction_workers", {}).items()]
+    if summary.get("decode_split"):
+        lines.append("decoded on: " + ", ".join(f"{kind} {d['share']:.0%}" for kind, d in summary["decode_split"].items()))
     lines += [f"  {count:>8}  {reason}" for reason, count in summary["errors_by_reason"].items()]
     return "\n".join(lines)
 

@@ -40,7 +40,7 @@ import pyarrow.parquet as pq
 from galaxy_infer import storage
 from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata
 from galaxy_infer.errors import TRANSIENT_PREFIX
-from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
+from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.readers import discover, records_table
@@ -231,7 +231,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         if table.num_rows == 0:
             return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "files": [],
                     "duplicates_dropped": 0, "retry_next_run": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
-        device = resolve_device(config.device)
+        device = check_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
         run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
                         batch_size=config.batch_size, num_cpus=config.num_cpus, num_workers=config.num_workers,
@@ -251,7 +251,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         if written + writer.deferred != table.num_rows:
             raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
                                "committed chunks stay, a rerun classifies the rest")
-        summary.update(stats.summary(), rows=written, device=device,
+        summary.update(stats.summary(), rows=written, device=stats.workers.devices(),
                        files=[f[len(catalog) + 1:] for f in writer.files],
                        duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
                        wall_seconds=round(time.perf_counter() - started, 3))

@@ -10,7 +10,6 @@ from tests.onnx_models import build_tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -28,11 +27,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One real local Ray for the session, sized for this 2-core machine."""
+    """One real local Ray for the session, sized for this 2-core machine; loopback and token as the program's own."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    from galaxy_infer.pipeline import local_ray_guard
+
+    with local_ray_guard():
+        ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
