@@ -23,12 +23,18 @@ FLOORS = {
 }
 
 
+SAMPLE_SIZE = {"three_way_accuracy": "three_way_n", "rmse_ratio": "rmse_n"}
+
+
 def check_floors(test: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each floor's test value with its sample size and 95% bootstrap interval; pass is on the value."""
     out = {}
     for (name, key), (op, floor) in FLOORS.items():
-        value = test.get(name, {}).get(key)
+        figures = test.get(name, {})
+        value = figures.get(key)
         ok = None if value is None else (value >= floor if op == ">=" else value <= floor)
-        out[f"{name}.{key}"] = {"value": value, "floor": f"{op} {floor}", "pass": ok}
+        out[f"{name}.{key}"] = {"value": value, "ci95": figures.get("ci95", {}).get(key),
+                                "n": figures.get(SAMPLE_SIZE.get(key, "n")), "floor": f"{op} {floor}", "pass": ok}
     return out
 
 
