@@ -141,3 +141,23 @@ def test_mean_interval_and_threshold_by_cross_validation():
     chosen = threshold_by_cv(y, score, np.arange(200) % 5)
     assert 0.35 < chosen["threshold"] < 0.55 and chosen["f1_pooled"] > 0.9
     assert len(chosen["f1_nested_by_fold"]) == 5 and chosen["f1_nested"]["mean"] > 0.85
+
+
+def test_an_exported_compact_model_loads_back_for_fine_tuning(tmp_path):
+    from galaxy_infer.preprocess import Recipe
+    from galaxy_infer.schema import ODD_FEATURES
+    from training.config import Config
+    from training.export import export_onnx
+    from training.finetune import load_exported_compact
+    from training.models import build_model
+    from training.train import predict
+
+    model = build_model("compact")
+    for m in model.modules():  # non-trivial BatchNorm, so the folded weights differ from the trained ones
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.2, 0.2)
+    path = export_onnx(model.eval(), tmp_path / "m.onnx", Recipe(), "t", "0", {f: 0.5 for f in ODD_FEATURES})
+    x = torch.rand(4, 3, 64, 64).numpy()
+    loaded = load_exported_compact(path, Config())
+    assert np.abs(predict(loaded, x) - predict(model, x)).max() < 1e-4

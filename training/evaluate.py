@@ -1,6 +1,11 @@
-"""Evaluate a trained model on every split: metrics JSON, thresholds and pictures in the run folder."""
+"""Evaluate a trained model on every split: metrics JSON, thresholds and pictures in the run folder.
+
+``python -m training.evaluate --config C --model model.onnx --out metrics.json`` scores an exported
+model the same way (e.g. to give a shipped model's card its intervals without retraining it).
+"""
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -10,8 +15,8 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training import plots
-from training.metrics import (THREE_WAY, choose_thresholds, columns, roc_points,
-                              set_metrics, spiral_probability)
+from training.metrics import (GZ1_THREE_WAY, THREE_WAY, choose_thresholds, columns, roc_points,
+                              set_metrics, spiral_probability, three_way_scores)
 from training.train import Prepared, predict
 
 FLOORS = {
@@ -86,6 +91,8 @@ def draw(model: torch.nn.Module, prepared: Prepared, logits: dict[str, np.ndarra
                 curves[f"{name} {key}"] = (fpr, tpr, float(np.trapezoid(tpr, fpr)))
     if curves:
         plots.roc_curves(curves, folder / "roc_test.png")
+    for name, items in confident_mistakes(test_sets, logits).items():
+        plots.mosaic(items, folder / f"mistakes_{name}.png", title=f"{name} test: the surest mistakes")
     chosen = chosen_galaxies(test_sets, logits)
     if chosen:
         plots.feature_maps(model, chosen[0][1], folder / "feature_maps.png")
@@ -117,3 +124,71 @@ def chosen_galaxies(test_sets: dict, logits: dict[str, np.ndarray]) -> list[tupl
             i = int(rows[0])
             out.append((f"{name} {value}: {answer[0]}={answer[1]}", test_sets[name].images[i], answer))
     return out
+
+
+def confident_mistakes(test_sets: dict, logits: dict[str, np.ndarray], count: int = 18) -> dict[str, list[tuple[str, np.ndarray]]]:
+    """Per test set, the ``count`` galaxies the model is surest about and wrong on, with captions.
+
+    GZ1: wrong three-way calls by the probability of the call, then the mergers with the lowest
+    merger probability; Kaggle spiral and rings: labels against the score's rank (a ring at the
+    bottom of the ranking, a non-ring at the top); GZ2 votes: the largest RMSE over the tree.
+    """
+    out: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for name, part in test_sets.items():
+        c, table, images = columns(logits[name]), part.labelled.table, part.images
+        if name == "gz1_sdss":
+            classes = table["class_name"].to_numpy(str)
+            p = three_way_scores(c)
+            pred = p.argmax(axis=1)
+            label = np.array([GZ1_THREE_WAY.get(k, -1) for k in classes])
+            wrong = np.flatnonzero((label >= 0) & (pred != label))
+            worst = wrong[np.argsort(-p[wrong, pred[wrong]])][:count]
+            out[name] = [(f"{classes[i]}\ncalled {THREE_WAY[pred[i]]} {p[i, pred[i]]:.2f}", images[i]) for i in worst]
+            mergers = np.flatnonzero(classes == "merger")
+            missed = mergers[np.argsort(c["odd_merger_prob"][mergers])][:count // 3]
+            out["gz1_sdss_mergers"] = [(f"merger\nP(merger) {c['odd_merger_prob'][i]:.2f}", images[i]) for i in missed]
+            continue
+        if name in ("gz_kaggle_spiral", "gzdecals_rings"):
+            y = (table["label"].to_numpy(str) == "spiral") if name == "gz_kaggle_spiral" else table["ring"].to_numpy(int) == 1
+            score = spiral_probability(c) if name == "gz_kaggle_spiral" else c["odd_ring_prob"]
+            rank = score.argsort().argsort() / max(1, len(score) - 1)
+            wrongness = np.where(y, 1 - rank, rank)
+            worst = np.argsort(-wrongness)[:count]
+            what = "spiral" if name == "gz_kaggle_spiral" else "ring"
+            out[name] = [(f"{'' if y[i] else 'not '}{what}\nscore {score[i]:.2f} (rank {rank[i]:.2f})", images[i])
+                         for i in worst]
+        elif name == "gz2_votes":
+            truth = GZ2.unconditional(np.nan_to_num(part.labelled.targets, nan=0.0))
+            pred = GZ2.unconditional(GZ2.softmax_by_question(logits[name].astype(np.float32)))
+            err = np.sqrt(((truth - pred) ** 2).mean(axis=1))
+            worst = np.argsort(-err)[:count]
+            out[name] = [(f"{table['gz2_class'].iloc[i]}\nRMSE {err[i]:.2f}", images[i]) for i in worst]
+    return out
+
+
+def score_onnx(path: Path | str, prepared: Prepared) -> dict[str, Any]:
+    """:func:`score` for an exported ONNX model (onnxruntime logits on every split)."""
+    from galaxy_infer.model import Predictor
+
+    predictor = Predictor(path, batch_size=256, num_threads=2)
+    return score(prepared, {split: {p.name: predictor.predict(p.images) for p in parts}
+                            for split, parts in prepared.splits.items()})
+
+
+def main(argv: list[str] | None = None) -> int:
+    from training.config import load_config
+    from training.train import prepare
+
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", required=True, help="the TOML config whose splits to score")
+    parser.add_argument("--model", required=True, help="an exported ONNX model")
+    parser.add_argument("--out", required=True, help="where to write the metrics JSON")
+    args = parser.parse_args(argv)
+    result = score_onnx(args.model, prepare(load_config(args.config)))
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result["floors_on_test"], indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -83,6 +84,22 @@ def shifted_scores(logits_of: Callable[[np.ndarray], np.ndarray], prepared, shif
     return out
 
 
+def draw_mistakes(logits_of: Callable[[np.ndarray], np.ndarray], prepared, folder: Path,
+                  shifts: tuple[str, ...] = ("clean", "far_ferengi_like")) -> None:
+    """Mosaics of the surest test mistakes (:func:`training.evaluate.confident_mistakes`) under some shifts."""
+    from training import plots
+    from training.evaluate import confident_mistakes
+
+    for name in shifts:
+        test = {}
+        for part in prepared.splits["test"]:
+            x = SHIFTS[name](torch.from_numpy(part.images)).numpy().astype(np.float32)
+            test[part.name] = (replace(part, images=x), logits_of(x))
+        mistakes = confident_mistakes({k: v[0] for k, v in test.items()}, {k: v[1] for k, v in test.items()})
+        for set_name, items in mistakes.items():
+            plots.mosaic(items, folder / f"mistakes_{name}_{set_name}.png", title=f"{set_name} test, {name}: surest mistakes")
+
+
 def table(results: dict[str, dict[str, dict[str, Any]]]) -> str:
     """Markdown: one row per shift, the headline figures of each model (value [95% interval])."""
     models = list(results)
@@ -108,12 +125,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", action="append", required=True, help="an ONNX model (repeat to compare)")
     parser.add_argument("--out", help="write all figures here as JSON")
     parser.add_argument("--n-boot", type=int, default=200)
+    parser.add_argument("--pictures", help="draw each model's surest test mistakes, clean and far, into this folder")
     args = parser.parse_args(argv)
     prepared = prepare(load_config(args.config))
     results = {}
     for path in args.model:
         predictor = Predictor(path, batch_size=256, num_threads=2)
         results[path] = shifted_scores(predictor.predict, prepared, n_boot=args.n_boot)
+        if args.pictures:
+            draw_mistakes(predictor.predict, prepared, Path(args.pictures) / Path(path).stem)
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=1))
     print(table(results))
