@@ -15,8 +15,8 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training import plots
-from training.metrics import (GZ1_THREE_WAY, THREE_WAY, choose_thresholds, columns, roc_points,
-                              set_metrics, spiral_probability, three_way_scores)
+from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
+                              roc_points, set_metrics, spiral_probability, three_way_scores)
 from training.train import Prepared, predict
 
 FLOORS = {
@@ -53,7 +53,40 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
     val = {p.name: (p.labelled, logits["val"][p.name]) for p in prepared.splits["val"]}
     result["thresholds"], result["threshold_choice"] = choose_thresholds(val)
     result["floors_on_test"] = check_floors(result["splits"]["test"])
+    rings = ring_check(prepared, logits)
+    if rings is not None:
+        result["ring_check_val_test"] = rings
     return result
+
+
+def ring_check(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]], folds: int = 5,
+               seed: int = 0) -> dict[str, Any] | None:
+    """Ring AUC and flag threshold by k-fold CV over every ring galaxy the model never trained on.
+
+    The validation and test rings pooled (validation only chose the epoch) are cut into stratified
+    folds: the AUC per fold (mean with a t interval) and pooled (bootstrap interval), and the F1
+    of a threshold chosen on the other folds, scored on each fold. The model's flag threshold
+    itself stays the one chosen on validation alone.
+    """
+    from training.crossval import fold_indices, mean_interval, threshold_by_cv
+
+    y, score_ = [], []
+    for split in ("val", "test"):
+        part = prepared.by_name(split).get("gzdecals_rings")
+        if part is not None:
+            y.append(part.labelled.table["ring"].to_numpy(int))
+            score_.append(columns(logits[split]["gzdecals_rings"])["odd_ring_prob"])
+    if not y or min(np.bincount(np.concatenate(y), minlength=2)) < folds:
+        return None
+    y, score_ = np.concatenate(y), np.concatenate(score_)
+    fold = np.zeros(len(y), int)
+    for i, idx in enumerate(fold_indices(y.astype(str), folds, seed)):
+        fold[idx] = i
+    stat = auc_statistic(y, score_)
+    return {"n": int(len(y)), "n_positive": int(y.sum()), "folds": folds,
+            "auc_pooled": stat(np.arange(len(y))), "auc_pooled_ci95": bootstrap_ci(stat, len(y), y),
+            "auc_over_folds": mean_interval([stat(np.flatnonzero(fold == i)) for i in range(folds)]),
+            "threshold": threshold_by_cv(y, score_, fold)}
 
 
 def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures: bool = True) -> dict[str, Any]:
