@@ -28,7 +28,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from training.config import Config, load_config, override
 from training.data import SplitSet, cached_inputs, split_indices
-from training.metrics import auc_statistic, bootstrap_ci, columns, set_metrics
+from training.metrics import auc_statistic, best_f1_threshold, bootstrap_ci, columns, set_metrics
 
 CV_SETS = ("gzdecals_rings", "gz2_votes")
 FIGURES = {"gzdecals_rings": ["ring_auc"], "gz2_votes": ["rmse_ratio", "rmse_unconditional", "featured_auc"],
@@ -56,14 +56,6 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
     half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
     return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "ci95": [float(v.mean() - half), float(v.mean() + half)],
             "folds": len(v)}
-
-
-def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
-    """The threshold on ``score`` with the highest F1 (candidates: score quantiles), and that F1."""
-    candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
-    f1 = [f1_score(y, score >= t) for t in candidates]
-    best = int(np.argmax(f1))
-    return float(candidates[best]), float(f1[best])
 
 
 def threshold_by_cv(y: np.ndarray, score: np.ndarray, fold: np.ndarray) -> dict[str, Any]:

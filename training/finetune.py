@@ -18,7 +18,6 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper

@@ -186,13 +186,17 @@ def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: f
         if y.sum() < 3:
             thresholds[f], how[f] = default, f"default {default} (fewer than 3 labelled positives in validation)"
             continue
-        s = np.concatenate(scores[f])
-        candidates = np.unique(np.quantile(s, np.linspace(0.01, 0.99, 197)))
-        f1 = [f1_score(y, s >= t) for t in candidates]
-        best = int(np.argmax(f1))
-        thresholds[f] = float(candidates[best])
-        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1[best]:.3f}"
+        thresholds[f], f1 = best_f1_threshold(y, np.concatenate(scores[f]))
+        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1:.3f}"
     return thresholds, how
+
+
+def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """The threshold on ``score`` with the highest F1 (candidates: score quantiles), and that F1."""
+    candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
+    f1 = [f1_score(y, score >= t) for t in candidates]
+    best = int(np.argmax(f1))
+    return float(candidates[best]), float(f1[best])
 
 
 def roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
