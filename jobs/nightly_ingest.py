@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--date", default=None, help="partition to write new rows into (default: today, UTC)")
     p.add_argument("--model", default="default", help="ONNX file or bundled model name: default or int8")
     p.add_argument("--device", choices=DEVICES, default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="images per prediction batch (default: the model's preference, else 256)")
     p.add_argument("--chunk-rows", type=int, default=5000,
                    help="rows per committed Parquet file; a crash loses at most one chunk of work")
     p.add_argument("--settle-seconds", type=float, default=60.0,

@@ -73,6 +73,40 @@ def test_files_still_arriving_wait_for_the_next_run(tmp_path, tiny_model):
     assert summary["unsettled"] == 3 and summary["rows"] == 0
 
 
+def test_empty_catalog_takes_the_models_columns_and_the_model_picks_the_batch_size(tmp_path, tiny_model):
+    from galaxy_infer.catalog import Layout, arrow_schema, catalog_table, file_metadata
+    from galaxy_infer.ingest import ChunkWriter, partition_dir
+    from galaxy_infer.model import load_model_info, metadata_document
+    from galaxy_infer.pipeline import RunConfig, run_sizes
+    from galaxy_infer.preprocess import Recipe
+    from galaxy_infer.trees import GZ_DESI
+    from tests.onnx_models import build_tiny_model
+
+    doc = metadata_document("desi", "1", Recipe(), {"merger": 0.4, "major_disturbance": 0.6}, GZ_DESI,
+                            output_kind="dirichlet", runtime={"batch_size": 16, "task_rows": 64})
+    desi = build_tiny_model(tmp_path / "desi.onnx", metadata=doc, outputs=GZ_DESI.n_answers)
+    info = load_model_info(desi)
+    empty = read_ingest_catalog(tmp_path / "catalog", model=str(desi))
+    assert empty.num_rows == 0
+    assert empty.column_names == arrow_schema(layout=Layout.of(info)).names + ["ingest_date"]
+    assert "bar_strong_fraction" in empty.column_names and "bar_yes_fraction" not in empty.column_names  # not GZ2
+    assert read_ingest_catalog(tmp_path / "catalog").column_names == [
+        "object_id", "source_path", "ra", "dec", "status", "error", "model_id", "run_id", "ingest_date"]
+
+    config = IngestConfig(inbox=str(tmp_path), catalog=str(tmp_path / "catalog"), model=str(desi))
+    run = RunConfig(inputs=[], out="", model=str(desi), batch_size=config.batch_size, task_rows=config.task_rows)
+    assert run_sizes(info, run) == (16, 64)
+
+    # After a model change the catalog holds both trees' rows: each file's missing columns read as null.
+    ids = {"object_id": ["a"], "source_path": ["a.jpg"], "ra": [None], "dec": [None]}
+    for model in (load_model_info(tiny_model), info):
+        writer = ChunkWriter(partition_dir(str(tmp_path / "catalog"), "2026-01-01"), file_metadata(model, model.name),
+                             model.name, chunk_rows=1)
+        writer.add(catalog_table(ids, ["bad"], None, model.model_id, model.name, Layout.of(model)))
+    both = read_ingest_catalog(tmp_path / "catalog")
+    assert both.num_rows == 2 and {"bar_yes_fraction", "bar_strong_fraction"} <= set(both.column_names)
+
+
 @pytest.mark.ray
 def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(tmp_path, tiny_model):
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
