@@ -382,15 +382,19 @@ def write_object_atomic(uri: str, write) -> None:
     fsync_dir(folder)
 
 
+PUBLISHING_MARKER = "_publishing"
+
+
 def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> None:
-    """Make the staged catalog ``stage`` visible at ``out``; ``summary_name`` is the last file to appear.
+    """Make the staged catalog ``stage`` (complete, its summary included) visible at ``out``.
 
     Local: one rename (atomic; refused when ``out`` exists unless ``replace``, then the old
     folder is renamed aside first and removed after). Object store: there is no rename, so a
-    ``_publishing`` marker is put in the stage, the old catalog's summary and then its files
-    are deleted (``replace``), the staged files are copied server-side, the summary is copied
-    last, and the stage is deleted. A run killed in between leaves ``out`` without a summary and
-    its marker in the stage; :func:`clean_stale_stages` (run by the next writer) removes both.
+    ``_publishing`` marker is put in the stage, then :func:`_copy_stage` replaces what is at
+    ``out`` (the old summary deleted first, so a half-replaced catalog never reads as complete)
+    and copies the stage, summary last. A run killed in between leaves ``out`` without a summary
+    and the complete stage with its marker; :func:`clean_stale_stages` (the next writer on
+    ``out``) finishes the publish, so the killed run's catalog is not lost.
     """
     if not is_remote(out):
         out_path = _local_path(out)
@@ -406,25 +410,25 @@ def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> No
             os.rename(_local_path(stage), out_path)
         fsync_dir(os.path.dirname(out_path))
         return
-    filesystem, out_path = resolve(out)
-    staged = [i.path for i in list_files(stage)]
+    if list_files(out) and not replace:
+        raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
+                              f"this run's catalog is left unpublished")
     write_bytes(join(stage, PUBLISHING_MARKER), b"")
-    existing = list_files(out)
-    if existing:
-        if not replace:
-            raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
-                                  f"this run's catalog is left unpublished")
-        delete_file(join(out, summary_name))
-        for file_info in existing:
-            filesystem.delete_file(file_info.path)
+    _copy_stage(stage, out, summary_name)
+
+
+def _copy_stage(stage: str, out: str, summary_name: str) -> None:
+    """Object store: delete what is at ``out`` (its summary first), copy the stage's files server-side
+    (the summary last), delete the stage. Repeatable: a rerun after a kill ends in the same state."""
+    filesystem, out_path = resolve(out)
+    delete_file(join(out, summary_name))
+    for file_info in list_files(out):
+        filesystem.delete_file(file_info.path)
     _, stage_path = resolve(stage)
-    names = [p[len(stage_path) + 1:] for p in staged]
-    for name in sorted(names, key=lambda n: n == summary_name):
+    names = [i.path[len(stage_path) + 1:] for i in list_files(stage)]
+    for name in sorted((n for n in names if n != PUBLISHING_MARKER), key=lambda n: n == summary_name):
         filesystem.copy_file(f"{stage_path}/{name}", f"{out_path}/{name}")
     delete_tree(stage)
-
-
-PUBLISHING_MARKER = "_publishing"
 
 
 def stage_prefix(out: str) -> str:
@@ -433,10 +437,12 @@ def stage_prefix(out: str) -> str:
 
 
 def clean_stale_stages(out: str, summary_name: str) -> list[str]:
-    """Stages of killed runs on ``out`` (call only while holding ``out``'s :class:`OutputLock`).
+    """What killed runs on ``out`` left (call only while holding ``out``'s :class:`OutputLock`); returns their stages.
 
-    A stage whose publish had begun means ``out`` may hold part of a catalog without a summary:
-    those files are removed too.
+    A stage is removed, except one killed while publishing (object store: its ``_publishing``
+    marker is there and ``out`` has no summary): that stage is a complete catalog, and its
+    publish is finished instead. Locally, a run killed between the two renames of a replace
+    leaves ``out`` missing and the old catalog renamed aside: the old catalog is put back.
     """
     parent, name = parent_and_name(out)
     prefix = f".{name}.tmp-"
@@ -444,14 +450,18 @@ def clean_stale_stages(out: str, summary_name: str) -> list[str]:
         filesystem, parent_path = resolve(parent)
         entries = filesystem.get_file_info(pafs.FileSelector(parent_path, allow_not_found=True))
         stages = [_uri(out, e.path) for e in entries if os.path.basename(e.path).startswith(prefix)]
-    else:
-        stages = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), local_glob.escape(prefix) + "*")))
-        stages += sorted(local_glob.glob(os.path.join(local_glob.escape(parent), f".{local_glob.escape(name)}.old-*")))
-    for stage in stages:
-        if is_remote(out) and exists(join(stage, PUBLISHING_MARKER)) and not exists(join(out, summary_name)):
-            delete_tree(out)
+        for stage in stages:
+            if exists(join(stage, PUBLISHING_MARKER)) and not exists(join(out, summary_name)):
+                _copy_stage(stage, out, summary_name)
+            delete_tree(stage)
+        return stages
+    stages = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), local_glob.escape(prefix) + "*")))
+    olds = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), f".{local_glob.escape(name)}.old-*")))
+    if olds and not os.path.lexists(_local_path(out)):
+        os.rename(olds.pop(), _local_path(out))
+    for stage in stages + olds:
         delete_tree(stage)
-    return stages
+    return stages + olds
 
 
 # ---- one writer per output -------------------------------------------------------------------

@@ -221,12 +221,24 @@ def test_s3_catalog_overwrite_rules_and_a_killed_publish_cleaned_by_the_next_run
         CatalogWriter(f"s3://{bucket}/cutouts", {}, "r2", overwrite=True)
     assert storage.exists(f"s3://{bucket}/cutouts/g.jpg")
 
-    # A run killed mid-publish: its stage has the marker, the output has parts but no summary.
-    put(s3, f"{bucket}/.cat.tmp-dead/part-00000.parquet", b"PAR1")
-    put(s3, f"{bucket}/.cat.tmp-dead/{storage.PUBLISHING_MARKER}", b"")
+    # A run with --overwrite killed mid-publish: its stage is complete and marked; the old summary and
+    # one old part are gone from the output, one new part is copied (old and new rows mixed, no summary).
+    killed = CatalogWriter(out, {}, "r2", rows_per_file=1, overwrite=True)
+    killed.write(rows(3, "r2"))
+    killed._close_file()
+    storage.write_bytes(f"{killed.stage}/{SUMMARY_NAME}", b'{"run_id": "r2"}')
+    storage.write_bytes(f"{killed.stage}/{storage.PUBLISHING_MARKER}", b"")
     storage.delete_file(f"{out}/{SUMMARY_NAME}")
+    storage.delete_file(f"{out}/part-00000.parquet")
+    admin_fs(s3).copy_file(f"{bucket}/.cat.tmp-r2/part-00000.parquet", f"{bucket}/cat/part-00000.parquet")
+    killed.lock.__exit__(None, None, None)  # a SIGKILLed run's lease expires; here it is released
+    # The next run on that output finishes the publish: the killed run's catalog is complete, nothing is lost.
+    with pytest.raises(FileExistsError, match="already exists"):
+        CatalogWriter(out, {}, "r3")
+    assert json.loads(storage.read_bytes(f"{out}/{SUMMARY_NAME}"))["run_id"] == "r2"
+    assert read_catalog(out).column("run_id").to_pylist() == ["r2"] * 3
     with CatalogWriter(out, {}, "r3", overwrite=True) as writer:
-        assert writer.stale_removed == [f"s3://{bucket}/.cat.tmp-dead"]
+        assert writer.stale_removed == []
         writer.write(rows(3, "r3"))
         writer.commit({"run_id": "r3"})
     assert read_catalog(out).column("run_id").to_pylist() == ["r3"] * 3
@@ -287,3 +299,14 @@ def test_local_concurrent_runs_on_one_output_one_wins_and_killed_stages_are_clea
     with pytest.raises(FileExistsError, match="already exists"):
         CatalogWriter(out, {}, "r2")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cat.lock", "cat"]
+
+
+def test_local_replace_killed_between_its_renames_puts_the_old_catalog_back(tmp_path):
+    out = tmp_path / "cat"
+    with CatalogWriter(out, {}, "r1") as writer:
+        writer.write(rows(2))
+        writer.commit({"run_id": "r1"})
+    out.rename(tmp_path / ".cat.old-dead")  # the first rename of a replace; the kill came before the second
+    with pytest.raises(FileExistsError, match="already exists"):
+        CatalogWriter(out, {}, "r2")
+    assert read_catalog(out).num_rows == 2 and not (tmp_path / ".cat.old-dead").exists()
