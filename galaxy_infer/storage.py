@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from galaxy_infer.errors import InputError, StorageError, TransientInputError
+from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
@@ -227,10 +228,19 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 TRANSIENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNRESET,
                     errno.ESTALE, errno.EBUSY, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+LOCAL_ADVICE = {errno.EACCES: "make it readable by the user running galaxy-infer",
+                errno.EPERM: "make it readable by the user running galaxy-infer",
+                errno.EIO: "check the disk or network filesystem"}
+UNREACHABLE = f"store unreachable ({S3_ATTEMPTS} attempts); check the endpoint and the store's health"
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
 
 
 def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
-    """The whole object, or :class:`InputError` (bytes missing for good) / :class:`TransientInputError`."""
+    """The whole object, or :class:`InputError` (bytes missing for good) / :class:`TransientInputError`.
+
+    Reasons name the kind of failure and what to do, never the object (it is in the row), so that
+    the run summary groups them.
+    """
     if filesystem is None:
         if not is_remote(uri):
             return _read_local(_local_path(uri))
@@ -238,50 +248,86 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
     else:
         path = uri
     try:
-        with filesystem.open_input_stream(path) as f:  # one GET; open_input_file would HEAD first
+        with filesystem.open_input_stream(path) as f:
             data = f.read()
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
         raise InputError("is a directory, not an image") from None
     except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise TransientInputError("permission denied; make it readable by the user running galaxy-infer") from None
         message = describe_error(exc)
-        if "ACCESS_DENIED" in message or isinstance(exc, PermissionError):
-            raise TransientInputError(f"permission denied: {message}") from None
-        if "NO_SUCH_KEY" in message or "RESOURCE_NOT_FOUND" in message:
+        found = _AWS_ERROR.search(message)
+        if not found:
+            raise TransientInputError(f"read failed: {message}") from None
+        kind, status = found.group(1), found.group(2) or ""
+        code = kind + (f" (HTTP {status})" if status else "")
+        if kind in ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_BUCKET"):
             raise InputError("file not found") from None
-        raise TransientInputError(f"read failed: {message}") from None
+        if kind == "ACCESS_DENIED" or status == "403":
+            raise TransientInputError("access denied by the store (HTTP 403); check the bucket policy or the "
+                                      "credentials' read permission") from None
+        if kind in ("NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE",
+                    "INTERNAL_FAILURE") or status.startswith("5"):
+            if kind == "NETWORK_CONNECTION":
+                raise TransientInputError(UNREACHABLE) from None
+            raise TransientInputError(f"store answered {code} after {S3_ATTEMPTS} attempts; check the store's "
+                                      "health") from None
+        raise TransientInputError(f"read failed: {code}") from None
     if not data:
         raise InputError("empty file (0 bytes)")
     return data
 
 
 def _read_local(path: str) -> bytes:
+    """A regular file's bytes; opened non-blocking so that a FIFO or device in the inputs is refused, not waited on."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError("broken symbolic link" if os.path.islink(path) else "file not found") from None
     except IsADirectoryError:
         raise InputError("is a directory, not an image") from None
     except OSError as exc:
-        if exc.errno in TRANSIENT_ERRNOS:
-            raise TransientInputError(f"{os.strerror(exc.errno).lower()}") from None
-        raise InputError(f"cannot read file: {exc.strerror or exc}") from None
+        raise _local_error(exc) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise InputError("not a regular file (a FIFO, socket or device)")
+            data = f.read()
+    except OSError as exc:
+        raise _local_error(exc) from None
     if not data:
         raise InputError("empty file (0 bytes)")
     return data
 
 
+def _local_error(exc: OSError) -> InputError:
+    if exc.errno in TRANSIENT_ERRNOS:
+        reason = os.strerror(exc.errno).lower()
+        advice = LOCAL_ADVICE.get(exc.errno, "retry later")
+        return TransientInputError(f"{reason}; {advice}")
+    return InputError(f"cannot read file: {exc.strerror or exc}")
+
+
 def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
               concurrency: int = READ_CONCURRENCY) -> Iterator[bytes | InputError]:
-    """Bytes of each object in order, fetched ``concurrency`` at a time by threads; failures are yielded."""
+    """Bytes of each object in order, fetched ``concurrency`` at a time by threads; failures are yielded.
+
+    Once a read finds the store unreachable (after the SDK's retries, about a minute), the reads
+    not yet started fail at once with the same reason instead of a minute each.
+    """
     uris = list(uris)
+    down = threading.Event()
 
     def fetch(uri: str) -> bytes | InputError:
+        if down.is_set():
+            return TransientInputError(UNREACHABLE)
         try:
             return read_bytes(uri, filesystem)
         except InputError as exc:
+            if str(exc) == TRANSIENT_PREFIX + UNREACHABLE:
+                down.set()
             return exc
 
     if len(uris) <= 1 or concurrency <= 1:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -105,6 +107,50 @@ def test_empty_catalog_takes_the_models_columns_and_the_model_picks_the_batch_si
         writer.add(catalog_table(ids, ["bad"], None, model.model_id, model.name, Layout.of(model)))
     both = read_ingest_catalog(tmp_path / "catalog")
     assert both.num_rows == 2 and {"bar_yes_fraction", "bar_strong_fraction"} <= set(both.column_names)
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` without root's right to read any file, so that mode 000 makes a file unreadable as for any user."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv (util-linux): cannot make a file unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--", *command]
+
+
+@pytest.mark.ray
+def test_a_file_unreadable_for_one_night_is_not_held_and_is_classified_once_readable(tmp_path, tiny_model):
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    ids = write_night(inbox, "2026-11-20", 5, seed=4)
+    locked = sorted((inbox / "2026-11-20").glob("*.jpg"))[0]
+    locked.chmod(0)  # a cutout delivered with the wrong owner or mode
+    fifo = inbox / "2026-11-20" / "stuck.jpg"
+    os.mkfifo(fifo)  # never waited on: refused as not a regular file
+    common = ["--inbox", str(inbox), "--catalog", str(catalog), "--model", str(tiny_model), "--settle-seconds",
+              "0", "--num-cpus", "2", "--object-store-mb", "256", "--json", "--date", "2026-11-20"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.run(unprivileged([sys.executable, str(JOB), *common]), capture_output=True, text=True,
+                           timeout=300, env=env, cwd=ROOT)
+    table = read_ingest_catalog(catalog)
+    rows = dict(zip(table.column("object_id").to_pylist(), table.column("error").to_pylist()))
+    assert locked.name.split(".")[0] not in rows, "an unreadable file was recorded (and so never retried)"
+    assert rows["stuck"] == "not a regular file (a FIFO, socket or device)"
+    summary = json.loads(first.stdout)
+    assert summary["retry_next_run"] == 1 and summary["rows"] == len(ids)
+    assert summary["errors_by_reason"]["cannot read now: permission denied; make it readable by the user "
+                                       "running galaxy-infer"] == 1
+    assert first.returncode == 3  # 2 of 7 objects not classified: cron hears of it
+
+    locked.chmod(0o644)
+    second = run_job(*common)
+    assert second.returncode == EXIT_OK, second.stderr[-3000:]
+    assert json.loads(second.stdout)["rows"] == 1
+    table = read_ingest_catalog(catalog)
+    assert sorted(table.column("object_id").to_pylist()) == sorted([*ids, "stuck"])
+    again = table.filter(pc.equal(table.column("object_id"), locked.name.split(".")[0]))
+    assert again.column("status").to_pylist() == ["ok"]
 
 
 @pytest.mark.ray
