@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.object_store import DelayedOpens
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, CatalogWriter, catalog_table, read_catalog
 from galaxy_infer.cli import main as cli_main
@@ -130,37 +131,6 @@ def test_wrong_endpoint_and_missing_credentials_fail_before_work_with_one_line(s
     assert not (tmp_path / "cat").exists()
 
 
-class SlowFS(pafs.FileSystemHandler):
-    """A real local filesystem whose every open waits ``delay`` seconds, like an object store's GET."""
-
-    def __init__(self, delay: float) -> None:
-        self.local = pafs.LocalFileSystem()
-        self.delay = delay
-
-    def open_input_stream(self, path):
-        time.sleep(self.delay)
-        return self.local.open_input_stream(path)
-
-    def open_input_file(self, path):
-        time.sleep(self.delay)
-        return self.local.open_input_file(path)
-
-    def get_type_name(self): return "slow-local"
-    def equals(self, other): return other is self
-    def get_file_info(self, paths): return self.local.get_file_info(paths)
-    def get_file_info_selector(self, selector): return self.local.get_file_info(selector)
-    def normalize_path(self, path): return path
-    def create_dir(self, path, recursive): raise NotImplementedError
-    def delete_dir(self, path): raise NotImplementedError
-    def delete_dir_contents(self, path, missing_dir_ok=False): raise NotImplementedError
-    def delete_root_dir_contents(self): raise NotImplementedError
-    def delete_file(self, path): raise NotImplementedError
-    def move(self, src, dest): raise NotImplementedError
-    def copy_file(self, src, dest): raise NotImplementedError
-    def open_output_stream(self, path, metadata): raise NotImplementedError
-    def open_append_stream(self, path, metadata): raise NotImplementedError
-
-
 def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_under_5_s(tmp_path):
     data = jpeg(96)
     paths = []
@@ -168,7 +138,7 @@ def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_u
         path = tmp_path / f"g{i:04d}.jpg"
         path.write_bytes(data)
         paths.append(str(path))
-    slow = pafs.PyFileSystem(SlowFS(0.05))
+    slow = pafs.PyFileSystem(DelayedOpens(pafs.LocalFileSystem(), 0.05))
     batch = {"object_id": np.array([f"g{i}" for i in range(1024)], dtype=object),
              "source_path": np.array(paths, dtype=object), "ra": np.full(1024, np.nan), "dec": np.full(1024, np.nan)}
     started = time.perf_counter()
