@@ -79,7 +79,7 @@ def add_open_latency() -> None:
 
 def upload(files: list[Path], base: Path, fs: pafs.FileSystem, prefix: str, threads: int = 16) -> None:
     def put(path: Path) -> None:
-        with fs.open_output_stream(f"{prefix}/{path.relative_to(base).as_posix()}") as f:
+        with fs.open_output_stream(f"{prefix}/{path.relative_to(base).as_posix()}", compression=None) as f:
             f.write(path.read_bytes())
 
     with ThreadPoolExecutor(threads) as pool:
@@ -94,8 +94,8 @@ def classify_once(inputs: str, out: Path, model: Path, num_cpus: int, latency: f
 
     shutil.rmtree(out, ignore_errors=True)
     runtime_env = {"env_vars": {LATENCY_ENV: str(latency)}, "worker_process_setup_hook": add_open_latency}
-    ray.init(num_cpus=num_cpus, object_store_memory=1 << 30, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env=runtime_env)
+    ray.init(address="local", num_cpus=num_cpus, object_store_memory=1 << 30, include_dashboard=False,
+             log_to_driver=False, configure_logging=False, runtime_env=runtime_env)
     try:
         summary = classify(RunConfig(inputs=[inputs], out=str(out), model=str(model), num_cpus=num_cpus,
                                      progress=False))
@@ -132,6 +132,7 @@ def compare(files: list[Path], base: Path, manifest: Path, workdir: Path, model:
                   f"best of {repeats} ...", flush=True)
             runs = [classify_once(inputs, workdir / "catalog-s3bench", model, num_cpus, delay) for _ in range(repeats)]
             out[key] = min(runs, key=lambda r: r["seconds"])
+            print(f"  {out[key]['images_per_second']} images/s", flush=True)
     finally:
         os.environ.clear()
         os.environ.update(saved)

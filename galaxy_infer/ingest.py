@@ -68,7 +68,7 @@ class IngestConfig:
     """Images per onnxruntime call (None: the model's preference, else 256; as :class:`RunConfig`)."""
     chunk_rows: int = 5000
     task_rows: int | None = None
-    """Cutouts per Ray task (None: the model's preference, else bounded by the model's input size; as :class:`RunConfig`)."""
+    """Cutouts per Ray task (None: the model's preference, else bounded by its input size; as :class:`RunConfig`)."""
     settle_seconds: float = 60.0
     num_cpus: int | None = None
     num_workers: int | None = None

@@ -248,7 +248,7 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
     else:
         path = uri
     try:
-        with filesystem.open_input_stream(path) as f:
+        with filesystem.open_input_stream(path, compression=None) as f:  # the stored bytes: readers unpack .gz
             data = f.read()
     except FileNotFoundError:
         raise InputError("file not found") from None
@@ -286,17 +286,20 @@ def _read_local(path: str) -> bytes:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError("broken symbolic link" if os.path.islink(path) else "file not found") from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not an image") from None
     except OSError as exc:
         raise _local_error(exc) from None
     try:
-        with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise InputError("not a regular file (a FIFO, socket or device)")
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError("is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise InputError("not a regular file (a FIFO, socket or device)")
+        with open(fd, "rb", closefd=False) as f:
             data = f.read()
     except OSError as exc:
         raise _local_error(exc) from None
+    finally:
+        os.close(fd)
     if not data:
         raise InputError("empty file (0 bytes)")
     return data

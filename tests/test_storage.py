@@ -50,7 +50,7 @@ def new_bucket(server) -> str:
 
 
 def put(server, key: str, data: bytes) -> None:
-    with admin_fs(server).open_output_stream(key) as f:
+    with admin_fs(server).open_output_stream(key, compression=None) as f:  # as given: .gz names are not gzipped again
         f.write(data)
 
 
@@ -102,6 +102,10 @@ def test_reads_from_memory_fits_gz_fz_and_errors_are_reasons(s3, tmp_path):
     assert read_cutout(f"s3://{bucket}/b.fits.fz", Recipe()).pixels.shape == (1, 16, 16)
     with pytest.raises(InputError, match="truncated JPEG"):
         read_cutout(f"s3://{bucket}/t.jpg", Recipe())
+    put(s3, f"{bucket}/t.fits.gz", gzip.compress(raw)[:3000])  # bad bytes, not a failed read: never "cannot read now"
+    with pytest.raises(InputError, match="^corrupt or truncated FITS") as truncated:
+        read_cutout(f"s3://{bucket}/t.fits.gz", Recipe())
+    assert not isinstance(truncated.value, TransientInputError)
     with pytest.raises(InputError, match="^file not found$"):
         read_cutout(f"s3://{bucket}/nope.jpg", Recipe())
     os.environ.update(AWS_ACCESS_KEY_ID=s3_server.LIST_ONLY_KEY, AWS_SECRET_ACCESS_KEY=s3_server.LIST_ONLY_SECRET)
