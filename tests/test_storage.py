@@ -152,6 +152,20 @@ def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_u
     assert seconds < 5, f"{seconds:.1f} s (one after another would be over 51 s)"
 
 
+def test_after_one_read_finds_the_store_unreachable_the_tasks_other_reads_fail_at_once():
+    from tests.ray_procs import free_ports
+
+    dead = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"http://127.0.0.1:{free_ports(1)[0]}",
+                             scheme="http", retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    slow_dead = pafs.PyFileSystem(DelayedOpens(dead, 0.2))  # each read costs 0.2 s, as the SDK's retries would
+    started = time.perf_counter()
+    results = list(storage.read_many([f"bucket/g{i}.jpg" for i in range(60)], slow_dead, concurrency=4))
+    seconds = time.perf_counter() - started
+    assert {str(r) for r in results} == {"cannot read now: " + storage.UNREACHABLE}
+    assert all(isinstance(r, TransientInputError) for r in results)
+    assert seconds < 2, f"{seconds:.1f} s: every read waited (60 x 0.2 s / 4 = 3 s)"
+
+
 def rows(n: int, run_id: str = "r1") -> pa.Table:
     ids = {"object_id": [f"o{i}" for i in range(n)], "source_path": [f"s3://b/o{i}.jpg" for i in range(n)],
            "ra": [None] * n, "dec": [None] * n}
