@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(summary, indent=2) if args.json else format_ingest_summary(summary))
-    handled = summary["rows"] + summary.get("retry_next_run", 0)  # unreadable now: not written, but not classified
+    handled = summary["rows"] + summary["retry_next_run"]  # unreadable now: not written, not classified either
     share = summary["errors"] / handled if handled else 0.0
     if share > args.max_error_fraction:
         print(f"nightly_ingest: {share:.1%} of the objects tried are errors or unreadable now, over "
