@@ -33,7 +33,7 @@ train: install-train
 	$(PY) -m training train --config training/configs/default.toml
 
 bench: install-train
-	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.run --s3
 	$(PY) -m benchmarks.shards
 
 clean:

@@ -302,7 +302,17 @@ def main() -> None:
                              "file, or a timm encoder (e.g. convnext_nano) to build with random weights and convert")
     parser.add_argument("--big-images", type=int, default=2_000, help="cutouts for --big-model (default 2,000)")
     parser.add_argument("--only-big", action="store_true", help="run only the --big-model comparison")
+    parser.add_argument("--s3", action="store_true",
+                        help="also classify the same cutouts from a SeaweedFS S3 server on loopback, with and "
+                             "without 50 ms per open, next to local disk")
+    parser.add_argument("--s3-images", type=int, default=20_000, help="cutouts for --s3 (default 20,000)")
+    parser.add_argument("--s3-repeats", type=int, default=2, help="runs of each --s3 case, the best kept (default 2)")
+    parser.add_argument("--only-s3", action="store_true", help="run only the --s3 comparison")
     args = parser.parse_args()
+    if args.s3 or args.only_s3:
+        object_store_bench(args)
+        if args.only_s3:
+            return
     if args.big_model:
         args.workdir.mkdir(parents=True, exist_ok=True)
         big = zoobot_model(args.big_model, args.workdir)
@@ -345,9 +355,29 @@ def main() -> None:
     print(f"naive baseline on {args.baseline_images} cutouts ...", flush=True)
     results["naive_baseline"] = naive_baseline(files[: args.baseline_images], recipe)
     derive(results, [prefix for prefix, _ in models], counts)
+    previous = json.loads((args.workdir / "bench.json").read_text()) if (args.workdir / "bench.json").exists() else {}
+    if "object_store" in previous:
+        results["object_store"] = previous["object_store"]
     (args.workdir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     print(format_table(results, [prefix for prefix, _ in models]))
     print(f"\nwritten {args.workdir / 'bench.json'}")
+
+
+def object_store_bench(args: argparse.Namespace) -> None:
+    """The --s3 comparison; its figures go under ``object_store`` in ``bench.json`` (other figures kept)."""
+    from benchmarks.object_store import compare, format_comparison
+
+    files = replicate(args.workdir / "cutouts", args.s3_images)
+    warm_page_cache(files)
+    manifest = write_manifest(args.workdir / f"manifest-{len(files)}.csv", files)
+    result = compare(files, args.workdir / "cutouts", manifest, args.workdir, args.model, args.num_cpus,
+                     repeats=args.s3_repeats)
+    path = args.workdir / "bench.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["object_store"] = result
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(format_comparison(result))
+    print(f"\nwritten {path}")
 
 
 def per_image_us(run: dict) -> dict[str, float]:

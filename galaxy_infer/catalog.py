@@ -192,7 +192,8 @@ class CatalogWriter:
 
     One run per output at a time (:class:`~galaxy_infer.storage.OutputLock` on ``.<name>.lock``
     beside it; a second run fails at once with :class:`~galaxy_infer.storage.Locked`). Holding
-    it, the writer first removes what killed runs on this output left behind. Part files go to a
+    it, the writer first cleans up after killed runs on this output (a publish a kill interrupted is
+    finished, see :func:`~galaxy_infer.storage.clean_stale_stages`). Part files go to a
     hidden stage ``.<name>.tmp-<run_id>`` beside the output (fsynced locally); :meth:`commit` adds
     ``_run_summary.json`` and publishes the stage (:func:`~galaxy_infer.storage.publish_folder`:
     one rename locally; copies with the summary last on an object store). An existing output is

@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import storage
-from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata
+from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, prediction_fields
 from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
@@ -65,9 +65,11 @@ class IngestConfig:
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     model: str = field(default_factory=lambda: str(bundled_model_path()))
     device: str = "auto"
-    batch_size: int = 256
+    batch_size: int | None = None
+    """Images per onnxruntime call (None: the model's preference, else 256; as :class:`RunConfig`)."""
     chunk_rows: int = 5000
-    task_rows: int = 1024
+    task_rows: int | None = None
+    """Cutouts per Ray task (None: the model's preference, else bounded by its input size; as :class:`RunConfig`)."""
     settle_seconds: float = 60.0
     num_cpus: int | None = None
     num_workers: int | None = None
@@ -276,13 +278,25 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def read_ingest_catalog(catalog: str | os.PathLike) -> pa.Table:
-    """Every committed row of an ingest catalog, with ``ingest_date`` as a column."""
+def read_ingest_catalog(catalog: str | os.PathLike, model: str | None = None) -> pa.Table:
+    """Every committed row of an ingest catalog, with ``ingest_date`` as a column.
+
+    Files of different models (a model change) may have different prediction columns; each
+    column missing from a file is null in its rows. An empty catalog has no file to take the
+    columns from: with ``model`` (a path or a bundled model's name) the empty table has that
+    model's columns, otherwise only those every catalog has (ids, position, status, error,
+    model_id, run_id), never another tree's.
+    """
     tables = []
     for path in committed_files(str(catalog)):
         t = _read(path).replace_schema_metadata(None)
         date = path.rsplit("/", 2)[-2].split("=", 1)[1]
         tables.append(t.append_column(PARTITION_KEY, pa.array([date] * t.num_rows, pa.string())))
-    if not tables:
-        return arrow_schema().append(pa.field(PARTITION_KEY, pa.string())).empty_table()
-    return pa.concat_tables(tables)
+    if tables:
+        return pa.concat_tables(tables, promote_options="default")
+    if model is not None:
+        schema = arrow_schema(layout=Layout.of(load_model_info(resolve_model(model))))
+    else:
+        predictions = {f.name for f in prediction_fields()}
+        schema = pa.schema([f for f in arrow_schema() if f.name not in predictions])
+    return schema.append(pa.field(PARTITION_KEY, pa.string())).empty_table()

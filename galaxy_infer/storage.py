@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
-from galaxy_infer.errors import InputError, StorageError, TransientInputError
+from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
@@ -227,10 +228,19 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 TRANSIENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNRESET,
                     errno.ESTALE, errno.EBUSY, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+LOCAL_ADVICE = {errno.EACCES: "make it readable by the user running galaxy-infer",
+                errno.EPERM: "make it readable by the user running galaxy-infer",
+                errno.EIO: "check the disk or network filesystem"}
+UNREACHABLE = f"store unreachable ({S3_ATTEMPTS} attempts); check the endpoint and the store's health"
+_AWS_ERROR = re.compile(r"AWS Error (\w+)(?: \(HTTP status (\d+)\))?")
 
 
 def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
-    """The whole object, or :class:`InputError` (bytes missing for good) / :class:`TransientInputError`."""
+    """The whole object, or :class:`InputError` (bytes missing for good) / :class:`TransientInputError`.
+
+    Reasons name the kind of failure and what to do, never the object (it is in the row), so that
+    the run summary groups them.
+    """
     if filesystem is None:
         if not is_remote(uri):
             return _read_local(_local_path(uri))
@@ -238,50 +248,89 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
     else:
         path = uri
     try:
-        with filesystem.open_input_stream(path) as f:  # one GET; open_input_file would HEAD first
+        with filesystem.open_input_stream(path, compression=None) as f:  # the stored bytes: readers unpack .gz
             data = f.read()
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
         raise InputError("is a directory, not an image") from None
     except OSError as exc:
+        if isinstance(exc, PermissionError):
+            raise TransientInputError("permission denied; make it readable by the user running galaxy-infer") from None
         message = describe_error(exc)
-        if "ACCESS_DENIED" in message or isinstance(exc, PermissionError):
-            raise TransientInputError(f"permission denied: {message}") from None
-        if "NO_SUCH_KEY" in message or "RESOURCE_NOT_FOUND" in message:
+        found = _AWS_ERROR.search(message)
+        if not found:
+            raise TransientInputError(f"read failed: {message}") from None
+        kind, status = found.group(1), found.group(2) or ""
+        code = kind + (f" (HTTP {status})" if status else "")
+        if kind in ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_BUCKET"):
             raise InputError("file not found") from None
-        raise TransientInputError(f"read failed: {message}") from None
+        if kind == "ACCESS_DENIED" or status == "403":
+            raise TransientInputError("access denied by the store (HTTP 403); check the bucket policy or the "
+                                      "credentials' read permission") from None
+        if kind in ("NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE",
+                    "INTERNAL_FAILURE") or status.startswith("5"):
+            if kind == "NETWORK_CONNECTION":
+                raise TransientInputError(UNREACHABLE) from None
+            raise TransientInputError(f"store answered {code} after {S3_ATTEMPTS} attempts; check the store's "
+                                      "health") from None
+        raise TransientInputError(f"read failed: {code}") from None
     if not data:
         raise InputError("empty file (0 bytes)")
     return data
 
 
 def _read_local(path: str) -> bytes:
+    """A regular file's bytes; opened non-blocking so that a FIFO or device in the inputs is refused, not waited on."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         raise InputError("broken symbolic link" if os.path.islink(path) else "file not found") from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not an image") from None
     except OSError as exc:
-        if exc.errno in TRANSIENT_ERRNOS:
-            raise TransientInputError(f"{os.strerror(exc.errno).lower()}") from None
-        raise InputError(f"cannot read file: {exc.strerror or exc}") from None
+        raise _local_error(exc) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise InputError("is a directory, not an image")
+        if not stat.S_ISREG(mode):
+            raise InputError("not a regular file (a FIFO, socket or device)")
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read()
+    except OSError as exc:
+        raise _local_error(exc) from None
+    finally:
+        os.close(fd)
     if not data:
         raise InputError("empty file (0 bytes)")
     return data
 
 
+def _local_error(exc: OSError) -> InputError:
+    if exc.errno in TRANSIENT_ERRNOS:
+        reason = os.strerror(exc.errno).lower()
+        advice = LOCAL_ADVICE.get(exc.errno, "retry later")
+        return TransientInputError(f"{reason}; {advice}")
+    return InputError(f"cannot read file: {exc.strerror or exc}")
+
+
 def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
               concurrency: int = READ_CONCURRENCY) -> Iterator[bytes | InputError]:
-    """Bytes of each object in order, fetched ``concurrency`` at a time by threads; failures are yielded."""
+    """Bytes of each object in order, fetched ``concurrency`` at a time by threads; failures are yielded.
+
+    Once a read finds the store unreachable (after the SDK's retries, about a minute), the reads
+    not yet started fail at once with the same reason instead of a minute each.
+    """
     uris = list(uris)
+    down = threading.Event()
 
     def fetch(uri: str) -> bytes | InputError:
+        if down.is_set():
+            return TransientInputError(UNREACHABLE)
         try:
             return read_bytes(uri, filesystem)
         except InputError as exc:
+            if str(exc) == TRANSIENT_PREFIX + UNREACHABLE:
+                down.set()
             return exc
 
     if len(uris) <= 1 or concurrency <= 1:
@@ -382,15 +431,19 @@ def write_object_atomic(uri: str, write) -> None:
     fsync_dir(folder)
 
 
+PUBLISHING_MARKER = "_publishing"
+
+
 def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> None:
-    """Make the staged catalog ``stage`` visible at ``out``; ``summary_name`` is the last file to appear.
+    """Make the staged catalog ``stage`` (complete, its summary included) visible at ``out``.
 
     Local: one rename (atomic; refused when ``out`` exists unless ``replace``, then the old
     folder is renamed aside first and removed after). Object store: there is no rename, so a
-    ``_publishing`` marker is put in the stage, the old catalog's summary and then its files
-    are deleted (``replace``), the staged files are copied server-side, the summary is copied
-    last, and the stage is deleted. A run killed in between leaves ``out`` without a summary and
-    its marker in the stage; :func:`clean_stale_stages` (run by the next writer) removes both.
+    ``_publishing`` marker is put in the stage, then :func:`_copy_stage` replaces what is at
+    ``out`` (the old summary deleted first, so a half-replaced catalog never reads as complete)
+    and copies the stage, summary last. A run killed in between leaves ``out`` without a summary
+    and the complete stage with its marker; :func:`clean_stale_stages` (the next writer on
+    ``out``) finishes the publish, so the killed run's catalog is not lost.
     """
     if not is_remote(out):
         out_path = _local_path(out)
@@ -406,25 +459,25 @@ def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> No
             os.rename(_local_path(stage), out_path)
         fsync_dir(os.path.dirname(out_path))
         return
-    filesystem, out_path = resolve(out)
-    staged = [i.path for i in list_files(stage)]
+    if list_files(out) and not replace:
+        raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
+                              f"this run's catalog is left unpublished")
     write_bytes(join(stage, PUBLISHING_MARKER), b"")
-    existing = list_files(out)
-    if existing:
-        if not replace:
-            raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
-                                  f"this run's catalog is left unpublished")
-        delete_file(join(out, summary_name))
-        for file_info in existing:
-            filesystem.delete_file(file_info.path)
+    _copy_stage(stage, out, summary_name)
+
+
+def _copy_stage(stage: str, out: str, summary_name: str) -> None:
+    """Object store: delete what is at ``out`` (its summary first), copy the stage's files server-side
+    (the summary last), delete the stage. Repeatable: a rerun after a kill ends in the same state."""
+    filesystem, out_path = resolve(out)
+    delete_file(join(out, summary_name))
+    for file_info in list_files(out):
+        filesystem.delete_file(file_info.path)
     _, stage_path = resolve(stage)
-    names = [p[len(stage_path) + 1:] for p in staged]
-    for name in sorted(names, key=lambda n: n == summary_name):
+    names = [i.path[len(stage_path) + 1:] for i in list_files(stage)]
+    for name in sorted((n for n in names if n != PUBLISHING_MARKER), key=lambda n: n == summary_name):
         filesystem.copy_file(f"{stage_path}/{name}", f"{out_path}/{name}")
     delete_tree(stage)
-
-
-PUBLISHING_MARKER = "_publishing"
 
 
 def stage_prefix(out: str) -> str:
@@ -433,10 +486,12 @@ def stage_prefix(out: str) -> str:
 
 
 def clean_stale_stages(out: str, summary_name: str) -> list[str]:
-    """Stages of killed runs on ``out`` (call only while holding ``out``'s :class:`OutputLock`).
+    """What killed runs on ``out`` left (call only while holding ``out``'s :class:`OutputLock`); returns their stages.
 
-    A stage whose publish had begun means ``out`` may hold part of a catalog without a summary:
-    those files are removed too.
+    A stage is removed, except one killed while publishing (object store: its ``_publishing``
+    marker is there and ``out`` has no summary): that stage is a complete catalog, and its
+    publish is finished instead. Locally, a run killed between the two renames of a replace
+    leaves ``out`` missing and the old catalog renamed aside: the old catalog is put back.
     """
     parent, name = parent_and_name(out)
     prefix = f".{name}.tmp-"
@@ -444,14 +499,18 @@ def clean_stale_stages(out: str, summary_name: str) -> list[str]:
         filesystem, parent_path = resolve(parent)
         entries = filesystem.get_file_info(pafs.FileSelector(parent_path, allow_not_found=True))
         stages = [_uri(out, e.path) for e in entries if os.path.basename(e.path).startswith(prefix)]
-    else:
-        stages = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), local_glob.escape(prefix) + "*")))
-        stages += sorted(local_glob.glob(os.path.join(local_glob.escape(parent), f".{local_glob.escape(name)}.old-*")))
-    for stage in stages:
-        if is_remote(out) and exists(join(stage, PUBLISHING_MARKER)) and not exists(join(out, summary_name)):
-            delete_tree(out)
+        for stage in stages:
+            if exists(join(stage, PUBLISHING_MARKER)) and not exists(join(out, summary_name)):
+                _copy_stage(stage, out, summary_name)
+            delete_tree(stage)
+        return stages
+    stages = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), local_glob.escape(prefix) + "*")))
+    olds = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), f".{local_glob.escape(name)}.old-*")))
+    if olds and not os.path.lexists(_local_path(out)):
+        os.rename(olds.pop(), _local_path(out))
+    for stage in stages + olds:
         delete_tree(stage)
-    return stages
+    return stages + olds
 
 
 # ---- one writer per output -------------------------------------------------------------------

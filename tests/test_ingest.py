@@ -8,12 +8,14 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -71,6 +73,84 @@ def test_files_still_arriving_wait_for_the_next_run(tmp_path, tiny_model):
     summary = ingest(IngestConfig(inbox=str(tmp_path / "inbox"), catalog=str(tmp_path / "catalog"),
                                   model=str(tiny_model), settle_seconds=3600))
     assert summary["unsettled"] == 3 and summary["rows"] == 0
+
+
+def test_empty_catalog_takes_the_models_columns_and_the_model_picks_the_batch_size(tmp_path, tiny_model):
+    from galaxy_infer.catalog import Layout, arrow_schema, catalog_table, file_metadata
+    from galaxy_infer.ingest import ChunkWriter, partition_dir
+    from galaxy_infer.model import load_model_info, metadata_document
+    from galaxy_infer.pipeline import RunConfig, run_sizes
+    from galaxy_infer.preprocess import Recipe
+    from galaxy_infer.trees import GZ_DESI
+    from tests.onnx_models import build_tiny_model
+
+    doc = metadata_document("desi", "1", Recipe(), {"merger": 0.4, "major_disturbance": 0.6}, GZ_DESI,
+                            output_kind="dirichlet", runtime={"batch_size": 16, "task_rows": 64})
+    desi = build_tiny_model(tmp_path / "desi.onnx", metadata=doc, outputs=GZ_DESI.n_answers)
+    info = load_model_info(desi)
+    empty = read_ingest_catalog(tmp_path / "catalog", model=str(desi))
+    assert empty.num_rows == 0
+    assert empty.column_names == arrow_schema(layout=Layout.of(info)).names + ["ingest_date"]
+    assert "bar_strong_fraction" in empty.column_names and "bar_yes_fraction" not in empty.column_names  # not GZ2
+    assert read_ingest_catalog(tmp_path / "catalog").column_names == [
+        "object_id", "source_path", "ra", "dec", "status", "error", "model_id", "run_id", "ingest_date"]
+
+    config = IngestConfig(inbox=str(tmp_path), catalog=str(tmp_path / "catalog"), model=str(desi))
+    run = RunConfig(inputs=[], out="", model=str(desi), batch_size=config.batch_size, task_rows=config.task_rows)
+    assert run_sizes(info, run) == (16, 64)
+
+    # After a model change the catalog holds both trees' rows: each file's missing columns read as null.
+    ids = {"object_id": ["a"], "source_path": ["a.jpg"], "ra": [None], "dec": [None]}
+    for model in (load_model_info(tiny_model), info):
+        writer = ChunkWriter(partition_dir(str(tmp_path / "catalog"), "2026-01-01"), file_metadata(model, model.name),
+                             model.name, chunk_rows=1)
+        writer.add(catalog_table(ids, ["bad"], None, model.model_id, model.name, Layout.of(model)))
+    both = read_ingest_catalog(tmp_path / "catalog")
+    assert both.num_rows == 2 and {"bar_yes_fraction", "bar_strong_fraction"} <= set(both.column_names)
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` without root's right to read any file, so that mode 000 makes a file unreadable as for any user."""
+    if os.geteuid() != 0:
+        return command
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("root without setpriv (util-linux): cannot make a file unreadable")
+    caps = "-dac_override,-dac_read_search"
+    return [setpriv, f"--inh-caps={caps}", f"--bounding-set={caps}", "--", *command]
+
+
+@pytest.mark.ray
+def test_a_file_unreadable_for_one_night_is_not_held_and_is_classified_once_readable(tmp_path, tiny_model):
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    ids = write_night(inbox, "2026-11-20", 5, seed=4)
+    locked = sorted((inbox / "2026-11-20").glob("*.jpg"))[0]
+    locked.chmod(0)  # a cutout delivered with the wrong owner or mode
+    fifo = inbox / "2026-11-20" / "stuck.jpg"
+    os.mkfifo(fifo)  # never waited on: refused as not a regular file
+    common = ["--inbox", str(inbox), "--catalog", str(catalog), "--model", str(tiny_model), "--settle-seconds",
+              "0", "--num-cpus", "2", "--object-store-mb", "256", "--json", "--date", "2026-11-20"]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    first = subprocess.run(unprivileged([sys.executable, str(JOB), *common]), capture_output=True, text=True,
+                           timeout=300, env=env, cwd=ROOT)
+    table = read_ingest_catalog(catalog)
+    rows = dict(zip(table.column("object_id").to_pylist(), table.column("error").to_pylist()))
+    assert locked.name.split(".")[0] not in rows, "an unreadable file was recorded (and so never retried)"
+    assert rows["stuck"] == "not a regular file (a FIFO, socket or device)"
+    summary = json.loads(first.stdout)
+    assert summary["retry_next_run"] == 1 and summary["rows"] == len(ids)
+    assert summary["errors_by_reason"]["cannot read now: permission denied; make it readable by the user "
+                                       "running galaxy-infer"] == 1
+    assert first.returncode == 3  # 2 of 7 objects not classified: cron hears of it
+
+    locked.chmod(0o644)
+    second = run_job(*common)
+    assert second.returncode == EXIT_OK, second.stderr[-3000:]
+    assert json.loads(second.stdout)["rows"] == 1
+    table = read_ingest_catalog(catalog)
+    assert sorted(table.column("object_id").to_pylist()) == sorted([*ids, "stuck"])
+    again = table.filter(pc.equal(table.column("object_id"), locked.name.split(".")[0]))
+    assert again.column("status").to_pylist() == ["ok"]
 
 
 @pytest.mark.ray

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from benchmarks.object_store import DelayedOpens
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, CatalogWriter, catalog_table, read_catalog
 from galaxy_infer.cli import main as cli_main
@@ -49,7 +50,7 @@ def new_bucket(server) -> str:
 
 
 def put(server, key: str, data: bytes) -> None:
-    with admin_fs(server).open_output_stream(key) as f:
+    with admin_fs(server).open_output_stream(key, compression=None) as f:  # as given: .gz names are not gzipped again
         f.write(data)
 
 
@@ -101,10 +102,14 @@ def test_reads_from_memory_fits_gz_fz_and_errors_are_reasons(s3, tmp_path):
     assert read_cutout(f"s3://{bucket}/b.fits.fz", Recipe()).pixels.shape == (1, 16, 16)
     with pytest.raises(InputError, match="truncated JPEG"):
         read_cutout(f"s3://{bucket}/t.jpg", Recipe())
+    put(s3, f"{bucket}/t.fits.gz", gzip.compress(raw)[:3000])  # bad bytes, not a failed read: never "cannot read now"
+    with pytest.raises(InputError, match="^corrupt or truncated FITS") as truncated:
+        read_cutout(f"s3://{bucket}/t.fits.gz", Recipe())
+    assert not isinstance(truncated.value, TransientInputError)
     with pytest.raises(InputError, match="^file not found$"):
         read_cutout(f"s3://{bucket}/nope.jpg", Recipe())
     os.environ.update(AWS_ACCESS_KEY_ID=s3_server.LIST_ONLY_KEY, AWS_SECRET_ACCESS_KEY=s3_server.LIST_ONLY_SECRET)
-    with pytest.raises(TransientInputError, match="^cannot read now: permission denied"):
+    with pytest.raises(TransientInputError, match=r"^cannot read now: access denied by the store \(HTTP 403\); check"):
         read_cutout(f"s3://{bucket}/a.fits.gz", Recipe())
 
 
@@ -130,37 +135,6 @@ def test_wrong_endpoint_and_missing_credentials_fail_before_work_with_one_line(s
     assert not (tmp_path / "cat").exists()
 
 
-class SlowFS(pafs.FileSystemHandler):
-    """A real local filesystem whose every open waits ``delay`` seconds, like an object store's GET."""
-
-    def __init__(self, delay: float) -> None:
-        self.local = pafs.LocalFileSystem()
-        self.delay = delay
-
-    def open_input_stream(self, path):
-        time.sleep(self.delay)
-        return self.local.open_input_stream(path)
-
-    def open_input_file(self, path):
-        time.sleep(self.delay)
-        return self.local.open_input_file(path)
-
-    def get_type_name(self): return "slow-local"
-    def equals(self, other): return other is self
-    def get_file_info(self, paths): return self.local.get_file_info(paths)
-    def get_file_info_selector(self, selector): return self.local.get_file_info(selector)
-    def normalize_path(self, path): return path
-    def create_dir(self, path, recursive): raise NotImplementedError
-    def delete_dir(self, path): raise NotImplementedError
-    def delete_dir_contents(self, path, missing_dir_ok=False): raise NotImplementedError
-    def delete_root_dir_contents(self): raise NotImplementedError
-    def delete_file(self, path): raise NotImplementedError
-    def move(self, src, dest): raise NotImplementedError
-    def copy_file(self, src, dest): raise NotImplementedError
-    def open_output_stream(self, path, metadata): raise NotImplementedError
-    def open_append_stream(self, path, metadata): raise NotImplementedError
-
-
 def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_under_5_s(tmp_path):
     data = jpeg(96)
     paths = []
@@ -168,7 +142,7 @@ def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_u
         path = tmp_path / f"g{i:04d}.jpg"
         path.write_bytes(data)
         paths.append(str(path))
-    slow = pafs.PyFileSystem(SlowFS(0.05))
+    slow = pafs.PyFileSystem(DelayedOpens(pafs.LocalFileSystem(), 0.05))
     batch = {"object_id": np.array([f"g{i}" for i in range(1024)], dtype=object),
              "source_path": np.array(paths, dtype=object), "ra": np.full(1024, np.nan), "dec": np.full(1024, np.nan)}
     started = time.perf_counter()
@@ -176,6 +150,20 @@ def test_a_chunk_of_1024_cutouts_at_50_ms_per_open_is_read_and_preprocessed_in_u
     seconds = time.perf_counter() - started
     assert not any(out["error"]) and out["pixels"].shape[0] == 1024
     assert seconds < 5, f"{seconds:.1f} s (one after another would be over 51 s)"
+
+
+def test_after_one_read_finds_the_store_unreachable_the_tasks_other_reads_fail_at_once():
+    from tests.ray_procs import free_ports
+
+    dead = pafs.S3FileSystem(access_key="k", secret_key="s", endpoint_override=f"http://127.0.0.1:{free_ports(1)[0]}",
+                             scheme="http", retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=1))
+    slow_dead = pafs.PyFileSystem(DelayedOpens(dead, 0.2))  # each read costs 0.2 s, as the SDK's retries would
+    started = time.perf_counter()
+    results = list(storage.read_many([f"bucket/g{i}.jpg" for i in range(60)], slow_dead, concurrency=4))
+    seconds = time.perf_counter() - started
+    assert {str(r) for r in results} == {"cannot read now: " + storage.UNREACHABLE}
+    assert all(isinstance(r, TransientInputError) for r in results)
+    assert seconds < 2, f"{seconds:.1f} s: every read waited (60 x 0.2 s / 4 = 3 s)"
 
 
 def rows(n: int, run_id: str = "r1") -> pa.Table:
@@ -221,12 +209,24 @@ def test_s3_catalog_overwrite_rules_and_a_killed_publish_cleaned_by_the_next_run
         CatalogWriter(f"s3://{bucket}/cutouts", {}, "r2", overwrite=True)
     assert storage.exists(f"s3://{bucket}/cutouts/g.jpg")
 
-    # A run killed mid-publish: its stage has the marker, the output has parts but no summary.
-    put(s3, f"{bucket}/.cat.tmp-dead/part-00000.parquet", b"PAR1")
-    put(s3, f"{bucket}/.cat.tmp-dead/{storage.PUBLISHING_MARKER}", b"")
+    # A run with --overwrite killed mid-publish: its stage is complete and marked; the old summary and
+    # one old part are gone from the output, one new part is copied (old and new rows mixed, no summary).
+    killed = CatalogWriter(out, {}, "r2", rows_per_file=1, overwrite=True)
+    killed.write(rows(3, "r2"))
+    killed._close_file()
+    storage.write_bytes(f"{killed.stage}/{SUMMARY_NAME}", b'{"run_id": "r2"}')
+    storage.write_bytes(f"{killed.stage}/{storage.PUBLISHING_MARKER}", b"")
     storage.delete_file(f"{out}/{SUMMARY_NAME}")
+    storage.delete_file(f"{out}/part-00000.parquet")
+    admin_fs(s3).copy_file(f"{bucket}/.cat.tmp-r2/part-00000.parquet", f"{bucket}/cat/part-00000.parquet")
+    killed.lock.__exit__(None, None, None)  # a SIGKILLed run's lease expires; here it is released
+    # The next run on that output finishes the publish: the killed run's catalog is complete, nothing is lost.
+    with pytest.raises(FileExistsError, match="already exists"):
+        CatalogWriter(out, {}, "r3")
+    assert json.loads(storage.read_bytes(f"{out}/{SUMMARY_NAME}"))["run_id"] == "r2"
+    assert read_catalog(out).column("run_id").to_pylist() == ["r2"] * 3
     with CatalogWriter(out, {}, "r3", overwrite=True) as writer:
-        assert writer.stale_removed == [f"s3://{bucket}/.cat.tmp-dead"]
+        assert writer.stale_removed == []
         writer.write(rows(3, "r3"))
         writer.commit({"run_id": "r3"})
     assert read_catalog(out).column("run_id").to_pylist() == ["r3"] * 3
@@ -287,3 +287,14 @@ def test_local_concurrent_runs_on_one_output_one_wins_and_killed_stages_are_clea
     with pytest.raises(FileExistsError, match="already exists"):
         CatalogWriter(out, {}, "r2")
     assert sorted(p.name for p in tmp_path.iterdir()) == [".cat.lock", "cat"]
+
+
+def test_local_replace_killed_between_its_renames_puts_the_old_catalog_back(tmp_path):
+    out = tmp_path / "cat"
+    with CatalogWriter(out, {}, "r1") as writer:
+        writer.write(rows(2))
+        writer.commit({"run_id": "r1"})
+    out.rename(tmp_path / ".cat.old-dead")  # the first rename of a replace; the kill came before the second
+    with pytest.raises(FileExistsError, match="already exists"):
+        CatalogWriter(out, {}, "r2")
+    assert read_catalog(out).num_rows == 2 and not (tmp_path / ".cat.old-dead").exists()
