@@ -10,9 +10,11 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training import plots
+from training.labels import SHARED_SETS
 from training.metrics import (THREE_WAY, choose_thresholds, columns, roc_points,
                               set_metrics, spiral_probability)
 from training.train import Prepared, predict
+from training.tree_metrics import add_catalog_metrics, tree_score
 
 FLOORS = {
     ("gz1_sdss", "three_way_accuracy"): (">=", 0.93),
@@ -34,7 +36,11 @@ def check_floors(test: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Metrics per split and set, thresholds chosen on validation, floors checked on test, from
-    ``logits[split][set]`` (a PyTorch model's or an exported ONNX file's)."""
+    ``logits[split][set]`` (a PyTorch model's or an exported ONNX file's). Trees other than GZ2
+    get the tree-generic figures of :mod:`training.tree_metrics`."""
+    labelled = {split: [p.labelled for p in parts] for split, parts in prepared.splits.items()}
+    if prepared.tree.name != GZ2.name:
+        return tree_score(labelled, logits, prepared.tree)
     mean = prepared.train_mean_unconditional()
     result: dict[str, Any] = {"splits": {}}
     for split, parts in prepared.splits.items():
@@ -42,6 +48,7 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
     val = {p.name: (p.labelled, logits["val"][p.name]) for p in prepared.splits["val"]}
     result["thresholds"], result["threshold_choice"] = choose_thresholds(val)
     result["floors_on_test"] = check_floors(result["splits"]["test"])
+    add_catalog_metrics(result, labelled, logits, GZ2, set(SHARED_SETS))
     return result
 
 
@@ -52,8 +59,11 @@ def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures
     result = score(prepared, logits)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
-    if pictures:
+    if pictures and prepared.tree.name == GZ2.name:
         draw(model, prepared, logits["test"], result["splits"]["test"], run_dir / "pictures")
+    elif pictures and (run_dir / "history.json").exists():
+        plots.training_curves(json.loads((run_dir / "history.json").read_text()),
+                              run_dir / "pictures" / "training_curves.png")
     return result
 
 
