@@ -247,7 +247,7 @@ def read_vote_catalog(path: str | Path, tree: Schema, name: str | None = None,
     or ``_fraction`` columns on ``tree`` (see :func:`targets_from_zoobot_columns`); relative paths
     in ``file_column`` are taken from the table's folder (Zoobot's catalogs name it ``file_loc``).
 
-    Raises ``ValueError`` when the file column is missing or no column names an answer of the tree.
+    Raises ``ValueError`` when the file column is missing or no question has all its answer columns.
     """
     path = Path(path)
     table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
@@ -256,8 +256,8 @@ def read_vote_catalog(path: str | Path, tree: Schema, name: str | None = None,
     targets = targets_from_zoobot_columns(table, tree)
     if not np.isfinite(targets).any():
         example = tree.questions[0].answers[0]
-        raise ValueError(f"{path}: no vote column of tree {tree.name} (e.g. {example.original or example.name!r} "
-                         f"or {example.original + '_fraction'!r}) has any votes")
+        raise ValueError(f"{path}: no question of tree {tree.name} has votes in all its answer columns "
+                         f"(named e.g. {example.original or example.name!r} or {example.original + '_fraction'!r})")
     return LabelledSet(name or path.stem, _paths(path.parent, table, file_column), targets,
                        np.zeros_like(targets), first_answer_strata(targets, tree), table, tree)
 

@@ -61,6 +61,9 @@ def read_sets(config: Config) -> list[LabelledSet]:
         if extra or "path" not in catalog:
             raise ValueError(f"a data.catalogs entry needs 'path' and may have 'name', 'file_column'; got {sorted(catalog)}")
         loaded.append(read_vote_catalog(catalog["path"], tree, catalog.get("name"), catalog.get("file_column", "file")))
+    names = [s.name for s in loaded]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two label sets share a name in {names}; give each catalog its own 'name'")
     sets = []
     for labelled in loaded:
         if config.data.limit and len(labelled) > config.data.limit:
