@@ -113,3 +113,13 @@ def test_gz2_label_catalogs_get_question_figures_and_fill_default_thresholds():
     M.add_catalog_metrics(result, parts, {s: {"mine": logits} for s in parts}, GZ2, {"gz1_sdss"})
     assert result["splits"]["val"]["mine"]["questions"]["smooth_or_featured"]["accuracy"] == 1.0
     assert result["threshold_choice"]["ring"].startswith("max F1") and result["thresholds"]["merger"] == 0.2
+
+
+def test_gz1_classes_on_the_desi_tree_label_the_merger_flag_both_ways():
+    classes = pd.Series(["elliptical", "merger", "edge_on", "dont_know"])
+    t, neg = L.targets_from_classes(classes, L.GZ1_CLASSES_DESI, L.GZ1_NEGATIONS_DESI, GZ_DESI)
+    assert t.shape == neg.shape == (4, 34)
+    assert t[0, IDX("smooth_or_featured", "smooth")] == 1 and t[1, IDX("merging", "merger")] == 1
+    merger, disturbance = GZ_DESI.flags
+    np.testing.assert_array_equal(M.flag_truth(t, merger, GZ_DESI, neg), [0.0, 1.0, 0.0, np.nan])
+    assert np.isnan(M.flag_truth(t, disturbance, GZ_DESI, neg)[[0, 2, 3]]).all()

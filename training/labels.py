@@ -13,7 +13,7 @@ columns (optionally ``_debiased``), Kaggle ``Class1.1`` (unconditional) columns 
 
 Any other tree: :func:`read_vote_catalog` reads a table of Zoobot-style ``{question}_{answer}``
 vote counts or fractions onto any built-in tree, and :data:`TREE_SETS` lists the shared sets
-that can be read natively on a tree other than GZ2 (the GZ DECaLS rings on ``gz_desi``).
+readable on each tree (on ``gz_desi``: GZ1's classes and the GZ DECaLS rings' own fractions).
 """
 from __future__ import annotations
 
@@ -53,24 +53,24 @@ class LabelledSet:
                            self.tree)
 
 
-def empty_targets(n: int) -> np.ndarray:
-    return np.full((n, GZ2.n_answers), np.nan, dtype=np.float32)
+def empty_targets(n: int, tree: Schema = GZ2) -> np.ndarray:
+    return np.full((n, tree.n_answers), np.nan, dtype=np.float32)
 
 
-def answers_row(answers: Answers) -> np.ndarray:
+def answers_row(answers: Answers, tree: Schema = GZ2) -> np.ndarray:
     """One target row with hard (one-hot) answers for the named questions, NaN elsewhere."""
-    row = empty_targets(1)[0]
+    row = empty_targets(1, tree)[0]
     for question, answer in answers.items():
-        row[GZ2.slices[question]] = 0.0
-        row[GZ2.answer_index(question, answer)] = 1.0
+        row[tree.slices[question]] = 0.0
+        row[tree.answer_index(question, answer)] = 1.0
     return row
 
 
-def event_row(answers: Answers) -> np.ndarray:
+def event_row(answers: Answers, tree: Schema = GZ2) -> np.ndarray:
     """A negated-event row marking the answers whose conjunction the sample does not have."""
-    row = np.zeros(GZ2.n_answers, dtype=np.float32)
+    row = np.zeros(tree.n_answers, dtype=np.float32)
     for question, answer in answers.items():
-        row[GZ2.answer_index(question, answer)] = 1.0
+        row[tree.answer_index(question, answer)] = 1.0
     return row
 
 
@@ -86,18 +86,19 @@ def normalise_by_question(fractions: np.ndarray, tree: Schema = GZ2) -> np.ndarr
 
 
 def targets_from_classes(labels: pd.Series, mapping: Mapping[str, Answers],
-                         negations: Mapping[str, Answers] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class labels (or partial answers per class) -> targets and negated events.
+                         negations: Mapping[str, Answers] | None = None,
+                         tree: Schema = GZ2) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels (or partial answers per class) -> targets and negated events on ``tree``.
 
     Classes absent from ``mapping`` (e.g. 'dont_know') get no label at all.
     """
     negations = negations or {}
-    targets, negated = empty_targets(len(labels)), np.zeros((len(labels), GZ2.n_answers), np.float32)
+    targets, negated = empty_targets(len(labels), tree), np.zeros((len(labels), tree.n_answers), np.float32)
     for i, label in enumerate(labels.astype(str)):
         if label in mapping:
-            targets[i] = answers_row(mapping[label])
+            targets[i] = answers_row(mapping[label], tree)
         if label in negations:
-            negated[i] = event_row(negations[label])
+            negated[i] = event_row(negations[label], tree)
     return targets, negated
 
 
@@ -262,6 +263,28 @@ def read_vote_catalog(path: str | Path, tree: Schema, name: str | None = None,
                        np.zeros_like(targets), first_answer_strata(targets, tree), table, tree)
 
 
+# GZ1 on the GZ DESI tree: the same disk answers; a GZ1 merger is merging = merger (asked of every
+# galaxy in GZ DESI), and a galaxy put in another GZ1 class is known not to be one.
+DESI_FACE_ON_SPIRAL = {"smooth_or_featured": "featured_or_disk", "disk_edge_on": "no", "has_spiral_arms": "yes"}
+GZ1_CLASSES_DESI: dict[str, Answers] = {
+    "elliptical": {"smooth_or_featured": "smooth"},
+    "spiral_clockwise": DESI_FACE_ON_SPIRAL,
+    "spiral_anticlockwise": DESI_FACE_ON_SPIRAL,
+    "edge_on": {"smooth_or_featured": "featured_or_disk", "disk_edge_on": "yes"},
+    "merger": {"merging": "merger"},
+}
+GZ1_NEGATIONS_DESI: dict[str, Answers] = {c: {"merging": "merger"} for c in GZ1_CLASSES_DESI if c != "merger"}
+
+
+def read_gz1_desi(folder: Path) -> LabelledSet:
+    """GZ1 leaf classes on the GZ DESI tree ('dont_know' gives no label)."""
+    table = pd.read_csv(folder / "labels.csv")
+    table = table[table["class_name"] != "dont_know"].reset_index(drop=True)
+    targets, negated = targets_from_classes(table["class_name"], GZ1_CLASSES_DESI, GZ1_NEGATIONS_DESI, GZ_DESI)
+    return LabelledSet("gz1_sdss", _paths(folder, table), targets, negated, table["class_name"].to_numpy(str),
+                       table, GZ_DESI)
+
+
 def read_decals_rings_desi(folder: Path) -> LabelledSet:
     """GZ DECaLS rings on their own tree (``gz_desi``): the three given conditional fractions, the
     other answer of each yes/no question, artifact taken as 0 (as :func:`read_decals_rings` does);
@@ -291,7 +314,7 @@ SHARED_SETS: dict[str, Callable[[Path], LabelledSet]] = {
 
 TREE_SETS: dict[str, dict[str, Callable[[Path], LabelledSet]]] = {
     "gz2": SHARED_SETS,
-    "gz_desi": {"gzdecals_rings": read_decals_rings_desi},
+    "gz_desi": {"gz1_sdss": read_gz1_desi, "gzdecals_rings": read_decals_rings_desi},
 }
 """The shared sets readable on each tree, by tree name."""
 

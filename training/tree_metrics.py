@@ -5,7 +5,8 @@ and the RMSE of the predicted conditional fractions against the vote fractions, 
 always predicting the training mean gives (an RMSE ratio below 1 means the model learned something).
 Only galaxies whose labels reach the question for at least half of the volunteers count, as in
 Walmsley+22. For each of the tree's flags: the AUC of its probability against "at least half of
-the volunteers gave one of its answers", and its threshold chosen on validation data where
+the volunteers gave one of its answers" (or a class label saying the galaxy has, or has not, a
+one-answer flag's answer), and its threshold chosen on validation data where
 enough such labels exist (else the tree's default). Fractions and flag probabilities come from
 ``galaxy_infer.postprocess``, so these figures describe what the catalog will contain.
 """
@@ -47,8 +48,9 @@ def reach(targets: np.ndarray, tree: Schema, unknown: float = np.nan) -> np.ndar
     return out
 
 
-def flag_truth(targets: np.ndarray, flag: Flag, tree: Schema) -> np.ndarray:
-    """Share of volunteers giving one of the flag's answers (NaN where the labels do not say)."""
+def flag_truth(targets: np.ndarray, flag: Flag, tree: Schema, negated: np.ndarray | None = None) -> np.ndarray:
+    """Share of volunteers giving one of the flag's answers (NaN where the labels do not say); a
+    one-answer flag is 0 where ``negated`` says the sample does not have that answer."""
     asked = reach(targets, tree)
     position = [q.name for q in tree.questions]
     total = np.zeros(len(targets))
@@ -56,6 +58,11 @@ def flag_truth(targets: np.ndarray, flag: Flag, tree: Schema) -> np.ndarray:
         a = asked[:, position.index(question)]
         with np.errstate(invalid="ignore"):
             total = total + np.where(a == 0, 0.0, a * targets[:, tree.answer_index(question, answer)])
+    if negated is not None and len(flag.answers) == 1:
+        marked = np.zeros(tree.n_answers, bool)
+        marked[tree.answer_index(*flag.answers[0])] = True
+        known_not = ((negated > 0) == marked).all(axis=1)
+        total = np.where(np.isnan(total) & known_not, 0.0, total)
     return total
 
 
@@ -105,7 +112,7 @@ def tree_set_metrics(labelled: LabelledSet, logits: np.ndarray, tree: Schema,
             out["mean_rmse_ratio"] = float(np.mean(ratios))
     flags = {}
     for flag in tree.flags:
-        truth = flag_truth(labelled.targets, flag, tree)
+        truth = flag_truth(labelled.targets, flag, tree, labelled.negated)
         known = np.isfinite(truth)
         if known.any():
             y = (truth[known] >= 0.5).astype(int)
@@ -126,7 +133,7 @@ def choose_flag_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], tree:
     for flag in flags:
         scores, labels = [], []
         for labelled, logits in val.values():
-            truth = flag_truth(labelled.targets, flag, tree)
+            truth = flag_truth(labelled.targets, flag, tree, labelled.negated)
             known = np.isfinite(truth)
             fractions = tree.softmax_by_question(logits.astype(np.float32))
             scores.append(flag_probability(fractions, tree.proportion_asked(fractions), flag, tree)[known])
