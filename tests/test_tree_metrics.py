@@ -82,7 +82,7 @@ def test_question_metrics_and_flag_auc_against_the_training_mean():
     logits[:, IDX("merging", "minor_disturbance")] = logits[:, IDX("merging", "major_disturbance")] = -9
     labelled = L.LabelledSet("x", ["f"] * n, targets, np.zeros_like(targets), np.zeros(n, str), pd.DataFrame(index=range(n)),
                              GZ_DESI)
-    m = M.tree_set_metrics(labelled, logits, GZ_DESI, M.mean_targets([labelled]))
+    m = M.tree_set_metrics(labelled, logits, GZ_DESI, M.mean_targets(labelled))
     assert set(m["questions"]) == {"merging"}
     q = m["questions"]["merging"]
     assert q["n"] == n and q["accuracy"] == 1.0 and q["rmse"] < 0.01 and q["rmse_ratio"] < 0.05

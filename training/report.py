@@ -49,7 +49,7 @@ def main(run_dir: str) -> None:
     else:
         print(floors_table(metrics), "\n")
         print(splits_table(metrics), "\n")
-    print("| odd feature | threshold | how chosen |\n|---|---|---|")
+    print(f"| {'flag' if 'tree' in metrics else 'odd feature'} | threshold | how chosen |\n|---|---|---|")
     for f, t in metrics["thresholds"].items():
         print(f"| {f} | {t:.3f} | {metrics['threshold_choice'][f]} |")
 

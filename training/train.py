@@ -18,11 +18,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from galaxy_infer.schema import GZ2, Schema
+from galaxy_infer.trees import get_tree
 from training.augment import random_affine
 from training.config import Config
 from training.data import SplitSet, cached_inputs, split_sets
-from galaxy_infer.schema import GZ2, Schema
-from galaxy_infer.trees import get_tree
 from training.labels import TREE_SETS, LabelledSet, read_vote_catalog
 from training.loss import tree_loss
 from training.metrics import unconditional_targets

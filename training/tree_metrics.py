@@ -2,13 +2,14 @@
 
 For each question: how often the predicted majority answer is the volunteers' majority answer,
 and the RMSE of the predicted conditional fractions against the vote fractions, each next to what
-always predicting the training mean gives (an RMSE ratio below 1 means the model learned something).
-Only galaxies whose labels reach the question for at least half of the volunteers count, as in
-Walmsley+22. For each of the tree's flags: the AUC of its probability against "at least half of
-the volunteers gave one of its answers" (or a class label saying the galaxy has, or has not, a
-one-answer flag's answer), and its threshold chosen on validation data where
-enough such labels exist (else the tree's default). Fractions and flag probabilities come from
-``galaxy_infer.postprocess``, so these figures describe what the catalog will contain.
+always predicting the mean of the same set's training labels gives (an RMSE ratio below 1 means
+the model learned something beyond that set's average). Only galaxies whose labels reach the
+question for at least half of the volunteers count, as in Walmsley+22. For each of the tree's
+flags: the AUC of its probability against "at least half of the volunteers gave one of its
+answers" (or a class label saying the galaxy has, or has not, a one-answer flag's answer), and
+its threshold chosen on validation data where enough such labels exist (else the tree's
+default). Fractions and flag probabilities come from ``galaxy_infer.postprocess``, so these
+figures describe what the catalog will contain.
 """
 from __future__ import annotations
 
@@ -66,9 +67,9 @@ def flag_truth(targets: np.ndarray, flag: Flag, tree: Schema, negated: np.ndarra
     return total
 
 
-def mean_targets(parts: list[LabelledSet]) -> np.ndarray:
-    """Per answer, the mean known conditional fraction over ``parts`` (NaN where none is known)."""
-    targets = np.concatenate([p.targets for p in parts]).astype(np.float64)
+def mean_targets(labelled: LabelledSet) -> np.ndarray:
+    """Per answer, the mean known conditional fraction of a set (NaN where none is known)."""
+    targets = labelled.targets.astype(np.float64)
     known = np.isfinite(targets)
     count = known.sum(axis=0)
     total = np.where(known, targets, 0.0).sum(axis=0)
@@ -78,7 +79,7 @@ def mean_targets(parts: list[LabelledSet]) -> np.ndarray:
 def question_metrics(targets: np.ndarray, fractions: np.ndarray, tree: Schema,
                      train_mean: np.ndarray | None = None) -> dict[str, dict[str, Any]]:
     """Per question with labels: ``n``, ``accuracy`` (majority answer), ``rmse`` of the fractions, and
-    what always predicting the training mean gives: ``accuracy_train_majority``, ``rmse_train_mean``
+    what always predicting ``train_mean`` gives: ``accuracy_train_majority``, ``rmse_train_mean``
     and ``rmse_ratio`` (model over mean)."""
     asked = reach(targets, tree, unknown=1.0)
     out = {}
@@ -157,10 +158,11 @@ def tree_score(parts_by_split: dict[str, list[LabelledSet]], logits: dict[str, d
                tree: Schema) -> dict[str, Any]:
     """Metrics per split and set, and flag thresholds chosen on validation, from ``logits[split][set]``;
     the same layout as :func:`training.evaluate.score` (no floors: they are the GZ2 model's)."""
-    mean = mean_targets(parts_by_split["train"]) if parts_by_split.get("train") else None
+    means = {p.name: mean_targets(p) for p in parts_by_split.get("train", [])}
     result: dict[str, Any] = {"tree": tree.name, "splits": {}}
     for split, parts in parts_by_split.items():
-        result["splits"][split] = {p.name: tree_set_metrics(p, logits[split][p.name], tree, mean) for p in parts}
+        result["splits"][split] = {p.name: tree_set_metrics(p, logits[split][p.name], tree, means.get(p.name))
+                                   for p in parts}
     val = {p.name: (p, logits["val"][p.name]) for p in parts_by_split.get("val", [])}
     result["thresholds"], result["threshold_choice"] = choose_flag_thresholds(val, tree)
     result["floors_on_test"] = {}
@@ -174,10 +176,10 @@ def add_catalog_metrics(result: dict[str, Any], parts_by_split: dict[str, list[L
     catalogs = {split: [p for p in parts if p.name not in shared] for split, parts in parts_by_split.items()}
     if not any(catalogs.values()):
         return
-    mean = mean_targets(catalogs["train"]) if catalogs.get("train") else None
+    means = {p.name: mean_targets(p) for p in catalogs.get("train", [])}
     for split, parts in catalogs.items():
         for p in parts:
-            result["splits"][split][p.name].update(tree_set_metrics(p, logits[split][p.name], tree, mean))
+            result["splits"][split][p.name].update(tree_set_metrics(p, logits[split][p.name], tree, means.get(p.name)))
     defaults = tuple(f for f in tree.flags_with(result["thresholds"])
                      if result["threshold_choice"].get(f.name, "").startswith("default"))
     chosen, how = choose_flag_thresholds({p.name: (p, logits["val"][p.name]) for p in catalogs.get("val", [])},
