@@ -214,13 +214,18 @@ def _check_shapes(session, info: ModelInfo) -> None:
         raise ModelError(f"{info.path}: output shape {out} is not [N, {info.tree.n_answers}]")
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when onnxruntime offers CUDA and a GPU is visible, else ``cpu``."""
-    import onnxruntime as ort
-
+def check_device(device: str) -> str:
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
-    if device != "auto":
+    return device
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` becomes ``cuda`` when this process's onnxruntime offers CUDA and a GPU is visible to
+    it (Ray hides GPUs from tasks that reserved none), else ``cpu``."""
+    import onnxruntime as ort
+
+    if check_device(device) != "auto":
         return device
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     return "cuda" if has_cuda and _gpu_visible() else "cpu"
@@ -233,7 +238,12 @@ def _gpu_visible() -> bool:
 
 
 class Predictor:
-    """An onnxruntime session that predicts logits in fixed-size batches."""
+    """An onnxruntime session that predicts logits in fixed-size batches.
+
+    ``device`` is decided here, where prediction runs: ``cuda`` fails unless onnxruntime really
+    runs on CUDA; ``auto`` tries CUDA where it looks usable and keeps the CPU otherwise.
+    :attr:`device` is what the session really runs on.
+    """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
                  num_threads: int | None = None, model_bytes: bytes | None = None) -> None:
@@ -241,17 +251,17 @@ class Predictor:
         driver ships it to workers that cannot see the driver's files)."""
         import onnxruntime as ort
 
-        self.device = resolve_device(device)
+        wanted = resolve_device(device)
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = num_threads or 0
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if wanted == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ModelError("CUDA was asked for but this onnxruntime has no CUDA provider: install "
                              "galaxy-infer[gpu] (onnxruntime-gpu) in an environment without onnxruntime")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if wanted == "cuda"
                      else ["CPUExecutionProvider"])
         if model_bytes is None and not os.path.isfile(path):
             raise ModelError(f"model file not found: {path}")
@@ -260,25 +270,33 @@ class Predictor:
         self.info = parse_metadata(str(path), self.session.get_modelmeta().custom_metadata_map)
         _check_shapes(self.session, self.info)
         active = self.session.get_providers()
-        if self.device == "cuda" and active[0] != "CUDAExecutionProvider":
+        if device == "cuda" and active[0] != "CUDAExecutionProvider":
             raise ModelError(
                 f"CUDA was asked for but onnxruntime runs on {active[0]}: install galaxy-infer[gpu] "
                 "(onnxruntime-gpu, without onnxruntime) and check that CUDA and cuDNN libraries load")
         self.providers = active
+        self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        self._padded: np.ndarray | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` outputs; the last batch is zero-padded."""
+        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` outputs.
+
+        A short last batch is zero-padded to the batch size in a buffer the predictor keeps, so a
+        chunk costs no batch-sized allocation.
+        """
         n = images.shape[0]
         out = np.empty((n, self.info.tree.n_answers), dtype=np.float32)
+        images = np.ascontiguousarray(images, dtype=np.float32)
         b = self.batch_size
         for start in range(0, n, b):
             chunk = images[start:start + b]
             if chunk.shape[0] < b:
-                padded = np.zeros((b, *chunk.shape[1:]), dtype=np.float32)
-                padded[: chunk.shape[0]] = chunk
-                chunk = padded
-            logits = self.session.run([self._output], {self._input: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
-            out[start:start + b] = logits[: min(b, n - start)]
+                if self._padded is None or self._padded.shape[1:] != chunk.shape[1:]:
+                    self._padded = np.zeros((b, *chunk.shape[1:]), dtype=np.float32)
+                self._padded[: chunk.shape[0]] = chunk
+                self._padded[chunk.shape[0]:] = 0
+                chunk = self._padded
+            out[start:start + b] = self.session.run([self._output], {self._input: chunk})[0][: min(b, n - start)]
         return out

@@ -76,12 +76,15 @@ def test_cuda_fails_loudly_when_not_really_active(tiny_model):
         Predictor(tiny_model, device="cuda")
 
 
-def test_auto_device_is_cpu_without_a_gpu():
+def test_auto_device_is_cpu_without_a_gpu(tiny_model, monkeypatch):
     if resolve_device("auto") == "cuda":
         pytest.skip("a real GPU is present")
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ValueError):
         resolve_device("tpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what Ray sets for a task holding a (here logical) GPU
+    predictor = Predictor(tiny_model, device="auto")
+    assert (predictor.device, predictor.providers[0]) == ("cpu", "CPUExecutionProvider")
 
 
 def test_a_model_names_or_embeds_its_tree_and_flags(tmp_path):

@@ -220,7 +220,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--check-limit", type=int, default=16, help="at most this many check images (default 16)")
     p.set_defaults(func=cmd_import_zoobot)
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     return args.func(args)

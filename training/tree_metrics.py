@@ -16,12 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score
 
 from galaxy_infer.postprocess import flag_probability
 from galaxy_infer.schema import Flag, Schema
 from training.labels import LabelledSet
-from training.metrics import _auc, rmse
+from training.metrics import _auc, best_f1_threshold, rmse
 
 MIN_REACH = 0.5
 """A question counts for a galaxy when its labels say at least this share of volunteers reached it."""
@@ -145,12 +144,8 @@ def choose_flag_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], tree:
             how[flag.name] = (f"default {flag.threshold} (fewer than {MIN_POSITIVES} labelled positives "
                               "in validation)")
             continue
-        s = np.concatenate(scores)
-        candidates = np.unique(np.quantile(s, np.linspace(0.01, 0.99, 197)))
-        f1 = [f1_score(y, s >= t) for t in candidates]
-        best = int(np.argmax(f1))
-        thresholds[flag.name] = float(candidates[best])
-        how[flag.name] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1[best]:.3f}"
+        thresholds[flag.name], f1 = best_f1_threshold(y, np.concatenate(scores))
+        how[flag.name] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1:.3f}"
     return thresholds, how
 
 
