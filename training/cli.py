@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--no-pictures", action="store_true")
         p.add_argument("--labels", action="append", metavar="TABLE",
                        help="also read this CSV/Parquet of Zoobot-style {question}_{answer} vote counts or fractions "
-                            "on the config's tree, with a 'file' column of cutout paths (repeatable)")
+                            "on the config's tree, with a 'file' column of cutout paths (repeatable; give "
+                            "evaluate and export the same, or put it in [[data.catalogs]])")
 
     p = sub.add_parser("train", help="train, evaluate, and export when output.onnx is set")
     common(p)
