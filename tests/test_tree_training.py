@@ -87,6 +87,11 @@ def test_desi_tree_from_a_vote_table_trains_exports_and_classifies(shared_data, 
     assert {"accuracy", "rmse", "rmse_train_mean", "accuracy_train_majority"} <= set(test["questions"]["merging"])
     assert "auc" in test["flags"]["merger"]
     assert info.extra["training_data"]["catalogs"] == [{"path": str(tmp_path / "desi_votes.csv")}]
+    # export again from the checkpoint: the same tree and thresholds
+    assert training_main(["export", "--config", str(config), "--labels", str(tmp_path / "desi_votes.csv"),
+                          "--output", str(tmp_path / "again.onnx")]) == 0
+    again = load_model_info(tmp_path / "again.onnx")
+    assert again.tree is GZ_DESI and again.thresholds == info.thresholds
 
     files = list(votes["file"][:6])
     assert galaxy_infer_main(["classify", *files, "--out", str(tmp_path / "cat"), "--model", str(onnx)]) == 0
