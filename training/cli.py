@@ -15,6 +15,7 @@ from training.config import Config, load_config, override
 def export_run(config: Config, model, prepared, result: dict[str, Any], fit_info: dict[str, Any] | None,
                path: Path) -> Path:
     """Export the model with thresholds, metrics and data summary from an evaluation."""
+    from galaxy_infer.trees import get_tree
     from training.data import summary
     from training.export import export_onnx
 
@@ -25,12 +26,13 @@ def export_run(config: Config, model, prepared, result: dict[str, Any], fit_info
                     "floors_on_test": result["floors_on_test"]},
         "threshold_choice": result["threshold_choice"],
         "training_data": {"root": config.data.root, "sets": summary(prepared.splits),
-                          "split_seed": config.data.seed, "oversample": config.data.oversample},
+                          "split_seed": config.data.seed, "oversample": config.data.oversample}
+        | ({"catalogs": config.data.catalogs} if config.data.catalogs else {}),
         "training": {k: v for k, v in (fit_info or {}).items() if k not in ("history", "checkpoint")}
         | {"config": config.to_dict()},
     }
     return export_onnx(model, path, config.recipe, config.output.name, config.output.version,
-                       result["thresholds"], **extra)
+                       result["thresholds"], schema=get_tree(config.data.tree), **extra)
 
 
 def quantize_run(config: Config, prepared, fp32: Path, out: Path) -> dict[str, Any]:
@@ -153,6 +155,8 @@ def _config(args: argparse.Namespace) -> Config:
         changes.setdefault("train", {})["epochs"] = args.epochs_override
     if getattr(args, "no_export", False):
         changes.setdefault("output", {})["onnx"] = ""
+    if getattr(args, "labels", None):
+        changes.setdefault("data", {})["catalogs"] = config.data.catalogs + [{"path": p} for p in args.labels]
     return override(config, **changes) if changes else config
 
 
@@ -165,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--run-dir", help="override output.run_dir")
         p.add_argument("--limit", type=int, help="at most this many images per set")
         p.add_argument("--no-pictures", action="store_true")
+        p.add_argument("--labels", action="append", metavar="TABLE",
+                       help="also read this CSV/Parquet of Zoobot-style {question}_{answer} vote counts or fractions "
+                            "on the config's tree, with a 'file' column of cutout paths (repeatable; give "
+                            "evaluate and export the same, or put it in [[data.catalogs]])")
 
     p = sub.add_parser("train", help="train, evaluate, and export when output.onnx is set")
     common(p)

@@ -23,6 +23,13 @@ class DataConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     cache_dir: str = "runs/cache"
+    tree: str = "gz2"
+    """The decision tree the model answers (a built-in tree's name: gz2, gz_desi, gz_euclid, ...);
+    it sets the model's outputs, the loss, the metrics, the flags and the exported metadata."""
+    catalogs: list[dict[str, str]] = field(default_factory=list)
+    """Label tables of your own on ``tree``: ``{ path = "votes.csv", name = "mine", file_column = "file" }``
+    with Zoobot-style ``{question}_{answer}`` vote counts or ``_fraction`` columns (see
+    :func:`training.labels.read_vote_catalog`); read beside ``sets``."""
 
 
 @dataclass

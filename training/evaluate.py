@@ -15,9 +15,11 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training import plots
+from training.labels import SHARED_SETS
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
                               roc_points, set_metrics, spiral_probability, three_way_scores)
 from training.train import Prepared, predict
+from training.tree_metrics import add_catalog_metrics, tree_score
 
 FLOORS = {
     ("gz1_sdss", "three_way_accuracy"): (">=", 0.93),
@@ -45,7 +47,11 @@ def check_floors(test: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
     """Metrics per split and set, thresholds chosen on validation, floors checked on test, from
-    ``logits[split][set]`` (a PyTorch model's or an exported ONNX file's)."""
+    ``logits[split][set]`` (a PyTorch model's or an exported ONNX file's). Trees other than GZ2
+    get the tree-generic figures of :mod:`training.tree_metrics`."""
+    labelled = {split: [p.labelled for p in parts] for split, parts in prepared.splits.items()}
+    if prepared.tree.name != GZ2.name:
+        return tree_score(labelled, logits, prepared.tree)
     mean = prepared.train_mean_unconditional()
     result: dict[str, Any] = {"splits": {}}
     for split, parts in prepared.splits.items():
@@ -56,6 +62,7 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
     rings = ring_check(prepared, logits)
     if rings is not None:
         result["ring_check_val_test"] = rings
+    add_catalog_metrics(result, labelled, logits, GZ2, set(SHARED_SETS))
     return result
 
 
@@ -96,8 +103,11 @@ def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures
     result = score(prepared, logits)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "metrics.json").write_text(json.dumps(result, indent=1))
-    if pictures:
+    if pictures and prepared.tree.name == GZ2.name:
         draw(model, prepared, logits["test"], result["splits"]["test"], run_dir / "pictures")
+    elif pictures and (run_dir / "history.json").exists():
+        plots.training_curves(json.loads((run_dir / "history.json").read_text()),
+                              run_dir / "pictures" / "training_curves.png")
     return result
 
 

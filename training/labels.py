@@ -10,6 +10,10 @@ Label forms: class labels / partial answers (a mapping class -> {question: answe
 columns (optionally ``_debiased``), Kaggle ``Class1.1`` (unconditional) columns and our own
 ``{question}_{answer}_fraction`` (conditional) columns. :data:`SHARED_SETS` maps the four sets of
 ``../shared/data`` onto the tree as their README describes.
+
+Any other tree: :func:`read_vote_catalog` reads a table of Zoobot-style ``{question}_{answer}``
+vote counts or fractions onto any built-in tree, and :data:`TREE_SETS` lists the shared sets
+readable on each tree (on ``gz_desi``: GZ1's classes and the GZ DECaLS rings' own fractions).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from galaxy_infer.schema import GZ2, Schema
+from galaxy_infer.trees import GZ_DESI
 
 Answers = Mapping[str, str]
 """A partial answer of the tree: ``{question: answer}``."""
@@ -36,33 +41,36 @@ class LabelledSet:
     negated: np.ndarray
     strata: np.ndarray
     table: pd.DataFrame = field(repr=False)
+    tree: Schema = field(default=GZ2, repr=False)
+    """The tree the targets' columns follow."""
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def subset(self, index: np.ndarray) -> LabelledSet:
         return LabelledSet(self.name, [self.paths[i] for i in index], self.targets[index],
-                           self.negated[index], self.strata[index], self.table.iloc[index].reset_index(drop=True))
+                           self.negated[index], self.strata[index], self.table.iloc[index].reset_index(drop=True),
+                           self.tree)
 
 
-def empty_targets(n: int) -> np.ndarray:
-    return np.full((n, GZ2.n_answers), np.nan, dtype=np.float32)
+def empty_targets(n: int, tree: Schema = GZ2) -> np.ndarray:
+    return np.full((n, tree.n_answers), np.nan, dtype=np.float32)
 
 
-def answers_row(answers: Answers) -> np.ndarray:
+def answers_row(answers: Answers, tree: Schema = GZ2) -> np.ndarray:
     """One target row with hard (one-hot) answers for the named questions, NaN elsewhere."""
-    row = empty_targets(1)[0]
+    row = empty_targets(1, tree)[0]
     for question, answer in answers.items():
-        row[GZ2.slices[question]] = 0.0
-        row[GZ2.answer_index(question, answer)] = 1.0
+        row[tree.slices[question]] = 0.0
+        row[tree.answer_index(question, answer)] = 1.0
     return row
 
 
-def event_row(answers: Answers) -> np.ndarray:
+def event_row(answers: Answers, tree: Schema = GZ2) -> np.ndarray:
     """A negated-event row marking the answers whose conjunction the sample does not have."""
-    row = np.zeros(GZ2.n_answers, dtype=np.float32)
+    row = np.zeros(tree.n_answers, dtype=np.float32)
     for question, answer in answers.items():
-        row[GZ2.answer_index(question, answer)] = 1.0
+        row[tree.answer_index(question, answer)] = 1.0
     return row
 
 
@@ -78,18 +86,19 @@ def normalise_by_question(fractions: np.ndarray, tree: Schema = GZ2) -> np.ndarr
 
 
 def targets_from_classes(labels: pd.Series, mapping: Mapping[str, Answers],
-                         negations: Mapping[str, Answers] | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Class labels (or partial answers per class) -> targets and negated events.
+                         negations: Mapping[str, Answers] | None = None,
+                         tree: Schema = GZ2) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels (or partial answers per class) -> targets and negated events on ``tree``.
 
     Classes absent from ``mapping`` (e.g. 'dont_know') get no label at all.
     """
     negations = negations or {}
-    targets, negated = empty_targets(len(labels)), np.zeros((len(labels), GZ2.n_answers), np.float32)
+    targets, negated = empty_targets(len(labels), tree), np.zeros((len(labels), tree.n_answers), np.float32)
     for i, label in enumerate(labels.astype(str)):
         if label in mapping:
-            targets[i] = answers_row(mapping[label])
+            targets[i] = answers_row(mapping[label], tree)
         if label in negations:
-            negated[i] = event_row(negations[label])
+            negated[i] = event_row(negations[label], tree)
     return targets, negated
 
 
@@ -219,8 +228,81 @@ def read_decals_rings(folder: Path) -> LabelledSet:
                        table["ring"].astype(int).to_numpy(str), table)
 
 
-def _paths(folder: Path, table: pd.DataFrame) -> list[str]:
-    return [str(folder / f) for f in table["file"]]
+def _paths(folder: Path, table: pd.DataFrame, column: str = "file") -> list[str]:
+    return [str(folder / f) for f in table[column]]
+
+
+def first_answer_strata(targets: np.ndarray, tree: Schema) -> np.ndarray:
+    """The majority answer of the tree's first question (``unknown`` where not labelled): what a
+    vote catalog is split on, so each split holds, e.g., smooth and featured galaxies in proportion."""
+    first = tree.questions[0]
+    t = targets[:, tree.slices[first.name]]
+    known = np.isfinite(t).all(axis=1)
+    names = np.array(first.answer_names, dtype=object)[np.nan_to_num(t, nan=-1).argmax(axis=1)]
+    return np.where(known, names, "unknown").astype(str)
+
+
+def read_vote_catalog(path: str | Path, tree: Schema, name: str | None = None,
+                      file_column: str = "file") -> LabelledSet:
+    """A table (CSV or Parquet) of cutout files with Zoobot-style ``{question}_{answer}`` vote counts
+    or ``_fraction`` columns on ``tree`` (see :func:`targets_from_zoobot_columns`); relative paths
+    in ``file_column`` are taken from the table's folder (Zoobot's catalogs name it ``file_loc``).
+
+    Raises ``ValueError`` when the file column is missing or no question has all its answer columns.
+    """
+    path = Path(path)
+    table = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    if file_column not in table.columns:
+        raise ValueError(f"{path}: no {file_column!r} column of cutout paths (set file_column)")
+    targets = targets_from_zoobot_columns(table, tree)
+    if not np.isfinite(targets).any():
+        example = tree.questions[0].answers[0]
+        raise ValueError(f"{path}: no question of tree {tree.name} has votes in all its answer columns "
+                         f"(named e.g. {example.original or example.name!r} or {example.original + '_fraction'!r})")
+    return LabelledSet(name or path.stem, _paths(path.parent, table, file_column), targets,
+                       np.zeros_like(targets), first_answer_strata(targets, tree), table, tree)
+
+
+# GZ1 on the GZ DESI tree: the same disk answers; a GZ1 merger is merging = merger (asked of every
+# galaxy in GZ DESI), and a galaxy put in another GZ1 class is known not to be one.
+DESI_FACE_ON_SPIRAL = {"smooth_or_featured": "featured_or_disk", "disk_edge_on": "no", "has_spiral_arms": "yes"}
+GZ1_CLASSES_DESI: dict[str, Answers] = {
+    "elliptical": {"smooth_or_featured": "smooth"},
+    "spiral_clockwise": DESI_FACE_ON_SPIRAL,
+    "spiral_anticlockwise": DESI_FACE_ON_SPIRAL,
+    "edge_on": {"smooth_or_featured": "featured_or_disk", "disk_edge_on": "yes"},
+    "merger": {"merging": "merger"},
+}
+GZ1_NEGATIONS_DESI: dict[str, Answers] = {c: {"merging": "merger"} for c in GZ1_CLASSES_DESI if c != "merger"}
+
+
+def read_gz1_desi(folder: Path) -> LabelledSet:
+    """GZ1 leaf classes on the GZ DESI tree ('dont_know' gives no label)."""
+    table = pd.read_csv(folder / "labels.csv")
+    table = table[table["class_name"] != "dont_know"].reset_index(drop=True)
+    targets, negated = targets_from_classes(table["class_name"], GZ1_CLASSES_DESI, GZ1_NEGATIONS_DESI, GZ_DESI)
+    return LabelledSet("gz1_sdss", _paths(folder, table), targets, negated, table["class_name"].to_numpy(str),
+                       table, GZ_DESI)
+
+
+def read_decals_rings_desi(folder: Path) -> LabelledSet:
+    """GZ DECaLS rings on their own tree (``gz_desi``): the three given conditional fractions, the
+    other answer of each yes/no question, artifact taken as 0 (as :func:`read_decals_rings` does);
+    every other question unknown. There is no ring answer in this tree; the split is stratified on it."""
+    table = pd.read_csv(folder / "labels.csv")
+    featured = table["smooth-or-featured_featured-or-disk_fraction"]
+    votes = pd.DataFrame({
+        "smooth-or-featured_smooth_fraction": 1 - featured,
+        "smooth-or-featured_featured-or-disk_fraction": featured,
+        "smooth-or-featured_artifact_fraction": 0.0,
+        "disk-edge-on_yes_fraction": 1 - table["disk-edge-on_no_fraction"],
+        "disk-edge-on_no_fraction": table["disk-edge-on_no_fraction"],
+        "has-spiral-arms_yes_fraction": 1 - table["has-spiral-arms_no_fraction"],
+        "has-spiral-arms_no_fraction": table["has-spiral-arms_no_fraction"],
+    })
+    targets = targets_from_zoobot_columns(votes, GZ_DESI)
+    return LabelledSet("gzdecals_rings", _paths(folder, table), targets, np.zeros_like(targets),
+                       table["ring"].astype(int).to_numpy(str), table, GZ_DESI)
 
 
 SHARED_SETS: dict[str, Callable[[Path], LabelledSet]] = {
@@ -229,6 +311,12 @@ SHARED_SETS: dict[str, Callable[[Path], LabelledSet]] = {
     "gz2_votes": read_gz2_votes,
     "gzdecals_rings": read_decals_rings,
 }
+
+TREE_SETS: dict[str, dict[str, Callable[[Path], LabelledSet]]] = {
+    "gz2": SHARED_SETS,
+    "gz_desi": {"gz1_sdss": read_gz1_desi, "gzdecals_rings": read_decals_rings_desi},
+}
+"""The shared sets readable on each tree, by tree name."""
 
 
 def read_catalog(path: Path, form: str, name: str | None = None, class_column: str = "label",

@@ -5,7 +5,7 @@
 ``resnet18`` is torchvision's ResNet-18 adapted to 64-pixel inputs (3x3 stride-1 stem, no max
 pool; 2.2 billion multiply-adds against compact's 6.3 million); ``resnet18-std`` keeps
 torchvision's stem (148 million at 64 pixels, 592 million at 128). All return raw logits
-``(n, 37)`` for the GZ2 tree.
+``(n, n_outputs)``: one per answer of the tree (37 for GZ2, the default).
 """
 from __future__ import annotations
 

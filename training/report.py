@@ -35,11 +35,26 @@ def splits_table(metrics: dict[str, Any]) -> str:
     return "\n".join(rows)
 
 
+def questions_table(metrics: dict[str, Any]) -> str:
+    """Per set and question on the test split, for trees other than GZ2 (:mod:`training.tree_metrics`)."""
+    rows = ["| set | question | n | accuracy | always the training majority | RMSE | RMSE of the training mean |",
+            "|---|---|---|---|---|---|---|"]
+    for name, m in metrics["splits"]["test"].items():
+        for q, r in m["questions"].items():
+            rows.append(f"| {name} | {q} | {r['n']} | {_fmt(r['accuracy'])} | {_fmt(r.get('accuracy_train_majority'))} "
+                        f"| {_fmt(r['rmse'])} | {_fmt(r.get('rmse_train_mean'))} |")
+    return "\n".join(rows)
+
+
 def main(run_dir: str) -> None:
     metrics = json.loads((Path(run_dir) / "metrics.json").read_text())
-    print(floors_table(metrics), "\n")
-    print(splits_table(metrics), "\n")
-    print("| odd feature | threshold | how chosen |\n|---|---|---|")
+    if "tree" in metrics:
+        print(f"tree: {metrics['tree']}\n")
+        print(questions_table(metrics), "\n")
+    else:
+        print(floors_table(metrics), "\n")
+        print(splits_table(metrics), "\n")
+    print(f"| {'flag' if 'tree' in metrics else 'odd feature'} | threshold | how chosen |\n|---|---|---|")
     for f, t in metrics["thresholds"].items():
         print(f"| {f} | {t:.3f} | {metrics['threshold_choice'][f]} |")
 

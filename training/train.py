@@ -18,10 +18,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from galaxy_infer.schema import GZ2, Schema
+from galaxy_infer.trees import get_tree
 from training.augment import random_affine, survey_augment
 from training.config import Config
 from training.data import SplitSet, cached_inputs, split_sets
-from training.labels import SHARED_SETS, LabelledSet
+from training.labels import TREE_SETS, LabelledSet, read_vote_catalog
 from training.loss import tree_loss
 from training.metrics import unconditional_targets
 from training.models import build_model
@@ -34,6 +36,7 @@ class Prepared:
     """Splits with cached inputs, ready for training and evaluation."""
 
     splits: dict[str, list[SplitSet]]
+    tree: Schema = GZ2
 
     def by_name(self, split: str) -> dict[str, SplitSet]:
         return {s.name: s for s in self.splits[split]}
@@ -45,10 +48,24 @@ class Prepared:
 
 
 def read_sets(config: Config) -> list[LabelledSet]:
-    root = Path(config.data.root)
+    """The shared sets named in the config (those readable on its tree) and its label catalogs."""
+    root, tree = Path(config.data.root), get_tree(config.data.tree)
+    readers = TREE_SETS.get(tree.name, {})
+    unknown = [name for name in config.data.sets if name not in readers]
+    if unknown:
+        raise ValueError(f"sets {unknown} cannot be read on tree {tree.name} (readable: {sorted(readers) or 'none'}); "
+                         "give labels on this tree as [[data.catalogs]]")
+    loaded = [readers[name](root / name) for name in config.data.sets]
+    for catalog in config.data.catalogs:
+        extra = set(catalog) - {"path", "name", "file_column"}
+        if extra or "path" not in catalog:
+            raise ValueError(f"a data.catalogs entry needs 'path' and may have 'name', 'file_column'; got {sorted(catalog)}")
+        loaded.append(read_vote_catalog(catalog["path"], tree, catalog.get("name"), catalog.get("file_column", "file")))
+    names = [s.name for s in loaded]
+    if len(set(names)) < len(names):
+        raise ValueError(f"two label sets share a name in {names}; give each catalog its own 'name'")
     sets = []
-    for name in config.data.sets:
-        labelled = SHARED_SETS[name](root / name)
+    for labelled in loaded:
         if config.data.limit and len(labelled) > config.data.limit:
             rng = np.random.default_rng(config.data.seed)
             labelled = labelled.subset(np.sort(rng.choice(len(labelled), config.data.limit, replace=False)))
@@ -60,7 +77,8 @@ def prepare(config: Config) -> Prepared:
     sets = read_sets(config)
     cache = Path(config.data.cache_dir) if config.data.cache_dir else None
     inputs = [cached_inputs(s, config.recipe, cache) for s in sets]
-    return Prepared(split_sets(sets, inputs, config.data.seed, config.data.val_fraction, config.data.test_fraction))
+    return Prepared(split_sets(sets, inputs, config.data.seed, config.data.val_fraction, config.data.test_fraction),
+                    get_tree(config.data.tree))
 
 
 def stack(parts: list[SplitSet], oversample: dict[str, int] | None = None,
@@ -93,7 +111,11 @@ def predict(model: torch.nn.Module, images: np.ndarray | torch.Tensor, batch_siz
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
             out.append(model(x[i:i + batch_size]))
-    return torch.cat(out).numpy() if out else np.zeros((0, 37), np.float32)
+    return torch.cat(out).numpy() if out else np.zeros((0, _n_outputs(model)), np.float32)
+
+
+def _n_outputs(model: torch.nn.Module) -> int:
+    return [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1].out_features
 
 
 def evaluate_loss(model: torch.nn.Module, parts: list[SplitSet], negation_weight: float) -> dict[str, float]:
@@ -102,7 +124,7 @@ def evaluate_loss(model: torch.nn.Module, parts: list[SplitSet], negation_weight
     for p in parts:
         logits = torch.from_numpy(predict(model, p.images))
         out[p.name] = float(tree_loss(logits, torch.from_numpy(p.labelled.targets),
-                                      torch.from_numpy(p.labelled.negated), negation_weight))
+                                      torch.from_numpy(p.labelled.negated), negation_weight, p.labelled.tree))
     out["mean"] = float(np.mean(list(out.values())))
     return out
 
@@ -123,7 +145,7 @@ def warmup_cosine(total_steps: int, warmup: float = 0.1) -> Callable[[int], floa
 
 def make_model(config: Config) -> torch.nn.Module:
     return build_model(config.model.name, in_channels=config.recipe.channels, width=config.model.width,
-                       dropout=config.model.dropout)
+                       dropout=config.model.dropout, n_outputs=get_tree(config.data.tree).n_answers)
 
 
 def fit(config: Config, prepared: Prepared, resume: bool = False,
@@ -164,7 +186,7 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
                               zoom_range=config.augment.framing)
             if config.augment.enabled():
                 x = survey_augment(x, config.augment, generator)
-            loss = tree_loss(model(x), targets[idx], negated[idx], t.negation_weight)
+            loss = tree_loss(model(x), targets[idx], negated[idx], t.negation_weight, prepared.tree)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
