@@ -31,6 +31,7 @@ from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MAN
                                  IngestConfig, Locked, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
+from galaxy_infer import storage  # noqa: E402
 from galaxy_infer.storage import ANONYMOUS_ENV  # noqa: E402
 from galaxy_infer.summary import format_summary, summarize  # noqa: E402
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1, committed chunks stay
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    added = summarize([str(Path(config.catalog) / f) for f in summary["files"]]) if summary["files"] else None
+    added = summarize([storage.join(config.catalog, f) for f in summary["files"]]) if summary["files"] else None
     if args.json:
         print(json.dumps({**summary, "added": added}, indent=2))
     else:

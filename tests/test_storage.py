@@ -40,7 +40,8 @@ def jpeg(size: int = 96, seed: int = 0) -> bytes:
 
 def admin_fs(server) -> pafs.S3FileSystem:
     return pafs.S3FileSystem(access_key=s3_server.ACCESS_KEY, secret_key=s3_server.SECRET_KEY,
-                             endpoint_override=server.endpoint, scheme="http", allow_bucket_creation=True)
+                             endpoint_override=server.endpoint, scheme="http", allow_bucket_creation=True,
+                             retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=8))  # a loaded server errs
 
 
 def new_bucket(server) -> str:
