@@ -180,16 +180,18 @@ class PeakMemory:
 
 
 def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: list[str],
-               measure_memory: bool = False) -> dict:
+               measure_memory: bool = False, sampler: type[PeakMemory] | None = None) -> dict:
     """``galaxy-infer classify`` as a user runs it: wall clock from launch to exit and, when asked,
-    peak memory of the tree (the sampler reads every process's page map and so slows the run)."""
+    peak memory of the tree (the sampler reads every process's page map and so slows the run);
+    ``sampler`` samples something else (the driver alone, say) and implies ``measure_memory``."""
+    measure_memory = measure_memory or sampler is not None
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "galaxy_infer", "classify", str(manifest), "--out", str(out),
                "--model", str(model), "--num-cpus", str(num_cpus), *extra]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # auth as users run it: a per-run token
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    memory = PeakMemory(proc.pid) if measure_memory else contextlib.nullcontext()
+    memory = (sampler or PeakMemory)(proc.pid) if measure_memory else contextlib.nullcontext()
     with memory:
         output, _ = proc.communicate()
     seconds = time.perf_counter() - started

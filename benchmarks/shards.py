@@ -15,15 +15,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-from benchmarks.run import SOURCE, PeakMemory, replicate, warm_page_cache
+from benchmarks.run import SOURCE, PeakMemory, end_to_end, replicate, warm_page_cache
 from galaxy_infer.model import bundled_model_path
 from galaxy_infer.readers import discover
 
@@ -97,22 +95,9 @@ def hdf5_shards(folder: Path, count: int, size: int) -> Path:
 
 def classify_run(inputs: Path, out: Path, model: Path, num_cpus: int, extra: list[str]) -> dict:
     """``galaxy-infer classify`` as a subprocess: wall clock, rows, errors and the driver's peak PSS."""
-    shutil.rmtree(out, ignore_errors=True)
-    command = [sys.executable, "-m", "galaxy_infer", "classify", str(inputs), "--out", str(out),
-               "--model", str(model), "--num-cpus", str(num_cpus), *extra]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    started = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    with DriverPeak(proc.pid) as driver:
-        output, _ = proc.communicate()
-    seconds = time.perf_counter() - started
-    if proc.returncode != 0:
-        raise SystemExit(f"classify failed ({proc.returncode}):\n{output[-3000:]}")
-    summary = json.loads((out / "_run_summary.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
-    return {"images": summary["rows"], "errors": summary["errors"], "seconds": round(seconds, 2),
-            "images_per_second": round(summary["rows"] / seconds, 1), "processing_seconds": summary["seconds"],
-            "driver_peak_mib": round(driver.peak / 2**20)}
+    run = end_to_end(inputs, out, model, num_cpus, extra, sampler=DriverPeak)
+    return {**{k: run[k] for k in ("images", "errors", "seconds", "images_per_second", "processing_seconds")},
+            "driver_peak_mib": run["peak_memory_mib"]}
 
 
 def listing_seconds(inputs: Path) -> tuple[float, int]:
