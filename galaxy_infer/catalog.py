@@ -27,6 +27,7 @@ SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
 STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
+ERROR_EXAMPLES = 3
 
 
 def prediction_fields(schema: Schema = GZ2) -> list[pa.Field]:
@@ -94,13 +95,19 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
     return pa.Table.from_pydict(columns, schema=arrow_schema())
 
 
+def error_kind(reason: str) -> str:
+    """A reason without its particulars (what follows the first ':'), so the summary groups like with like."""
+    return reason.split(":", 1)[0].strip()
+
+
 class RunStats:
-    """Counts rows by status and error reason as they are written."""
+    """Counts rows by status, and errors by kind with a few example paths each (bounded, whatever the input)."""
 
     def __init__(self) -> None:
         self.rows = 0
         self.ok = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
         self.started = time.perf_counter()
         self.stage_seconds: collections.Counter[str] = collections.Counter()
 
@@ -110,9 +117,16 @@ class RunStats:
         if timing:
             self.stage_seconds.update(json.loads(timing))
         self.rows += table.num_rows
-        errors = [e for e in table.column("error").to_pylist() if e is not None]
-        self.ok += table.num_rows - len(errors)
-        self.errors.update(errors)
+        errors = table.column("error").to_pylist()
+        paths = table.column("source_path").to_pylist()
+        for path, reason in zip(paths, errors):
+            if reason is None:
+                continue
+            kind = error_kind(reason)
+            self.errors[kind] += 1
+            if len(self.examples[kind]) < ERROR_EXAMPLES:
+                self.examples[kind].append({"source_path": path, "error": reason})
+        self.ok += table.num_rows - sum(e is not None for e in errors)
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
@@ -120,12 +134,22 @@ class RunStats:
             "rows": self.rows,
             "ok": self.ok,
             "errors": sum(self.errors.values()),
-            "errors_by_reason": dict(self.errors.most_common()),
+            "errors_by_kind": {kind: {"count": n, "examples": self.examples[kind]}
+                               for kind, n in self.errors.most_common()},
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             **extra,
         }
+
+
+def format_errors(errors_by_kind: dict[str, dict[str, Any]]) -> list[str]:
+    """Summary lines: count and kind, then its example paths."""
+    lines = []
+    for kind, group in errors_by_kind.items():
+        lines.append(f"  {group['count']:>8}  {kind}")
+        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in group["examples"]]
+    return lines
 
 
 class CatalogWriter:

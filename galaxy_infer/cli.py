@@ -5,11 +5,14 @@ import argparse
 import json
 import sys
 
+from galaxy_infer.catalog import format_errors
 from galaxy_infer.errors import ModelError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
+"""0: catalog written; 1: failed before writing one (bad model or input argument, existing output);
+3: catalog written, but more than --max-error-fraction of its rows are errors, or object ids collided."""
 
 
 def add_classify_options(parser: argparse.ArgumentParser) -> None:
@@ -30,6 +33,9 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                         help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
+    parser.add_argument("--id-keyword", default=None, metavar="KEY",
+                        help="take each FITS file's object id from header keyword KEY (e.g. OBJID); other files "
+                             "keep the file-name rule (default: manifest object_id, else the file name)")
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
@@ -38,7 +44,7 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
 def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, id_keyword=args.id_keyword)
 
 
 def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
@@ -49,12 +55,17 @@ def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
         print(f"galaxy-infer: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(format_summary(summary))
+    status = EXIT_OK
+    if summary["id_collisions"]:
+        print(f"galaxy-infer: {summary['id_collisions']} inputs share an object id with another input; they are "
+              "error rows naming each other (see 'object id collision')", file=sys.stderr)
+        status = EXIT_TOO_MANY_ERRORS
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > max_error_fraction:
         print(f"galaxy-infer: {share:.1%} of rows are errors, over --max-error-fraction "
               f"{max_error_fraction:.1%}", file=sys.stderr)
-        return EXIT_TOO_MANY_ERRORS
-    return EXIT_OK
+        status = EXIT_TOO_MANY_ERRORS
+    return status
 
 
 def format_summary(summary: dict) -> str:
@@ -64,8 +75,7 @@ def format_summary(summary: dict) -> str:
         f"model: {summary['model_id']}  device: {summary['device']}  run: {summary['run_id']}",
         f"time: {summary['wall_seconds']:.1f} s  ({summary['rows_per_second_wall']:.0f} rows/s end to end)",
     ]
-    lines += [f"  {count:>8}  {reason}" for reason, count in summary["errors_by_reason"].items()]
-    return "\n".join(lines)
+    return "\n".join(lines + format_errors(summary["errors_by_kind"]))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -8,8 +8,9 @@ Layout::
       ingest_date=2026-11-21/...
       _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
 
-The catalog is its own ledger: an object is *held* when a committed Parquet file under
-``ingest_date=*/`` has a row with its ``object_id`` and the model's ``model_id``. Rows are written
+The catalog is its own ledger: an inbox file is *held* when a committed Parquet file under
+``ingest_date=*/`` has a row with its ``source_path`` and the model's ``model_id``; new files get
+object ids that no held row has (see :func:`pending_records`). Rows are written
 in chunks; each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then renamed
 into its partition, so a chunk is in the catalog entirely or not at all. A run killed at any
 point (SIGKILL included) leaves committed chunks plus at most one temp file; the next run deletes
@@ -21,6 +22,7 @@ being copied into the inbox is not recorded as a truncated file.
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -28,16 +30,18 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galaxy_infer.catalog import RunStats, fsync_dir, arrow_schema, file_metadata
+from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata, format_errors, fsync_dir
 from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
-from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, progress_printer,
-                                   stream_tables)
-from galaxy_infer.readers import discover
+from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
+                                     normalised_path)
+from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RECORDS_SCHEMA, RunConfig, error_rows, init_ray,
+                                   new_run_id, progress_printer, split_rejected, stream_tables)
+from galaxy_infer.readers import find_inputs
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
 """0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);
@@ -52,6 +56,10 @@ DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 class Locked(RuntimeError):
     """Another ingest is running on this catalog."""
+
+
+class IngestUsageError(ValueError):
+    """Options that cannot work (a bad date, no inbox): reported without a traceback."""
 
 
 @dataclass
@@ -72,6 +80,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
+    id_keyword: str | None = None
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -85,14 +94,14 @@ def committed_files(catalog: Path) -> list[Path]:
     return sorted(catalog.glob(f"{PARTITION_KEY}=*/*.parquet"))
 
 
-def held_object_ids(catalog: Path, model_id: str) -> set[str]:
-    """Object ids with a row for ``model_id`` in any committed file (a corrupt file is an error, not a gap)."""
-    held: set[str] = set()
+def held_objects(catalog: Path, model_id: str) -> dict[str, str]:
+    """``object_id -> source_path`` of every row for ``model_id`` in a committed file (a corrupt file is an error, not a gap)."""
+    held: dict[str, str] = {}
     for path in committed_files(catalog):
-        table = pq.read_table(path, columns=["object_id", "model_id"])
-        ids = table.column("object_id").to_pylist()
-        models = table.column("model_id").to_pylist()
-        held.update(i for i, m in zip(ids, models) if m == model_id)
+        table = pq.read_table(path, columns=["object_id", "source_path", "model_id"])
+        for oid, source, model in zip(*(table.column(c).to_pylist() for c in table.column_names)):
+            if model == model_id:
+                held.setdefault(oid, source)
     return held
 
 
@@ -180,27 +189,37 @@ class ChunkWriter:
         return final
 
 
-def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dict[str, int]]:
-    """Cutouts under the inbox not yet held, settled, one per object id (first path in sort order)."""
+def pending_records(config: IngestConfig, held: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
+    """Cutouts under the inbox not yet held and settled, with their object ids.
+
+    A file is held when a row for this model has its path, whatever its id: ids of held objects
+    never change. New files get ids by :mod:`galaxy_infer.object_ids`, with every held id taken,
+    so a new ``b/J1.jpg`` next to a held ``J1`` becomes ``b/J1.jpg``. A new file whose id is
+    still taken (a repeated ``--id-keyword`` value) is not classified: it is counted and named
+    in ``id_collisions`` every run until the ids differ. Rows with ``error`` set (a file name that
+    is not UTF-8) are error rows before any decoding.
+    """
     now = time.time()
-    counts = {"inbox": 0, "already_held": 0, "unsettled": 0, "duplicate_ids": 0}
-    records = sorted(discover([config.inbox]), key=lambda r: r["source_path"])
-    counts["inbox"] = len(records)
-    pending, seen = [], set()
-    for r in records:
-        oid = r["object_id"]
-        if oid in held:
-            counts["already_held"] += 1
-        elif oid in seen:
-            counts["duplicate_ids"] += 1
-        elif config.settle_seconds > 0 and _age(r["source_path"], now) < config.settle_seconds:
+    records, _ = drop_repeats(find_inputs([config.inbox]))
+    records.sort(key=lambda r: r["source_path"])
+    held_paths = {normalised_path(p) for p in held.values()}
+    new = [r for r in records if normalised_path(r["source_path"]) not in held_paths]
+    if config.id_keyword:
+        header_object_ids(new, config.id_keyword)
+    assign_object_ids(records, taken=held.keys())
+    collisions = id_collisions(new, held)
+    counts: dict[str, Any] = {"inbox": len(records), "already_held": len(records) - len(new), "unsettled": 0,
+                              "id_collisions": len(collisions),
+                              "id_collision_examples": [collisions[i] for i in sorted(collisions)[:EXAMPLES]]}
+    pending = []
+    for i, r in enumerate(new):
+        if i in collisions:
+            continue
+        if config.settle_seconds > 0 and _age(r["source_path"], now) < config.settle_seconds:
             counts["unsettled"] += 1
         else:
-            seen.add(oid)
             pending.append(r)
-    table = pa.Table.from_pylist(pending, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
-    return table, counts
+    return pa.Table.from_pylist(pending, schema=RECORDS_SCHEMA), counts
 
 
 def _age(path: str, now: float) -> float:
@@ -217,16 +236,19 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
     inject failures mid-run).
     """
     if not DATE_RE.match(config.date):
-        raise ValueError(f"--date must be YYYY-MM-DD, got {config.date!r}")
-    datetime.strptime(config.date, "%Y-%m-%d")
+        raise IngestUsageError(f"--date must be YYYY-MM-DD, got {config.date!r}")
+    try:
+        datetime.strptime(config.date, "%Y-%m-%d")
+    except ValueError as exc:
+        raise IngestUsageError(f"--date {config.date}: {exc}") from None
     if not Path(config.inbox).is_dir():
-        raise FileNotFoundError(f"inbox {config.inbox} is not a folder")
+        raise IngestUsageError(f"inbox {config.inbox} is not a folder")
     catalog = Path(config.catalog)
     started = time.perf_counter()
     with CatalogLock(catalog):
         stale = remove_stale_temp_files(catalog)
         info = load_model_info(config.model)
-        held = held_object_ids(catalog, info.model_id)
+        held = held_objects(catalog, info.model_id)
         table, counts = pending_records(config, held)
         summary: dict[str, Any] = {
             "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
@@ -234,7 +256,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "files": [],
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "files": [],
                     "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
         device = resolve_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
@@ -245,7 +267,10 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
                              config.run_id, config.chunk_rows)
         stats = RunStats()
-        for batch in stream_tables(table, info, device, run, progress_printer(table.num_rows, config.progress)):
+        todo, rejected = split_rejected(table)
+        first = [error_rows(rejected, rejected.column("error").to_pylist(), info.model_id, config.run_id)]
+        batches = stream_tables(todo, info, device, run, progress_printer(todo.num_rows, config.progress))
+        for batch in itertools.chain(first if rejected.num_rows else [], batches):
             stats.add(batch)
             writer.add(batch)
             if on_batch is not None:
@@ -259,8 +284,6 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
                        files=[str(f.relative_to(catalog)) for f in writer.files],
                        duplicates_dropped=writer.duplicates_dropped,
                        wall_seconds=round(time.perf_counter() - started, 3))
-        summary["errors"] = sum(summary["errors_by_reason"].values())
-        summary["ok"] = written - summary["errors"]
         runs = catalog / RUNS_DIR
         runs.mkdir(exist_ok=True)
         (runs / f"{config.date}-{config.run_id}.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -271,13 +294,13 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
     lines = [
         f"catalog: {s['catalog']}  partition: {PARTITION_KEY}={s['date']}",
         f"inbox: {s['inbox']}  already held: {s['already_held']}  pending: {s['pending']}  "
-        f"unsettled (next run): {s['unsettled']}  duplicate ids skipped: {s['duplicate_ids']}",
+        f"unsettled (next run): {s['unsettled']}  id collisions (not classified): {s['id_collisions']}",
         f"rows written: {s['rows']}  ok: {s['ok']}  errors: {s['errors']}  files: {len(s['files'])}",
         f"model: {s['model_id']}  run: {s['run_id']}  time: {s['wall_seconds']:.1f} s"
         + (f"  stale temp files removed: {s['stale_temp_files_removed']}" if s["stale_temp_files_removed"] else ""),
     ]
-    lines += [f"  {count:>8}  {reason}" for reason, count in s.get("errors_by_reason", {}).items()]
-    return "\n".join(lines)
+    lines += [f"  {reason}" for reason in s["id_collision_examples"]]
+    return "\n".join(lines + format_errors(s.get("errors_by_kind", {})))
 
 
 def read_ingest_catalog(catalog: str | os.PathLike) -> pa.Table:

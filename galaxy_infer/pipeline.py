@@ -30,6 +30,7 @@ from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, catalog_table,
 from galaxy_infer.errors import InputError
 from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, load_model_info, resolve_device,
                                 resolve_model)
+from galaxy_infer.object_ids import COLLISION
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.readers import discover, read_cutout
@@ -40,6 +41,10 @@ STAGE_SECONDS_KEY = "read_preprocess_seconds"
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 TASK_RETRIES = 5
+SPLIT_RETRIES = 1
+"""Retries of each piece of a chunk whose worker kept dying: one more death and it is split again."""
+WORKER_DIED = "worker died while decoding"
+NON_FINITE = "model output is not finite"
 
 
 @dataclass
@@ -61,6 +66,8 @@ class RunConfig:
     """Cutouts per Ray task: large enough that Ray's per-task cost vanishes, small enough to balance."""
     address: str | None = None
     overwrite: bool = False
+    id_keyword: str | None = None
+    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
 
@@ -109,7 +116,14 @@ def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor
         logits = np.zeros((len(errors), GZ2.n_answers), np.float32)
         logits[ok] = predictor.predict(decoded["pixels"] if ok.all() else decoded["pixels"][ok])
         predicted = time.perf_counter()
+        non_finite = ok & ~np.isfinite(logits).all(axis=1)
+        logits[non_finite] = 0
         predictions = postprocess(logits, predictor.info.thresholds)
+        for column in predictions.values():
+            if column.dtype.kind == "f":
+                non_finite |= ok & ~np.isfinite(column)
+        for i in np.flatnonzero(non_finite):
+            errors[i] = f"{NON_FINITE}: the model gave NaN or inf for this input; check the model and the file's pixels"
     table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, predictor.info.model_id, run_id)
     timing = {"read_preprocess": float(decoded[STAGE_SECONDS_KEY]), "predict": predicted - started,
               "postprocess": time.perf_counter() - predicted}
@@ -164,10 +178,28 @@ def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: s
     return predict_and_postprocess(decoded, cached_predictor(spec), run_id)
 
 
-def records_table(inputs: list[str]) -> pa.Table:
-    records = discover(inputs)
-    return pa.Table.from_pylist(records, schema=pa.schema([
-        ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64())]))
+RECORDS_SCHEMA = pa.schema([("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()),
+                            ("dec", pa.float64()), ("error", pa.string())])
+"""Inputs of a run; ``error`` is set where the row is an error before any decoding (id collision, bad name)."""
+
+
+def records_table(inputs: list[str], id_keyword: str | None = None) -> pa.Table:
+    return pa.Table.from_pylist(discover(inputs, id_keyword), schema=RECORDS_SCHEMA)
+
+
+def split_rejected(table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """Records to classify (without the ``error`` column), and records already known to be errors."""
+    import pyarrow.compute as pc
+
+    if "error" not in table.column_names:
+        return table, table.schema.empty_table()
+    known = pc.is_valid(table.column("error"))
+    return table.filter(pc.invert(known)).drop_columns(["error"]), table.filter(known)
+
+
+def error_rows(records: pa.Table, errors: list[str], model_id: str, run_id: str) -> pa.Table:
+    """Catalog rows with ``status = 'error'`` for records that never reached a worker's result."""
+    return catalog_table({k: records.column(k).to_pylist() for k in ID_COLUMNS}, errors, None, model_id, run_id)
 
 
 def on_cluster(address: str | None) -> bool:
@@ -227,26 +259,26 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     rows = max(1, min(config.task_rows, math.ceil(table.num_rows / n_workers)))
     spec = PredictorSpec(info.model_id, config.model, device, config.batch_size, 1 if device == "cpu" else 2,
                          ray.put(Path(config.model).read_bytes()))
-    retry = {"max_retries": TASK_RETRIES, "retry_exceptions": False}
     if resources.get("num_gpus"):
-        decode = ray.remote(decode_chunk).options(num_cpus=1, **retry)
-        predict = ray.remote(predict_chunk).options(**resources, **retry)
+        decode, predict = ray.remote(decode_chunk), ray.remote(predict_chunk)
 
-        def submit(chunk: pa.Table) -> ray.ObjectRef:
-            return predict.remote(decode.remote(chunk, info.recipe), spec, config.run_id)
+        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+            retry = {"max_retries": retries, "retry_exceptions": False}
+            decoded = decode.options(num_cpus=1, **retry).remote(chunk, info.recipe)
+            return predict.options(**resources, **retry).remote(decoded, spec, config.run_id)
     else:
-        whole = ray.remote(classify_chunk).options(**resources, **retry)
+        whole = ray.remote(classify_chunk)
 
-        def submit(chunk: pa.Table) -> ray.ObjectRef:
-            return whole.remote(chunk, info.recipe, spec, config.run_id)
+        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+            return whole.options(**resources, max_retries=retries, retry_exceptions=False).remote(
+                chunk, info.recipe, spec, config.run_id)
 
-    pending: list = []
+    pending = ChunkResults(submit, info.model_id, config.run_id)
     done = 0
 
     def next_finished() -> pa.Table:
-        nonlocal pending, done
-        ready, pending = ray.wait(pending, num_returns=1)
-        result = ray.get(ready[0])
+        nonlocal done
+        result = pending.next_finished()
         done += result.num_rows
         if on_progress is not None:
             on_progress(done)
@@ -255,9 +287,61 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     for start in range(0, table.num_rows, rows):
         if len(pending) >= in_flight:
             yield next_finished()
-        pending.append(submit(table.slice(start, rows)))
-    while pending:
+        pending.submit(table.slice(start, rows))
+    while len(pending):
         yield next_finished()
+
+
+class ChunkResults:
+    """Chunks in flight and their results, with poison files isolated.
+
+    Ray reruns a chunk whose worker process died (``TASK_RETRIES``), which covers crashes and lost
+    nodes. When those are spent the chunk is cut in halves, each run with ``SPLIT_RETRIES``, and
+    so on down to single files: a file whose worker still dies becomes an ``error`` row and every
+    other file of the chunk is classified. Exceptions raised inside a task are not caught here:
+    per-file problems are already error rows, so an exception is a bug and stops the run.
+    """
+
+    def __init__(self, submit: Callable[[pa.Table, int], Any], model_id: str, run_id: str) -> None:
+        self._submit = submit
+        self.model_id, self.run_id = model_id, run_id
+        self.chunks: dict[Any, pa.Table] = {}
+        self.isolated = 0
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def submit(self, chunk: pa.Table, retries: int = TASK_RETRIES) -> None:
+        self.chunks[self._submit(chunk, retries)] = chunk
+
+    def next_finished(self) -> pa.Table:
+        """The next chunk's catalog rows; a chunk being split yields its pieces as they finish."""
+        import ray
+
+        while True:
+            [ref], _ = ray.wait(list(self.chunks), num_returns=1)
+            chunk = self.chunks.pop(ref)
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                if not worker_died(exc):
+                    raise
+            if chunk.num_rows == 1:
+                self.isolated += 1
+                reason = (f"{WORKER_DIED}: the worker process reading this file died on every try (a crash or "
+                          "out of memory); the other files of its chunk were classified")
+                return error_rows(chunk, [reason], self.model_id, self.run_id)
+            half = (chunk.num_rows + 1) // 2
+            self.submit(chunk.slice(0, half), SPLIT_RETRIES)
+            self.submit(chunk.slice(half), SPLIT_RETRIES)
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether a task failed because its worker process died rather than by raising."""
+    import ray
+
+    deaths = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+    return isinstance(exc, deaths) or isinstance(getattr(exc, "cause", None), deaths)
 
 
 def progress_printer(total: int, enabled: bool | None) -> Callable[[int], None] | None:
@@ -278,16 +362,20 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = resolve_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
-    table = records_table(config.inputs)
+    table = records_table(config.inputs, config.id_keyword)
     if table.num_rows == 0:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
+    todo, rejected = split_rejected(table)
+    collisions = sum(e.startswith(COLLISION) for e in rejected.column("error").to_pylist())
     init_ray(config.address, config.num_cpus)
     with CatalogWriter(config.out, file_metadata(info, config.run_id), config.run_id,
                        overwrite=config.overwrite) as writer:
-        for batch in stream_tables(table, info, device, config, progress_printer(table.num_rows, config.progress)):
+        if rejected.num_rows:
+            writer.write(error_rows(rejected, rejected.column("error").to_pylist(), info.model_id, config.run_id))
+        for batch in stream_tables(todo, info, device, config, progress_printer(todo.num_rows, config.progress)):
             writer.write(batch)
         summary = writer.stats.summary(
-            inputs=table.num_rows, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
+            inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
             device=device, output=str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)

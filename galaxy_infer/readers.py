@@ -6,6 +6,8 @@ on; the pipeline turns those into ``error`` rows.
 from __future__ import annotations
 
 import glob
+import itertools
+import math
 import os
 import warnings
 import zlib
@@ -16,6 +18,7 @@ import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from galaxy_infer.errors import InputError
+from galaxy_infer.object_ids import assign_object_ids, drop_repeats, header_object_ids, id_collisions
 from galaxy_infer.preprocess import Recipe
 
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -76,7 +79,7 @@ def read_raster(path: str, recipe: Recipe) -> np.ndarray:
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise InputError(f"image is {w}x{h} pixels, over the {MAX_PIXELS // 1_000_000} megapixel limit")
+                raise InputError(f"image over the {MAX_PIXELS // 1_000_000} megapixel limit: {w}x{h} pixels")
             if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, recipe.decode_size(w, h))
             im.load()
@@ -124,10 +127,14 @@ def read_fits(path: str) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False) as hdul:
-                hdu = next((h for h in hdul if h.is_image and h.data is not None and h.data.size), None)
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                hdu = next((h for h in hdul if h.is_image and _fits_shape(h.header)), None)
                 if hdu is None:
                     raise InputError("FITS has no image data")
+                shape = _fits_shape(hdu.header)
+                if math.prod(shape) > MAX_PIXELS:
+                    raise InputError(f"FITS image over the {MAX_PIXELS // 1_000_000} megapixel limit: "
+                                     f"its header gives {'x'.join(map(str, shape))} pixels")
                 data = np.asarray(hdu.data, dtype=np.float32)
                 header = hdu.header
     except InputError:
@@ -142,6 +149,12 @@ def read_fits(path: str) -> Decoded:
         raise InputError("FITS image is all NaN/inf")
     ra, dec = _centre_radec(header, data.shape[-2:])
     return Decoded(data, ra, dec)
+
+
+def _fits_shape(header) -> tuple[int, ...]:
+    """``(NAXISn, ..., NAXIS1)`` from an image header, before any data is read; () when it holds no pixels."""
+    shape = tuple(int(header.get(f"NAXIS{i}", 0)) for i in range(int(header.get("NAXIS", 0)), 0, -1))
+    return shape if shape and all(n > 0 for n in shape) else ()
 
 
 def _centre_radec(header, shape: tuple[int, int]) -> tuple[float | None, float | None]:
@@ -165,11 +178,31 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def discover(inputs: list[str]) -> list[dict]:
-    """Expand directories (recursively), globs and manifests into input records.
+def discover(inputs: list[str], id_keyword: str | None = None) -> list[dict]:
+    """Expand directories (recursively), globs and manifests into input records with unique object ids.
 
-    A record has ``source_path``, ``object_id``, ``ra`` and ``dec``. Files named by a manifest
-    are kept even when missing, so they become ``file not found`` rows rather than vanish.
+    A record has ``source_path``, ``object_id``, ``ra``, ``dec``, and ``error`` where a reason is
+    known before decoding (an id collision, a file name that is not UTF-8). Ids follow
+    :mod:`galaxy_infer.object_ids`. Files named by a manifest are kept even when missing, so they
+    become ``file not found`` rows; an input argument that does not exist raises FileNotFoundError.
+    """
+    records, _ = drop_repeats(find_inputs(inputs))
+    if id_keyword:
+        header_object_ids(records, id_keyword)
+    assign_object_ids(records)
+    for i, reason in id_collisions(records).items():
+        records[i]["error"] = records[i]["error"] or reason
+    return [{k: r[k] for k in RECORD_KEYS if k != "error" or r["error"]} for r in records]
+
+
+RECORD_KEYS = ("source_path", "object_id", "ra", "dec", "error")
+
+
+def find_inputs(inputs: list[str]) -> list[dict]:
+    """Records for every cutout the inputs name, with ``object_id`` only where a manifest gives one.
+
+    Each record also carries ``relative_path``, its path below its input root (see
+    :func:`galaxy_infer.object_ids.assign_object_ids`).
     """
     records: list[dict] = []
     for item in inputs:
@@ -180,20 +213,42 @@ def discover(inputs: list[str]) -> list[dict]:
                 dirs.sort()
                 for name in sorted(files):
                     if is_cutout(name) and not name.startswith("."):
-                        records.append(_record(os.path.join(root, name)))
+                        records.append(_record(os.path.join(root, name), item))
         elif glob.has_magic(item):
-            records.extend(_record(p) for p in sorted(glob.glob(item, recursive=True)) if is_cutout(p))
+            found = [p for p in sorted(glob.glob(item, recursive=True)) if is_cutout(p)]
+            if not found:
+                raise FileNotFoundError(f"no cutout matches {item}")
+            records.extend(_record(p, _glob_root(item)) for p in found)
+        elif not os.path.exists(item):
+            raise FileNotFoundError(f"input {item} does not exist" if not os.path.lexists(item)
+                                    else f"input {item} is a broken symbolic link")
         else:
-            records.append(_record(item))
+            records.append(_record(item, os.path.dirname(item)))
     return records
+
+
+def _glob_root(pattern: str) -> str:
+    parts = pattern.split(os.sep)
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
+    return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
 
 
 def _is_manifest(item: str) -> bool:
     return item.lower().endswith((".csv", ".parquet")) and os.path.isfile(item)
 
 
-def _record(path: str, object_id: str | None = None, ra: float | None = None, dec: float | None = None) -> dict:
-    return {"source_path": path, "object_id": object_id or object_id_from_path(path), "ra": ra, "dec": dec}
+def _record(path: str, root: str, object_id: str | None = None, ra: float | None = None,
+            dec: float | None = None) -> dict:
+    error = None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name, kept by Python as surrogates
+        path = os.fsencode(path).decode("utf-8", "backslashreplace")
+        error = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
+    rel = os.path.relpath(path, root or ".") if "://" not in path else path
+    rel = path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
+    return {"source_path": path, "object_id": object_id or None, "ra": ra, "dec": dec, "error": error,
+            "relative_path": rel}
 
 
 def read_manifest(path: str) -> list[dict]:
@@ -220,6 +275,6 @@ def read_manifest(path: str) -> list[dict]:
             continue
         full = p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
         ra, dec = row.get("ra"), row.get("dec")
-        out.append(_record(full, None if row.get("object_id") is None else str(row["object_id"]),
+        out.append(_record(full, base, None if row.get("object_id") is None else str(row["object_id"]),
                            None if ra is None else float(ra), None if dec is None else float(dec)))
     return out

@@ -9,7 +9,8 @@ classifies only what is missing. Exit codes (for cron alerting):
   0   done, or nothing to do
   1   failed (committed chunks stay; rerun to finish)
   2   bad options
-  3   rows written, but more than --max-error-fraction of them are errors
+  3   rows written, but more than --max-error-fraction of them are errors; or inbox files whose
+      object id another object already has were left unclassified (named in the summary)
   75  another ingest holds catalog/.ingest.lock (EX_TEMPFAIL; try later)
 """
 from __future__ import annotations
@@ -17,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
 from galaxy_infer.errors import ModelError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
-                                 IngestConfig, Locked, format_ingest_summary, ingest)
+                                 IngestConfig, IngestUsageError, Locked, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
 
@@ -47,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--object-store-mb", type=int, default=None,
                    help="object store of the local Ray started when no cluster is given (default: 1024)")
+    p.add_argument("--id-keyword", default=None, metavar="KEY",
+                   help="take new FITS files' object ids from header keyword KEY (default: the file name)")
     p.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     return p
@@ -58,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
                           num_workers=args.num_workers, num_gpus_per_worker=args.num_gpus_per_worker,
-                          address=args.address, object_store_mb=args.object_store_mb)
+                          address=args.address, object_store_mb=args.object_store_mb, id_keyword=args.id_keyword)
     if args.date:
         config.date = args.date
     try:
@@ -66,13 +70,18 @@ def main(argv: list[str] | None = None) -> int:
     except Locked as exc:
         print(f"nightly_ingest: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (ModelError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+    except (ModelError, IngestUsageError) as exc:
         print(f"nightly_ingest: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1, committed chunks stay
+    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1 and the traceback; chunks stay
+        traceback.print_exc(file=sys.stderr)
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(json.dumps(summary, indent=2) if args.json else format_ingest_summary(summary))
+    if summary["id_collisions"]:
+        print(f"nightly_ingest: {summary['id_collisions']} inbox files were not classified because their object id "
+              "is already used; they are retried every run until the ids differ", file=sys.stderr)
+        return EXIT_TOO_MANY_ERRORS
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > args.max_error_fraction:
         print(f"nightly_ingest: {share:.1%} of new rows are errors, over {args.max_error_fraction:.1%}",

@@ -1,0 +1,109 @@
+"""Object ids: one rule, unique within a run, stable across nightly runs, collisions loud.
+
+The rule, first match wins:
+
+1. a manifest's ``object_id`` column, as given;
+2. with ``--id-keyword KEY``, the value of FITS header keyword ``KEY`` (primary header, else the
+   first image extension); other files fall through to 3;
+3. the file name without its extension(s) (``a/J1234.fits.gz`` -> ``J1234``), when no other input
+   of the run shares that stem and no id already taken (a manifest id of the run, an id the
+   ingest catalog holds) equals it;
+4. otherwise the file's path relative to its input root, extension kept, ``/``-separated
+   (``a/cutout.fits``, ``b/cutout.fits``). The root is the folder given, a glob's fixed leading
+   folder, a manifest's folder, or a single file's folder.
+
+Ids that still coincide (a manifest or header giving one id to two files, two input folders with
+the same relative path) are *collisions*: each such input gets a reason naming the other path,
+so it becomes an ``error`` row (``classify``) or is reported and left for a later run (ingest),
+never silently a second row with that id. The same file listed twice with the same id is one input.
+
+Functions here take plain records (``source_path``, ``object_id``: explicit id or None,
+``relative_path``), so they do not care where the records came from.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import warnings
+from collections.abc import Collection, Mapping
+
+COLLISION = "object id collision"
+EXAMPLES = 3
+
+
+def normalised_path(path: str) -> str:
+    """A path's comparable form: absolute and normalised (URIs are left as they are)."""
+    return path if "://" in path else os.path.normpath(os.path.abspath(path))
+
+
+def drop_repeats(records: list[dict]) -> tuple[list[dict], int]:
+    """Keep one of records naming the same file with the same explicit id (a folder and a glob overlapping)."""
+    seen: set[tuple[str, str | None]] = set()
+    kept = []
+    for r in records:
+        key = (normalised_path(r["source_path"]), r["object_id"])
+        if key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept, len(records) - len(kept)
+
+
+def header_object_ids(records: list[dict], keyword: str) -> None:
+    """Fill ``object_id`` from FITS header ``keyword`` where a FITS file has it (rule 2)."""
+    from astropy.io import fits
+
+    from galaxy_infer.readers import FITS_SUFFIXES
+
+    for r in records:
+        if r["object_id"] is not None or r.get("error") or not r["source_path"].lower().endswith(FITS_SUFFIXES):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                with fits.open(r["source_path"], memmap=False, lazy_load_hdus=True) as hdul:
+                    value = None
+                    for hdu in hdul:
+                        if keyword in hdu.header:
+                            value = hdu.header[keyword]
+                            break
+                        if hdu.is_image and hdu.header.get("NAXIS", 0) > 0:
+                            break  # the image's own header lacks it
+        except Exception:  # noqa: BLE001 - an unreadable file keeps the file-name rule; decoding says why
+            continue
+        if value is not None and str(value).strip():
+            r["object_id"] = str(value).strip()
+
+
+def stem(path: str) -> str:
+    from galaxy_infer.readers import object_id_from_path
+
+    return object_id_from_path(path)
+
+
+def assign_object_ids(records: list[dict], taken: Collection[str] = ()) -> None:
+    """Fill ``object_id`` where it is None by rules 3 and 4; ``taken`` are ids other objects already have."""
+    explicit = {r["object_id"] for r in records if r["object_id"] is not None}
+    derived = [r for r in records if r["object_id"] is None]
+    stems = collections.Counter(stem(r["source_path"]) for r in derived)
+    for r in derived:
+        s = stem(r["source_path"])
+        unique = stems[s] == 1 and s not in explicit and s not in taken
+        r["object_id"] = s if unique else r["relative_path"]
+
+
+def id_collisions(records: list[dict], held: Mapping[str, str] | None = None) -> dict[int, str]:
+    """Index of each record whose id another record (or a held object) also has -> a reason naming the other path."""
+    held = held or {}
+    paths: dict[str, list[str]] = collections.defaultdict(list)
+    for r in records:
+        paths[r["object_id"]].append(r["source_path"])
+    reasons: dict[int, str] = {}
+    for i, r in enumerate(records):
+        others = [p for p in paths[r["object_id"]] if p != r["source_path"]]
+        if r["object_id"] in held:
+            others.insert(0, f"{held[r['object_id']]} (already in the catalog)")
+        if others:
+            more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+            reasons[i] = (f"{COLLISION}: {r['object_id']!r} is also the id of {others[0]}{more}; "
+                          "give the files distinct object_id values in a manifest")
+    return reasons
