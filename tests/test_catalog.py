@@ -1,0 +1,26 @@
+"""The run summary: errors grouped by kind, bounded whatever the number of distinct messages."""
+import json
+
+from galaxy_infer.catalog import RunStats, catalog_table, error_kind
+
+
+def test_error_summary_stays_small_however_many_distinct_messages():
+    stats = RunStats()
+    n = 5000
+    errors = [f"corrupt JPEG: bad Huffman code at byte {i}" if i % 2 else f"unexpected KeyError while decoding: {i}"
+              for i in range(n)]
+    ids = {"object_id": [str(i) for i in range(n)], "source_path": [f"/in/{i}.jpg" for i in range(n)],
+           "ra": [None] * n, "dec": [None] * n}
+    stats.add(catalog_table(ids, errors, None, "m", "r"))
+    kinds = stats.summary()["errors_by_kind"]
+    assert {k: v["count"] for k, v in kinds.items()} == {"corrupt JPEG": n // 2,
+                                                          "unexpected KeyError while decoding": n // 2}
+    assert kinds["corrupt JPEG"]["examples"][0] == {"source_path": "/in/1.jpg",
+                                                    "error": "corrupt JPEG: bad Huffman code at byte 1"}
+    assert all(len(v["examples"]) == 3 for v in kinds.values())
+    assert len(json.dumps(stats.summary())) < 2000
+
+
+def test_error_kind_drops_the_particulars():
+    assert error_kind("image over the 100 megapixel limit: 12000x12000 pixels") == "image over the 100 megapixel limit"
+    assert error_kind("truncated JPEG") == "truncated JPEG"
