@@ -10,10 +10,11 @@ The rule, first match wins:
    ingest catalog holds) equals it;
 4. otherwise the file's path relative to its input root, extension kept, ``/``-separated
    (``a/cutout.fits``, ``b/cutout.fits``). The root is the folder given, a glob's fixed leading
-   folder, a manifest's folder, or a single file's folder.
+   folder, a manifest's folder, or a single file's folder;
+5. where that too is shared (two input folders holding the same relative path), the path as
+   given (``night1/J1.jpg``, ``night2/J1.jpg``).
 
-Ids that still coincide (a manifest or header giving one id to two files, two input folders with
-the same relative path) are *collisions*: each such input gets a reason naming the other path,
+Ids that still coincide (a manifest or header giving one id to two files) are *collisions*: each such input gets a reason naming the other path,
 so it becomes an ``error`` row (``classify``) or is reported and left for a later run (ingest),
 never silently a second row with that id. The same file listed twice with the same id is one input.
 
@@ -84,11 +85,13 @@ def assign_object_ids(records: list[dict], taken: Collection[str] = ()) -> None:
     """Fill ``object_id`` where it is None by rules 3 and 4; ``taken`` are ids other objects already have."""
     explicit = {r["object_id"] for r in records if r["object_id"] is not None}
     derived = [r for r in records if r["object_id"] is None]
-    stems = collections.Counter(stem(r["source_path"]) for r in derived)
-    for r in derived:
-        s = stem(r["source_path"])
-        unique = stems[s] == 1 and s not in explicit and s not in taken
-        r["object_id"] = s if unique else r["relative_path"]
+    candidates = [stem(r["source_path"]) for r in derived]
+    for fallback in ("relative_path", "source_path"):
+        counts = collections.Counter(candidates)
+        candidates = [c if counts[c] == 1 and c not in explicit and c not in taken else r[fallback]
+                      for r, c in zip(derived, candidates)]
+    for r, c in zip(derived, candidates):
+        r["object_id"] = c
 
 
 def id_collisions(records: list[dict], held: Mapping[str, str] | None = None) -> dict[int, str]:

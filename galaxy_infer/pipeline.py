@@ -67,6 +67,8 @@ class RunConfig:
     address: str | None = None
     overwrite: bool = False
     id_keyword: str | None = None
+    object_store_mb: int | None = None
+    """Object store of the local Ray started when no cluster is given (default: 1 GiB)."""
     """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
@@ -368,7 +370,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
     todo, rejected = split_rejected(table)
     collisions = sum(e.startswith(COLLISION) for e in rejected.column("error").to_pylist())
-    init_ray(config.address, config.num_cpus)
+    init_ray(config.address, config.num_cpus, config.object_store_mb)
     with CatalogWriter(config.out, file_metadata(info, config.run_id), config.run_id,
                        overwrite=config.overwrite) as writer:
         if rejected.num_rows:

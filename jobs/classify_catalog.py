@@ -6,7 +6,8 @@
 Same options as ``galaxy-infer classify`` plus cluster knobs; ``--profile`` loads defaults for
 batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name>.toml`` (or a
 path), and options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set
-and the job joins that cluster. Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
+and the job joins that cluster. Exit status as the CLI: 0 ok, 1 failed before any work (bad model,
+an --input that does not exist, existing output), 3 too many error rows or object id collisions.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
 from galaxy_infer.cli import add_classify_options, config_from_args, run_and_report  # noqa: E402
-from galaxy_infer.pipeline import init_ray  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 PROFILE_KEYS = {"device", "batch_size", "num_workers", "num_gpus_per_worker", "num_cpus", "max_error_fraction",
@@ -57,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = config_from_args(args.input, args.output, args)
     config.num_gpus_per_worker = args.num_gpus_per_worker
-    if args.object_store_mb:
-        init_ray(config.address, config.num_cpus, args.object_store_mb)
+    config.object_store_mb = args.object_store_mb
     return run_and_report(config, args.max_error_fraction)
 
 

@@ -39,13 +39,19 @@ def test_unique_stems_stay_the_id_and_shared_stems_take_the_relative_path(tmp_pa
 
 
 def test_a_glob_and_a_single_file_take_paths_below_their_own_folder(tmp_path):
-    touch(tmp_path, "a/x.jpg", "b/x.jpg")
-    records = discover([str(tmp_path / "a" / "*.jpg"), str(tmp_path / "b" / "x.jpg")])
-    # Both relative paths are "x.jpg": still the same id, so both are error rows naming each other.
-    assert [r["object_id"] for r in records] == ["x.jpg", "x.jpg"]
-    a, b = records
-    assert a["error"].startswith("object id collision") and str(tmp_path / "b" / "x.jpg") in a["error"]
-    assert str(tmp_path / "a" / "x.jpg") in b["error"]
+    touch(tmp_path, "a/x.jpg", "b/x.jpg", "b/sub/y.jpg", "c/y.jpg")
+    records = discover([str(tmp_path / "a" / "*.jpg"), str(tmp_path / "b" / "**" / "*.jpg"),
+                        str(tmp_path / "c" / "y.jpg")])
+    # x.jpg is the relative path in two roots: the paths as given tell them apart.
+    assert [r["object_id"] for r in records] == [str(tmp_path / "a" / "x.jpg"), "sub/y.jpg",
+                                                 str(tmp_path / "b" / "x.jpg"), "y.jpg"]
+    assert not any("error" in r for r in records)
+
+
+def test_folders_named_relatively_give_ids_as_typed(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    touch(tmp_path, "night1/J1.jpg", "night2/J1.jpg", "night2/J2.jpg")
+    assert [r["object_id"] for r in discover(["night1", "night2/"])] == ["night1/J1.jpg", "night2/J1.jpg", "J2"]
 
 
 def test_a_manifest_giving_one_id_to_two_files_makes_both_error_rows_naming_each_other(tmp_path):
@@ -158,3 +164,15 @@ def test_header_ids_that_collide_are_reported_every_run_and_never_classified(tmp
     night, counts = pending(inbox, {"X2": str(inbox / "r.fits")}, id_keyword="OBJID")
     assert night == {} and counts["id_collisions"] == 3 and counts["already_held"] == 1
     assert any(f"{inbox / 'r.fits'} (already in the catalog)" in e for e in counts["id_collision_examples"])
+
+
+def test_the_ingest_records_a_file_name_that_is_not_utf8_as_an_error_row_once(tmp_path):
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    with open(os.path.join(os.fsencode(inbox), b"J\xff.jpg"), "wb") as f:
+        f.write(b"0")
+    table, _ = pending_records(config(inbox), {})
+    [record] = table.to_pylist()
+    assert "not valid UTF-8" in record["error"] and record["object_id"] == "J\\xff"
+    table, counts = pending_records(config(inbox), {record["object_id"]: record["source_path"]})
+    assert table.num_rows == 0 and counts["already_held"] == 1
