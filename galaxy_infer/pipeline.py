@@ -67,9 +67,9 @@ class RunConfig:
     address: str | None = None
     overwrite: bool = False
     id_keyword: str | None = None
+    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
     object_store_mb: int | None = None
     """Object store of the local Ray started when no cluster is given (default: 1 GiB)."""
-    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
 
@@ -301,15 +301,14 @@ class ChunkResults:
     nodes. When those are spent the chunk is cut in halves, and a half whose worker dies is cut
     again, down to single files (tried ``SPLIT_RETRIES`` more times): a file whose worker still
     dies becomes an ``error`` row and every other file of the chunk is classified. A chunk of
-    1,024 with one poison file costs about 6 + 10 + 2 worker deaths. Exceptions raised inside a task are not caught here:
-    per-file problems are already error rows, so an exception is a bug and stops the run.
+    1,024 with one poison file costs about 6 + 10 + 2 worker deaths. Exceptions raised inside a
+    task are not caught: per-file problems are already error rows, so one is a bug and stops the run.
     """
 
     def __init__(self, submit: Callable[[pa.Table, int], Any], model_id: str, run_id: str) -> None:
         self._submit = submit
         self.model_id, self.run_id = model_id, run_id
         self.chunks: dict[Any, pa.Table] = {}
-        self.isolated = 0
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -330,7 +329,6 @@ class ChunkResults:
                 if not worker_died(exc):
                     raise
             if chunk.num_rows == 1:
-                self.isolated += 1
                 reason = (f"{WORKER_DIED}: the worker process reading this file died on every try (a crash or "
                           "out of memory); the other files of its chunk were classified")
                 return error_rows(chunk, [reason], self.model_id, self.run_id)

@@ -48,7 +48,7 @@ def scenario(workdir: Path, model: str) -> dict:
     from galaxy_infer import pipeline
 
     pipeline.TASK_RETRIES = 1
-    ray.init(num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
              configure_logging=False, runtime_env={"worker_process_setup_hook": exit_on_poison})
     try:
         sent = write_night(workdir / "inbox", NIGHT, 8, seed=5, size=64)
