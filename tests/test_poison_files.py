@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,6 +23,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
 
 from galaxy_infer.ingest import IngestConfig, ingest, read_ingest_catalog  # noqa: E402
+from galaxy_infer.pipeline import RunConfig, classify  # noqa: E402
 from tests.ray_procs import descendants, end_processes, write_night  # noqa: E402
 
 NIGHT = "2026-11-20"
@@ -49,7 +51,7 @@ def scenario(workdir: Path, model: str) -> dict:
 
     pipeline.TASK_RETRIES = 1
     ray.init(address="local", num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
-             configure_logging=False, runtime_env={"worker_process_setup_hook": exit_on_poison})
+             configure_logging=False, num_gpus=1, runtime_env={"worker_process_setup_hook": exit_on_poison})
     try:
         sent = write_night(workdir / "inbox", NIGHT, 8, seed=5, size=64)
         (workdir / "inbox" / NIGHT / "poison.jpg").write_bytes(
@@ -60,9 +62,13 @@ def scenario(workdir: Path, model: str) -> dict:
         first = ingest(config)
         seconds = time.perf_counter() - started
         again = ingest(IngestConfig(**{**config.__dict__, "run_id": "next-night"}))
+        # The GPU layout (decode tasks feeding prediction tasks that hold half a logical GPU), via classify.
+        gpu = classify(RunConfig(inputs=[str(workdir / "inbox")], out=str(workdir / "gpu-catalog"), model=model,
+                                 device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
         return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
                 "errors_by_kind": first["errors_by_kind"], "seconds": round(seconds, 1),
-                "rows_next_night": again["rows"]}
+                "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
+                "gpu_layout_errors": {k: v["count"] for k, v in gpu["errors_by_kind"].items()}}
     finally:
         ray.shutdown()
 
@@ -91,6 +97,10 @@ def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_clas
     assert (table.drop(index="poison").status == "ok").all()
     assert figures["errors"] == 1 and list(figures["errors_by_kind"]) == ["worker died while decoding"]
     assert figures["rows_next_night"] == 0
+    assert figures["gpu_layout_rows"] == figures["objects_sent"]
+    assert figures["gpu_layout_errors"] == {"worker died while decoding": 1}
+    gpu = pd.read_parquet(tmp_path / "gpu-catalog").set_index("object_id")
+    assert gpu.loc["poison"].status == "error" and (gpu.drop(index="poison").status == "ok").all()
 
 
 if __name__ == "__main__":
