@@ -254,16 +254,21 @@ def _record(path: str, root: str, object_id: str | None = None, ra: float | None
 def read_manifest(path: str) -> list[dict]:
     """CSV or Parquet with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
 
-    Relative paths are taken relative to the manifest's folder.
+    Relative paths are taken relative to the manifest's folder. Paths are read as bytes, so one that
+    is not UTF-8 becomes an error row like such a file name in a folder.
     """
+    import pyarrow as pa
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
-    if path.lower().endswith(".parquet"):
-        table = pq.read_table(path)
-    else:
-        table = pv.read_csv(path, convert_options=pv.ConvertOptions(
-            column_types={"path": "string", "object_id": "string"}, strings_can_be_null=True))
+    try:
+        if path.lower().endswith(".parquet"):
+            table = pq.read_table(path)
+        else:
+            table = pv.read_csv(path, convert_options=pv.ConvertOptions(
+                column_types={"path": pa.binary(), "object_id": pa.string()}, strings_can_be_null=True))
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"manifest {path}: {exc}") from None
     if "path" not in table.column_names:
         raise ValueError(f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)})")
     base = os.path.dirname(os.path.abspath(path))
@@ -271,8 +276,9 @@ def read_manifest(path: str) -> list[dict]:
     out = []
     for row in rows:
         p = row["path"]
-        if p is None:
+        if p is None or p == b"":
             continue
+        p = os.fsdecode(p) if isinstance(p, bytes) else p
         full = p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
         ra, dec = row.get("ra"), row.get("dec")
         out.append(_record(full, base, None if row.get("object_id") is None else str(row["object_id"]),

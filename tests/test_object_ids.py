@@ -176,3 +176,13 @@ def test_the_ingest_records_a_file_name_that_is_not_utf8_as_an_error_row_once(tm
     assert "not valid UTF-8" in record["error"] and record["object_id"] == "J\\xff"
     table, counts = pending_records(config(inbox), {record["object_id"]: record["source_path"]})
     assert table.num_rows == 0 and counts["already_held"] == 1
+
+
+def test_a_manifest_path_that_is_not_utf8_is_a_record_with_a_reason_and_a_bad_id_column_names_the_manifest(tmp_path):
+    (tmp_path / "m.csv").write_bytes(b"path\ncaf\xe9.jpg\nok.jpg\n")
+    bad, ok = discover([str(tmp_path / "m.csv")])
+    assert "not valid UTF-8" in bad["error"] and bad["source_path"].endswith("caf\\xe9.jpg")
+    assert ok["object_id"] == "ok" and "error" not in ok
+    (tmp_path / "ids.csv").write_bytes(b"path,object_id\na.jpg,caf\xe9\n")
+    with pytest.raises(ValueError, match="ids.csv"):
+        discover([str(tmp_path / "ids.csv")])
