@@ -134,8 +134,8 @@ class RunStats:
             "rows": self.rows,
             "ok": self.ok,
             "errors": sum(self.errors.values()),
-            "errors_by_kind": {kind: {"count": n, "examples": self.examples[kind]}
-                               for kind, n in self.errors.most_common()},
+            "errors_by_reason": dict(self.errors.most_common()),
+            "error_examples": {kind: self.examples[kind] for kind, _ in self.errors.most_common()},
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -143,12 +143,12 @@ class RunStats:
         }
 
 
-def format_errors(errors_by_kind: dict[str, dict[str, Any]]) -> list[str]:
-    """Summary lines: count and kind, then its example paths."""
+def format_errors(summary: dict[str, Any]) -> list[str]:
+    """Summary lines: count and kind of error, then its example paths."""
     lines = []
-    for kind, group in errors_by_kind.items():
-        lines.append(f"  {group['count']:>8}  {kind}")
-        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in group["examples"]]
+    for kind, count in summary.get("errors_by_reason", {}).items():
+        lines.append(f"  {count:>8}  {kind}")
+        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in summary["error_examples"][kind]]
     return lines
 
 

@@ -75,7 +75,7 @@ def format_summary(summary: dict) -> str:
         f"model: {summary['model_id']}  device: {summary['device']}  run: {summary['run_id']}",
         f"time: {summary['wall_seconds']:.1f} s  ({summary['rows_per_second_wall']:.0f} rows/s end to end)",
     ]
-    return "\n".join(lines + format_errors(summary["errors_by_kind"]))
+    return "\n".join(lines + format_errors(summary))
 
 
 def build_parser() -> argparse.ArgumentParser:

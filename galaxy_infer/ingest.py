@@ -256,7 +256,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "files": [],
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {}, "files": [],
                     "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
         device = resolve_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
@@ -300,7 +300,7 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
         + (f"  stale temp files removed: {s['stale_temp_files_removed']}" if s["stale_temp_files_removed"] else ""),
     ]
     lines += [f"  {reason}" for reason in s["id_collision_examples"]]
-    return "\n".join(lines + format_errors(s.get("errors_by_kind", {})))
+    return "\n".join(lines + format_errors(s))
 
 
 def read_ingest_catalog(catalog: str | os.PathLike) -> pa.Table:

@@ -132,7 +132,7 @@ def test_colliding_object_ids_are_error_rows_naming_both_paths_and_exit_3(tmp_pa
     # The folder's files share stems with nothing else, so they keep them; all were classified.
     assert (frame[frame.object_id != "SAME"].status == "ok").all() and len(frame) == 2 + len(names)
     summary = json.loads((tmp_path / "cat" / SUMMARY_NAME).read_text())
-    assert summary["id_collisions"] == 2 and summary["errors_by_kind"]["object id collision"]["count"] == 2
+    assert summary["id_collisions"] == 2 and summary["errors_by_reason"]["object id collision"] == 2
 
 
 def test_the_same_file_name_in_many_folders_gives_distinct_ids_and_all_rows_ok(tmp_path, tiny_model, local_ray):
@@ -190,8 +190,8 @@ def test_error_summary_groups_reasons_by_kind_with_a_few_examples(tmp_path, tiny
         (tmp_path / f"text{i:02d}.png").write_bytes(b"not a png %d" % i)
     summary = classify(RunConfig(inputs=[str(tmp_path)], out=str(tmp_path / "cat"), model=str(tiny_model),
                                  progress=False))
-    kinds = summary["errors_by_kind"]
-    assert sum(k["count"] for k in kinds.values()) == summary["errors"] == 24
-    assert len(kinds) <= 3 and all(len(k["examples"]) <= 3 for k in kinds.values())
-    example = next(iter(kinds.values()))["examples"][0]
+    kinds, examples = summary["errors_by_reason"], summary["error_examples"]
+    assert sum(kinds.values()) == summary["errors"] == 24
+    assert len(kinds) <= 3 and set(examples) == set(kinds) and all(len(e) <= 3 for e in examples.values())
+    example = next(iter(examples.values()))[0]
     assert set(example) == {"source_path", "error"} and example["source_path"].startswith(str(tmp_path))

@@ -66,9 +66,9 @@ def scenario(workdir: Path, model: str) -> dict:
         gpu = classify(RunConfig(inputs=[str(workdir / "inbox")], out=str(workdir / "gpu-catalog"), model=model,
                                  device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
         return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
-                "errors_by_kind": first["errors_by_kind"], "seconds": round(seconds, 1),
+                "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"], "seconds": round(seconds, 1),
                 "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
-                "gpu_layout_errors": {k: v["count"] for k, v in gpu["errors_by_kind"].items()}}
+                "gpu_layout_errors": gpu["errors_by_reason"]}
     finally:
         ray.shutdown()
 
@@ -95,7 +95,7 @@ def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_clas
     poison = table.loc["poison"]
     assert poison.status == "error" and poison.error.startswith("worker died while decoding")
     assert (table.drop(index="poison").status == "ok").all()
-    assert figures["errors"] == 1 and list(figures["errors_by_kind"]) == ["worker died while decoding"]
+    assert figures["errors"] == 1 and figures["errors_by_reason"] == {"worker died while decoding": 1}
     assert figures["rows_next_night"] == 0
     assert figures["gpu_layout_rows"] == figures["objects_sent"]
     assert figures["gpu_layout_errors"] == {"worker died while decoding": 1}
