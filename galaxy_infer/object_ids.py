@@ -75,14 +75,10 @@ def header_object_ids(records: list[dict], keyword: str) -> None:
             r["object_id"] = str(value).strip()
 
 
-def stem(path: str) -> str:
-    from galaxy_infer.readers import object_id_from_path
-
-    return object_id_from_path(path)
-
-
 def assign_object_ids(records: list[dict], taken: Collection[str] = ()) -> None:
-    """Fill ``object_id`` where it is None by rules 3 and 4; ``taken`` are ids other objects already have."""
+    """Fill ``object_id`` where it is None by rules 3 to 5; ``taken`` are ids other objects already have."""
+    from galaxy_infer.readers import object_id_from_path as stem
+
     explicit = {r["object_id"] for r in records if r["object_id"] is not None}
     derived = [r for r in records if r["object_id"] is None]
     candidates = [stem(r["source_path"]) for r in derived]

@@ -211,9 +211,11 @@ def find_inputs(inputs: list[str]) -> list[dict]:
         elif os.path.isdir(item):
             for root, dirs, files in os.walk(item, followlinks=False):
                 dirs.sort()
+                below = os.path.relpath(root, item).replace(os.sep, "/")
                 for name in sorted(files):
                     if is_cutout(name) and not name.startswith("."):
-                        records.append(_record(os.path.join(root, name), item))
+                        rel = name if below == "." else f"{below}/{name}"
+                        records.append(_record(os.path.join(root, name), item, relative_path=rel))
         elif glob.has_magic(item):
             found = [p for p in sorted(glob.glob(item, recursive=True)) if is_cutout(p)]
             if not found:
@@ -238,14 +240,15 @@ def _is_manifest(item: str) -> bool:
 
 
 def _record(path: str, root: str, object_id: str | None = None, ra: float | None = None,
-            dec: float | None = None) -> dict:
+            dec: float | None = None, relative_path: str | None = None) -> dict:
     error = None
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes of a file name, kept by Python as surrogates
         path = os.fsencode(path).decode("utf-8", "backslashreplace")
         error = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
-    rel = os.path.relpath(path, root or ".") if "://" not in path else path
+        relative_path = None
+    rel = relative_path or (os.path.relpath(path, root or ".") if "://" not in path else path)
     rel = path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
     return {"source_path": path, "object_id": object_id or None, "ra": ra, "dec": dec, "error": error,
             "relative_path": rel}
