@@ -104,5 +104,5 @@ def id_collisions(records: list[dict], held: Mapping[str, str] | None = None) ->
         if others:
             more = f" and {len(others) - 1} more" if len(others) > 1 else ""
             reasons[i] = (f"{COLLISION}: {r['object_id']!r} is also the id of {others[0]}{more}; "
-                          "give the files distinct object_id values in a manifest")
+                          "give each file its own id (manifest object_id or FITS header keyword)")
     return reasons
