@@ -95,7 +95,7 @@ def committed_files(catalog: Path) -> list[Path]:
 
 
 def held_objects(catalog: Path, model_id: str) -> dict[str, str]:
-    """``object_id -> source_path`` of every row for ``model_id`` in a committed file (a corrupt file is an error, not a gap)."""
+    """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error)."""
     held: dict[str, str] = {}
     for path in committed_files(catalog):
         table = pq.read_table(path, columns=["object_id", "source_path", "model_id"])
@@ -256,8 +256,8 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {}, "files": [],
-                    "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
+                    "files": [], "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
         device = resolve_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
         run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,

@@ -14,9 +14,9 @@ The rule, first match wins:
 5. where that too is shared (two input folders holding the same relative path), the path as
    given (``night1/J1.jpg``, ``night2/J1.jpg``).
 
-Ids that still coincide (a manifest or header giving one id to two files) are *collisions*: each such input gets a reason naming the other path,
-so it becomes an ``error`` row (``classify``) or is reported and left for a later run (ingest),
-never silently a second row with that id. The same file listed twice with the same id is one input.
+Ids that still coincide (a manifest or header giving one id to two files) are *collisions*: each
+such input gets a reason naming the other path, so it becomes an ``error`` row (``classify``) or
+is reported and left for a later run (ingest), never silently a second row with that id. The same file listed twice with the same id is one input.
 
 Functions here take plain records (``source_path``, ``object_id``: explicit id or None,
 ``relative_path``), so they do not care where the records came from.

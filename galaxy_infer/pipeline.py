@@ -376,8 +376,8 @@ def classify(config: RunConfig) -> dict[str, Any]:
         for batch in stream_tables(todo, info, device, config, progress_printer(todo.num_rows, config.progress)):
             writer.write(batch)
         summary = writer.stats.summary(
-            inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
-            device=device, output=str(Path(config.out).resolve()),
+            inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id, model_id=info.model_id,
+            model_path=config.model, device=device, output=str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
         if summary["rows"] != table.num_rows:

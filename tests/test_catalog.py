@@ -15,7 +15,8 @@ def test_error_summary_stays_small_however_many_distinct_messages():
     summary = stats.summary()
     assert summary["errors_by_reason"] == {"corrupt JPEG": n // 2, "unexpected KeyError while decoding": n // 2}
     examples = summary["error_examples"]
-    assert examples["corrupt JPEG"][0] == {"source_path": "/in/1.jpg", "error": "corrupt JPEG: bad Huffman code at byte 1"}
+    assert examples["corrupt JPEG"][0] == {"source_path": "/in/1.jpg",
+                                           "error": "corrupt JPEG: bad Huffman code at byte 1"}
     assert set(examples) == set(summary["errors_by_reason"]) and all(len(v) == 3 for v in examples.values())
     assert len(json.dumps(stats.summary())) < 2000
 

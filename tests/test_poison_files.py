@@ -66,7 +66,8 @@ def scenario(workdir: Path, model: str) -> dict:
         gpu = classify(RunConfig(inputs=[str(workdir / "inbox")], out=str(workdir / "gpu-catalog"), model=model,
                                  device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
         return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
-                "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"], "seconds": round(seconds, 1),
+                "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"],
+                "seconds": round(seconds, 1),
                 "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
                 "gpu_layout_errors": gpu["errors_by_reason"]}
     finally:
