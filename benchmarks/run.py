@@ -131,7 +131,7 @@ def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: lis
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "galaxy_infer", "classify", str(manifest), "--out", str(out),
                "--model", str(model), "--num-cpus", str(num_cpus), *extra]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}  # auth as users run it: a per-run token
     started = time.perf_counter()
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     memory = PeakMemory(proc.pid) if measure_memory else contextlib.nullcontext()
@@ -173,6 +173,60 @@ def naive_baseline(files: list[Path], recipe: Recipe) -> dict:
             "torch_threads": torch.get_num_threads()}
 
 
+def zoobot_model(spec: str, workdir: Path) -> Path:
+    """An ONNX file as given, or a random-weight Zoobot (GZ DESI tree) with the timm encoder ``spec``,
+    saved as a Lightning checkpoint and converted by ``import-zoobot`` (weights are not downloadable here;
+    the cost per image does not depend on them)."""
+    if spec.endswith(".onnx"):
+        return Path(spec)
+    out = workdir / f"zoobot-{spec}.onnx"
+    if out.exists():
+        return out
+    import lightning as L
+    from zoobot.pytorch.estimators.define_model import ZoobotTree
+    from zoobot.shared import schemas
+
+    from training.zoobot_import import import_zoobot
+
+    schema = schemas.desi_schema
+    model = ZoobotTree(output_dim=len(schema.label_cols), question_answer_pairs=schema.question_answer_pairs,
+                       dependencies=schema.dependencies, architecture_name=spec)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    trainer.strategy.connect(model)
+    checkpoint = workdir / f"zoobot-{spec}.ckpt"
+    trainer.save_checkpoint(checkpoint)
+    import_zoobot(checkpoint, out, check_images=[str(SOURCE)], check_limit=4)
+    return out
+
+
+def big_model_comparison(files: list[Path], big: Path, bundled: Path, workdir: Path, num_cpus: int,
+                         extra: list[str]) -> dict:
+    """A converted Zoobot model next to the bundled one, end to end on the same cutouts (best of 2 each)."""
+    manifest = write_manifest(workdir / f"manifest-big-{len(files)}.csv", files)
+    out: dict = {"model": str(big), "model_mb": round(big.stat().st_size / 1e6, 1),
+                 "runtime": load_model_info(big).runtime}
+    for key, model in (("converted", big), ("bundled", bundled)):
+        print(f"galaxy-infer classify --model {model} on {len(files)} cutouts, best of 2 ...", flush=True)
+        runs = [end_to_end(manifest, workdir / "catalog", model, num_cpus, extra) for _ in range(2)]
+        out[key] = min(runs, key=lambda r: r["seconds"])
+    out["bundled_over_converted"] = round(out["bundled"]["images_per_second"] / out["converted"]["images_per_second"], 1)
+    # short runs are dominated by Ray's start-up: the processing time and the predict stage compare the models
+    out["processing_ratio"] = round(out["converted"]["processing_seconds"] / out["bundled"]["processing_seconds"], 1)
+    out["predict_ratio"] = round(out["converted"]["stage_seconds"]["predict"] / out["bundled"]["stage_seconds"]["predict"], 1)
+    return out
+
+
+def format_big(r: dict) -> str:
+    lines = [f"converted {r['model']} ({r['model_mb']} MB, runtime preference {r['runtime']}) vs the bundled model:"]
+    for key in ("converted", "bundled"):
+        m = r[key]
+        lines.append(f"  {key:<10}{m['images']:>8} images {m['seconds']:>8} s {m['images_per_second']:>9} images/s "
+                     f"(processing {m['processing_seconds']} s; stages {m['stage_seconds']})")
+    lines.append(f"  the bundled model is {r['bundled_over_converted']}x faster end to end, "
+                 f"{r['processing_ratio']}x in processing time, {r['predict_ratio']}x in prediction worker-seconds")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workdir", type=Path, default=Path("bench-results"))
@@ -185,7 +239,22 @@ def main() -> None:
                         help="also time this (quantized) model end to end; '' skips it")
     parser.add_argument("--num-cpus", type=int, default=os.cpu_count())
     parser.add_argument("--extra", default="", help="extra classify options, e.g. '--batch-size 512'")
+    parser.add_argument("--big-model", default="",
+                        help="also time a converted Zoobot model end to end next to the bundled one: an ONNX "
+                             "file, or a timm encoder (e.g. convnext_nano) to build with random weights and convert")
+    parser.add_argument("--big-images", type=int, default=2_000, help="cutouts for --big-model (default 2,000)")
+    parser.add_argument("--only-big", action="store_true", help="run only the --big-model comparison")
     args = parser.parse_args()
+    if args.big_model:
+        args.workdir.mkdir(parents=True, exist_ok=True)
+        big = zoobot_model(args.big_model, args.workdir)
+        files = replicate(args.workdir / "cutouts", args.big_images)
+        warm_page_cache(files)
+        result = big_model_comparison(files, big, args.model, args.workdir, args.num_cpus, args.extra.split())
+        (args.workdir / "bench-big.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(format_big(result))
+        if args.only_big:
+            return
 
     recipe = load_model_info(args.model).recipe
     counts = [int(c) for c in args.memory_counts.split(",") if c]

@@ -1,16 +1,19 @@
 """The Parquet catalog: its Arrow schema, file metadata and an atomic writer.
 
-The column contract is ``shared/docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.SCHEMA_VERSION`).
-A catalog is written into a hidden temporary folder and renamed into place only when complete,
-so a crash never leaves a half-written catalog that looks finished.
+The column contract is ``docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.SCHEMA_VERSION`):
+the prediction columns are a function of the model's tree, flags and output options
+(:class:`Layout`), which every file's metadata records, so the Arrow schema can be rebuilt from it.
+A catalog is written into a hidden stage beside its output and published only when complete
+(see :class:`CatalogWriter`), so a crash never leaves a half-written catalog that looks finished.
 """
 from __future__ import annotations
 
 import collections
+import fnmatch
 import json
 import os
-import shutil
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,27 +22,79 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from galaxy_infer import __version__
+from galaxy_infer import __version__, storage
+from galaxy_infer.errors import TRANSIENT_PREFIX, is_transient
 from galaxy_infer.model import ModelInfo
-from galaxy_infer.schema import GZ2, ODD_FEATURES, SCHEMA_VERSION, Schema
+from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
+from galaxy_infer.trees import resolve_tree, tree_reference
+from galaxy_infer.workers import DEVICES_METADATA_KEY, WorkerTally
 
 SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
 STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
 ERROR_EXAMPLES = 3
+TREE_KEY = "galaxy_infer.tree"
+FLAGS_KEY = "galaxy_infer.flags"
+OUTPUT_KIND_KEY = "galaxy_infer.output_kind"
+INTERVALS_KEY = "galaxy_infer.dirichlet_intervals"
 
 
-def prediction_fields(schema: Schema = GZ2) -> list[pa.Field]:
-    fields = [pa.field(c, pa.float32()) for c in schema.answer_columns]
-    fields += [pa.field(c, pa.float32()) for c in schema.asked_columns]
-    fields += [pa.field(f"odd_{f}_prob", pa.float32()) for f in ODD_FEATURES]
-    fields += [pa.field(f"odd_{f}_flag", pa.bool_()) for f in ODD_FEATURES]
+@dataclass(frozen=True)
+class Layout:
+    """What decides a catalog's prediction columns: the tree, the flags, and whether a Dirichlet
+    model's concentrations and 90% intervals are written too."""
+
+    tree: Schema = GZ2
+    flags: tuple[Flag, ...] | None = None
+    intervals: bool = False
+
+    @property
+    def flag_list(self) -> tuple[Flag, ...]:
+        return self.tree.flags if self.flags is None else self.flags
+
+    @classmethod
+    def of(cls, model: ModelInfo, intervals: bool = False) -> Layout:
+        return cls(model.tree, model.flags, intervals and model.output_kind == "dirichlet")
+
+    @classmethod
+    def from_metadata(cls, metadata: dict) -> Layout:
+        """The layout a file's metadata records (GZ2 with its odd-feature flags when it records none)."""
+        md = {(k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+              for k, v in metadata.items()}
+        if TREE_KEY not in md:
+            return cls()
+        tree = resolve_tree(json.loads(md[TREE_KEY]))
+        flags = tuple(Flag.from_dict(f) for f in json.loads(md[FLAGS_KEY])) if FLAGS_KEY in md else None
+        return cls(tree, flags, md.get(INTERVALS_KEY) == "true")
+
+    def metadata(self) -> dict[str, str]:
+        return {TREE_KEY: json.dumps(tree_reference(self.tree), sort_keys=True),
+                FLAGS_KEY: json.dumps([f.to_dict() for f in self.flag_list], sort_keys=True),
+                INTERVALS_KEY: json.dumps(self.intervals)}
+
+
+def prediction_fields(layout: Layout | Schema = Layout()) -> list[pa.Field]:
+    """The prediction columns, in contract order: fractions, proportions asked, flag probabilities,
+    flags, then (Dirichlet models with intervals) concentrations and the 5% and 95% quantiles."""
+    if isinstance(layout, Schema):
+        layout = Layout(layout)
+    tree, flags = layout.tree, layout.flag_list
+    fields = [pa.field(c, pa.float32()) for c in tree.answer_columns]
+    fields += [pa.field(c, pa.float32()) for c in tree.asked_columns]
+    fields += [pa.field(f"{f.column}_prob", pa.float32()) for f in flags]
+    fields += [pa.field(f"{f.column}_flag", pa.bool_()) for f in flags]
+    if layout.intervals:
+        fields += [pa.field(c.removesuffix("_fraction") + "_concentration", pa.float32()) for c in tree.answer_columns]
+        fields += [pa.field(f"{c}_q05", pa.float32()) for c in tree.answer_columns]
+        fields += [pa.field(f"{c}_q95", pa.float32()) for c in tree.answer_columns]
     return fields
 
 
-def arrow_schema(metadata: dict[str, str] | None = None, schema: Schema = GZ2) -> pa.Schema:
-    """Every catalog column, in contract order."""
+def arrow_schema(metadata: dict[str, str] | None = None, layout: Layout | Schema | None = None) -> pa.Schema:
+    """Every catalog column, in contract order; the layout comes from ``metadata`` unless given."""
+    if layout is None:
+        layout = Layout.from_metadata(metadata or {})
     fields = [
         pa.field("object_id", pa.string(), nullable=False),
         pa.field("source_path", pa.string(), nullable=False),
@@ -47,15 +102,15 @@ def arrow_schema(metadata: dict[str, str] | None = None, schema: Schema = GZ2) -
         pa.field("dec", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
-        *prediction_fields(schema),
+        *prediction_fields(layout),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
     ]
     return pa.schema(fields, metadata=metadata)
 
 
-def file_metadata(model: ModelInfo, run_id: str) -> dict[str, str]:
-    """Key-value metadata written into every Parquet file of a run."""
+def file_metadata(model: ModelInfo, run_id: str, intervals: bool = False) -> dict[str, str]:
+    """Key-value metadata written into every Parquet file of a run (the tree and flags included)."""
     return {
         "galaxy_infer.schema_version": SCHEMA_VERSION,
         "galaxy_infer.model_id": model.model_id,
@@ -65,15 +120,17 @@ def file_metadata(model: ModelInfo, run_id: str) -> dict[str, str]:
         "galaxy_infer.code_version": __version__,
         "galaxy_infer.run_id": run_id,
         "galaxy_infer.created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        OUTPUT_KIND_KEY: model.output_kind,
+        **Layout.of(model, intervals).metadata(),
     }
 
 
 def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: dict[str, np.ndarray] | None,
-                  model_id: str, run_id: str) -> pa.Table:
+                  model_id: str, run_id: str, layout: Layout = Layout()) -> pa.Table:
     """One batch of catalog rows; prediction columns are null where ``errors`` has a reason.
 
     ``ids`` holds ``object_id``, ``source_path``, ``ra`` and ``dec`` sequences; ``predictions``
-    holds one value per row for every prediction column (ignored on error rows).
+    holds one value per row for every prediction column of ``layout`` (ignored on error rows).
     """
     n = len(errors)
     failed = np.array([e is not None for e in errors], dtype=bool)
@@ -85,18 +142,24 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
         "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
         "error": pa.array(errors, pa.string()),
     }
-    for f in prediction_fields():
+    for f in prediction_fields(layout):
         if predictions is None:
             columns[f.name] = pa.nulls(n, f.type)
         else:
             columns[f.name] = pa.array(np.asarray(predictions[f.name]), f.type, mask=failed)
     columns["model_id"] = pa.array([model_id] * n, pa.string())
     columns["run_id"] = pa.array([run_id] * n, pa.string())
-    return pa.Table.from_pydict(columns, schema=arrow_schema())
+    return pa.Table.from_pydict(columns, schema=arrow_schema(layout=layout))
 
 
 def error_kind(reason: str) -> str:
-    """A reason without its particulars (what follows the first ':'), so the summary groups like with like."""
+    """A reason without its particulars (what follows the first ':'), so the summary groups like with like.
+
+    Reasons that the bytes could not be read now keep their ``cannot read now:`` prefix
+    (``cannot read now: permission denied``), so transient kinds stay apart from bad bytes.
+    """
+    if is_transient(reason):
+        return TRANSIENT_PREFIX + error_kind(reason[len(TRANSIENT_PREFIX):])
     return reason.split(":", 1)[0].strip()
 
 
@@ -110,12 +173,14 @@ class RunStats:
         self.examples: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
         self.started = time.perf_counter()
         self.stage_seconds: collections.Counter[str] = collections.Counter()
+        self.workers = WorkerTally()
 
     def add(self, table: pa.Table) -> None:
-        """Count a batch's rows; worker-side stage timings travel in its schema metadata."""
+        """Count a batch's rows; worker-side stage timings and what ran it travel in its schema metadata."""
         timing = (table.schema.metadata or {}).get(STAGE_TIMING_KEY)
         if timing:
             self.stage_seconds.update(json.loads(timing))
+        self.workers.add(table)
         self.rows += table.num_rows
         errors = table.column("error").to_pylist()
         paths = table.column("source_path").to_pylist()
@@ -139,6 +204,7 @@ class RunStats:
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            **self.workers.summary(),
             **extra,
         }
 
@@ -153,37 +219,50 @@ def format_errors(summary: dict[str, Any]) -> list[str]:
 
 
 class CatalogWriter:
-    """Write a catalog folder atomically: part files go to a hidden temporary folder first.
+    """Write a catalog folder (local or object store) so that it appears complete or not at all.
 
-    :meth:`commit` adds ``run_summary.json`` and renames the folder to ``out_dir``; an existing
-    catalog there is replaced only with ``overwrite``. Use as a context manager so a failure
-    removes the temporary folder.
+    One run per output at a time (:class:`~galaxy_infer.storage.OutputLock` on ``.<name>.lock``
+    beside it; a second run fails at once with :class:`~galaxy_infer.storage.Locked`). Holding
+    it, the writer first removes what killed runs on this output left behind. Part files go to a
+    hidden stage ``.<name>.tmp-<run_id>`` beside the output (fsynced locally); :meth:`commit` adds
+    ``_run_summary.json`` and publishes the stage (:func:`~galaxy_infer.storage.publish_folder`:
+    one rename locally; copies with the summary last on an object store). An existing output is
+    replaced only with ``overwrite`` and only if it is a galaxy-infer catalog. Use as a context
+    manager so a failure removes the stage and releases the lock.
     """
 
     def __init__(self, out_dir: str | os.PathLike, metadata: dict[str, str], run_id: str,
                  rows_per_file: int = 500_000, overwrite: bool = False) -> None:
-        self.out_dir = Path(out_dir)
-        if self.out_dir.exists() and not overwrite:
-            raise FileExistsError(f"{self.out_dir} already exists; choose another --out or pass --overwrite")
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir = self.out_dir.parent / f".{self.out_dir.name}.tmp-{run_id}"
-        self.tmp_dir.mkdir()
+        self.out = str(out_dir)
+        self.overwrite = overwrite
+        parent, name = storage.parent_and_name(self.out)
+        storage.check_reachable(self.out)
+        self.lock = storage.OutputLock(storage.join(parent, f".{name}.lock"))
+        self.lock.__enter__()
+        try:
+            self.stale_removed = storage.clean_stale_stages(self.out, SUMMARY_NAME)
+            check_replaceable(self.out, overwrite)
+        except BaseException:
+            self.lock.__exit__(None, None, None)
+            raise
+        self.stage = storage.join(parent, f".{name}.tmp-{run_id}")
         self.schema = arrow_schema(metadata)
         self.rows_per_file = rows_per_file
         self.stats = RunStats()
         self._writer: pq.ParquetWriter | None = None
+        self._path = ""
         self._rows_in_file = 0
         self._files = 0
+        self._file_workers = WorkerTally()
 
     def write(self, table: pa.Table) -> None:
         started = time.perf_counter()
         self.stats.add(table)
+        self._file_workers.add(table)
         table = table.replace_schema_metadata(self.schema.metadata)
         while table.num_rows:
             if self._writer is None:
-                path = self.tmp_dir / f"part-{self._files:05d}.parquet"
-                self._writer = pq.ParquetWriter(path, self.schema, compression="zstd")
-                self._files += 1
+                self._open_file()
             take = min(table.num_rows, self.rows_per_file - self._rows_in_file)
             self._writer.write_table(table.slice(0, take))
             self._rows_in_file += take
@@ -192,31 +271,45 @@ class CatalogWriter:
                 self._close_file()
         self.stats.stage_seconds["write"] += time.perf_counter() - started
 
+    def _open_file(self) -> None:
+        self._path = storage.join(self.stage, f"part-{self._files:05d}.parquet")
+        filesystem, path = storage.resolve(self._path)
+        if not storage.is_remote(self._path):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd", filesystem=filesystem)
+        self._files += 1
+
     def _close_file(self) -> None:
         if self._writer is not None:
+            self._writer.add_key_value_metadata(
+                {DEVICES_METADATA_KEY: json.dumps(self._file_workers.summary()["prediction_workers"])})
+            self._file_workers = WorkerTally()
             self._writer.close()
+            if not storage.is_remote(self._path):
+                storage.fsync_file(self._path)
             self._writer = None
             self._rows_in_file = 0
 
-    def commit(self, summary: dict[str, Any]) -> Path:
+    def commit(self, summary: dict[str, Any]) -> str:
+        """Publish the catalog, ``_run_summary.json`` last; returns the output."""
         self._close_file()
         if self._files == 0:
-            pq.write_table(self.schema.empty_table(), self.tmp_dir / "part-00000.parquet")
-        (self.tmp_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2) + "\n")
-        fsync_dir(self.tmp_dir)
-        if self.out_dir.exists():
-            old = self.out_dir.parent / f".{self.out_dir.name}.old-{summary.get('run_id', 'previous')}"
-            os.rename(self.out_dir, old)
-            os.rename(self.tmp_dir, self.out_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(self.tmp_dir, self.out_dir)
-        fsync_dir(self.out_dir.parent)
-        return self.out_dir
+            self._open_file()
+            self._close_file()
+        storage.write_bytes(storage.join(self.stage, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
+        if not storage.is_remote(self.stage):
+            storage.fsync_dir(self.stage)
+        self.lock.check()
+        storage.publish_folder(self.stage, self.out, SUMMARY_NAME, replace=self.overwrite)
+        self.lock.__exit__(None, None, None)
+        return self.out
 
     def abort(self) -> None:
-        self._close_file()
-        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        try:
+            self._close_file()
+        finally:
+            storage.delete_tree(self.stage)
+            self.lock.__exit__(None, None, None)
 
     def __enter__(self) -> CatalogWriter:
         return self
@@ -226,16 +319,44 @@ class CatalogWriter:
             self.abort()
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def check_replaceable(out: str, overwrite: bool) -> None:
+    """Refuse an existing output unless ``overwrite``, and even then unless it is a galaxy-infer catalog.
+
+    A catalog is ``_run_summary.json`` plus ``part-*.parquet`` files and nothing else, so a
+    mistyped ``--out`` (the input folder, a home directory) is never deleted.
+    """
+    if storage.is_remote(out):
+        names = [u[len(out.rstrip("/")) + 1:] for u in storage.list_uris(out)]
+        if not names:
+            return
+    else:
+        if not os.path.lexists(out):
+            return
+        if not os.path.isdir(out) or os.path.islink(out):
+            raise FileExistsError(f"{out} exists and is not a catalog folder; refusing to replace it")
+        names = [str(p.relative_to(out)) for p in Path(out).rglob("*")]
+    if not overwrite:
+        raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
+    if not names:
+        return
+    others = sorted(n for n in names if n != SUMMARY_NAME and not fnmatch.fnmatch(n, PARTS_GLOB))
+    if SUMMARY_NAME not in names or others:
+        why = (f"it holds files that are not a catalog's: {', '.join(others[:3])}{', ...' if len(others) > 3 else ''}"
+               if others else f"it has no {SUMMARY_NAME}")
+        raise FileExistsError(f"--overwrite refused: {out} is not a galaxy-infer catalog ({why}); "
+                              "it was left untouched")
 
 
 def read_catalog(path: str | os.PathLike) -> pa.Table:
-    """All rows of a catalog folder (or one Parquet file), as one table."""
-    path = Path(path)
-    files = sorted(path.glob(PARTS_GLOB)) if path.is_dir() else [path]
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    """All rows of a catalog folder or prefix (or one Parquet file), local or in an object store."""
+    path = str(path)
+    if storage.is_dir(path):
+        files = [u for u in storage.list_uris(path, recursive=False)
+                 if fnmatch.fnmatch(os.path.basename(u), PARTS_GLOB)]
+    else:
+        files = [path]
+    tables = []
+    for f in files:
+        filesystem, inner = storage.resolve(f)
+        tables.append(pq.read_table(inner, filesystem=filesystem))
+    return pa.concat_tables(tables)

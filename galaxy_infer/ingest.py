@@ -2,8 +2,9 @@
 
 Layout::
 
-    catalog/
-      .ingest.lock                          flock held by the running ingest (never deleted)
+    catalog/                                a folder or an object-store prefix (s3://bucket/catalog)
+      .ingest.lock                          local: flock held by the running ingest (never deleted);
+                                            object store: a prefix of leases (see storage.OutputLock)
       ingest_date=2026-11-20/part-<run_id>-00000.parquet
       ingest_date=2026-11-21/...
       _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
@@ -11,37 +12,42 @@ Layout::
 The catalog is its own ledger: an inbox file is *held* when a committed Parquet file under
 ``ingest_date=*/`` has a row with its ``source_path`` and the model's ``model_id``; new files get
 object ids that no held row has (see :func:`pending_records`). Rows are written
-in chunks; each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then renamed
-into its partition, so a chunk is in the catalog entirely or not at all. A run killed at any
-point (SIGKILL included) leaves committed chunks plus at most one temp file; the next run deletes
-temp files, re-reads the ledger and classifies only what is missing. Every row counts, ``error``
-rows included: an object whose file could not be decoded is held and is not retried (its row says
-why). Files modified less than ``settle_seconds`` ago are left for the next run, so a cutout still
-being copied into the inbox is not recorded as a truncated file.
+in chunks; locally each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then
+renamed into its partition; on an object store each chunk is one PUT of its final object (all or
+nothing). Either way a chunk is in the catalog entirely or not at all. A run killed at any point
+(SIGKILL included) leaves committed chunks plus at most one temp file; the next run deletes temp
+files, re-reads the ledger and classifies only what is missing. ``error`` rows count as held when
+the bytes are bad (an object that cannot be decoded is not retried; its row says why). An object
+that could not be *read* this time (permission denied, I/O error, timeout: reasons starting
+``cannot read now:``) is not written at all and is retried by the next run. Files modified less
+than ``settle_seconds`` ago are left for the next run, so a cutout still being copied into the
+inbox is not recorded as a truncated file.
 """
 from __future__ import annotations
 
-import fcntl
-import itertools
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata, format_errors, fsync_dir
-from galaxy_infer.model import bundled_model_path, load_model_info, resolve_device, resolve_model
+from galaxy_infer import storage
+from galaxy_infer.catalog import RunStats, arrow_schema, file_metadata, format_errors
+from galaxy_infer.errors import TRANSIENT_PREFIX
+from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
                                      normalised_path)
-from galaxy_infer.pipeline import (DEFAULT_MAX_ERROR_FRACTION, RECORDS_SCHEMA, RunConfig, error_rows, init_ray,
-                                   new_run_id, progress_printer, split_rejected, stream_tables)
-from galaxy_infer.readers import find_inputs
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
+from galaxy_infer.progress import Progress
+from galaxy_infer.readers import find_inputs, records_table
+from galaxy_infer.shards import ShardFields
+from galaxy_infer.storage import Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
 """0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);
@@ -52,10 +58,6 @@ RUNS_DIR = "_ingest_runs"
 PARTITION_KEY = "ingest_date"
 TMP_SUFFIX = ".parquet.tmp"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-
-
-class Locked(RuntimeError):
-    """Another ingest is running on this catalog."""
 
 
 class IngestUsageError(ValueError):
@@ -81,77 +83,79 @@ class IngestConfig:
     progress: bool | None = None
     object_store_mb: int | None = None
     id_keyword: str | None = None
+    shard_fields: ShardFields = field(default_factory=ShardFields)
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
 
 
-def partition_dir(catalog: Path, date: str) -> Path:
-    return catalog / f"{PARTITION_KEY}={date}"
+def partition_dir(catalog: str, date: str) -> str:
+    return storage.join(catalog, f"{PARTITION_KEY}={date}")
 
 
-def committed_files(catalog: Path) -> list[Path]:
-    return sorted(catalog.glob(f"{PARTITION_KEY}=*/*.parquet"))
+def committed_files(catalog: str) -> list[str]:
+    """``ingest_date=*/*.parquet`` under the catalog (hidden temp files excluded), sorted."""
+    root = str(catalog).rstrip("/")
+    found = []
+    for uri in storage.list_uris(root):
+        relative = uri[len(root) + 1:] if storage.is_remote(root) else os.path.relpath(uri, root)
+        parts = relative.split("/")
+        if (len(parts) == 2 and parts[0].startswith(f"{PARTITION_KEY}=") and parts[1].endswith(".parquet")
+                and not parts[1].startswith(".")):
+            found.append(uri)
+    return found
 
 
-def held_objects(catalog: Path, model_id: str) -> dict[str, str]:
-    """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error)."""
+def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
+    filesystem, path = storage.resolve(uri)
+    return pq.read_table(path, columns=columns, filesystem=filesystem)
+
+
+def held_objects(catalog: str, model_id: str) -> dict[str, str]:
+    """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error).
+
+    A row whose reason says the bytes could not be read now does not hold its object (catalogs
+    written before such rows were withheld may have them), so the object is tried again.
+    """
     held: dict[str, str] = {}
     for path in committed_files(catalog):
-        table = pq.read_table(path, columns=["object_id", "source_path", "model_id"])
-        for oid, source, model in zip(*(table.column(c).to_pylist() for c in table.column_names)):
-            if model == model_id:
-                held.setdefault(oid, source)
+        table = _read(path, columns=["object_id", "source_path", "model_id", "error"])
+        keep = pc.and_(pc.equal(table.column("model_id"), model_id),
+                       pc.invert(pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)))
+        table = table.filter(keep)
+        for oid, source in zip(table.column("object_id").to_pylist(), table.column("source_path").to_pylist()):
+            held.setdefault(oid, source)
     return held
 
 
-def remove_stale_temp_files(catalog: Path) -> list[Path]:
+def remove_stale_temp_files(catalog: str) -> list[str]:
     """Temp files of killed runs; only called while holding the lock, so no live run owns them."""
-    stale = sorted(catalog.glob(f"{PARTITION_KEY}=*/.*{TMP_SUFFIX}")) + sorted(catalog.glob(f".*{TMP_SUFFIX}"))
-    for path in stale:
-        path.unlink(missing_ok=True)
+    root = str(catalog).rstrip("/")
+    stale = [u for u in storage.list_uris(root)
+             if os.path.basename(u).startswith(".") and u.endswith(TMP_SUFFIX)]
+    for uri in stale:
+        storage.delete_file(uri)
     return stale
 
 
-class CatalogLock:
-    """``fcntl.flock`` on ``catalog/.ingest.lock``; released by the kernel when the process dies."""
-
-    def __init__(self, catalog: Path) -> None:
-        self.path = catalog / LOCK_NAME
-        self.fd: int | None = None
-
-    def __enter__(self) -> CatalogLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self.fd)
-            self.fd = None
-            raise Locked(f"another ingest holds {self.path}") from None
-        os.ftruncate(self.fd, 0)
-        os.write(self.fd, f"{os.getpid()}\n".encode())
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 class ChunkWriter:
-    """Buffers rows and commits them as whole files: temp name, fsync, rename, fsync the folder."""
+    """Buffers rows and commits them as whole files (:func:`~galaxy_infer.storage.write_object_atomic`).
 
-    def __init__(self, folder: Path, metadata: dict[str, str], run_id: str, chunk_rows: int) -> None:
+    Rows whose object could not be read now are not written: the next run tries those objects again.
+    """
+
+    def __init__(self, folder: str, metadata: dict[str, str], run_id: str, chunk_rows: int,
+                 lock: storage.OutputLock | None = None) -> None:
         self.folder = folder
         self.schema = arrow_schema(metadata)
         self.run_id = run_id
         self.chunk_rows = max(1, chunk_rows)
+        self.lock = lock
         self.buffer: list[pa.Table] = []
         self.buffered = 0
-        self.files: list[Path] = []
+        self.files: list[str] = []
         self.rows_committed = 0
+        self.deferred = 0
         self.seen: set[str] = set()
         self.duplicates_dropped = 0
 
@@ -162,27 +166,22 @@ class ChunkWriter:
             self.duplicates_dropped += len(ids) - len(keep)
             table = table.take(keep)
         self.seen.update(table.column("object_id").to_pylist())
+        transient = pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)
+        self.deferred += pc.sum(transient).as_py() or 0
+        table = table.filter(pc.invert(transient))
         self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
         self.buffered += table.num_rows
         if self.buffered >= self.chunk_rows:
             self.flush()
 
-    def flush(self) -> Path | None:
+    def flush(self) -> str | None:
         if not self.buffered:
             return None
         table = pa.concat_tables(self.buffer)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"part-{self.run_id}-{len(self.files):05d}.parquet"
-        tmp = self.folder / f".{name}{TMP_SUFFIX[len('.parquet'):]}"
-        pq.write_table(table, tmp, compression="zstd")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        final = self.folder / name
-        os.rename(tmp, final)
-        fsync_dir(self.folder)
+        final = storage.join(self.folder, f"part-{self.run_id}-{len(self.files):05d}.parquet")
+        if self.lock is not None:
+            self.lock.check()
+        storage.write_object_atomic(final, lambda stream: pq.write_table(table, stream, compression="zstd"))
         self.files.append(final)
         self.rows_committed += table.num_rows
         self.buffer, self.buffered = [], 0
@@ -200,8 +199,8 @@ def pending_records(config: IngestConfig, held: Mapping[str, str]) -> tuple[pa.T
     is not UTF-8) are error rows before any decoding.
     """
     now = time.time()
-    records, _ = drop_repeats(find_inputs([config.inbox]))
-    records.sort(key=lambda r: r["source_path"])
+    records, _ = drop_repeats(find_inputs([config.inbox], config.shard_fields))
+    records.sort(key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
     held_paths = {normalised_path(p) for p in held.values()}
     new = [r for r in records if normalised_path(r["source_path"]) not in held_paths]
     if config.id_keyword:
@@ -211,22 +210,17 @@ def pending_records(config: IngestConfig, held: Mapping[str, str]) -> tuple[pa.T
     counts: dict[str, Any] = {"inbox": len(records), "already_held": len(records) - len(new), "unsettled": 0,
                               "id_collisions": len(collisions),
                               "id_collision_examples": [collisions[i] for i in sorted(collisions)[:EXAMPLES]]}
+    mtimes = {} if config.settle_seconds <= 0 else storage.mtimes(config.inbox)
     pending = []
     for i, r in enumerate(new):
         if i in collisions:
             continue
-        if config.settle_seconds > 0 and _age(r["source_path"], now) < config.settle_seconds:
+        if (config.settle_seconds > 0
+                and now - mtimes.get(r.get("shard") or r["source_path"], 0.0) < config.settle_seconds):
             counts["unsettled"] += 1
         else:
             pending.append(r)
-    return pa.Table.from_pylist(pending, schema=RECORDS_SCHEMA), counts
-
-
-def _age(path: str, now: float) -> float:
-    try:
-        return now - os.stat(path).st_mtime
-    except OSError:
-        return float("inf")  # vanished: let the reader record "file not found"
+    return records_table(pending), counts
 
 
 def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -241,52 +235,52 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         datetime.strptime(config.date, "%Y-%m-%d")
     except ValueError as exc:
         raise IngestUsageError(f"--date {config.date}: {exc}") from None
-    if not Path(config.inbox).is_dir():
+    storage.check_reachable(config.inbox)
+    storage.check_reachable(config.catalog)
+    if not storage.is_dir(config.inbox):
         raise IngestUsageError(f"inbox {config.inbox} is not a folder")
-    catalog = Path(config.catalog)
+    catalog = config.catalog if storage.is_remote(config.catalog) else os.path.abspath(config.catalog)
     started = time.perf_counter()
-    with CatalogLock(catalog):
+    with storage.OutputLock(storage.join(catalog, LOCK_NAME), holder="ingest") as lock:
         stale = remove_stale_temp_files(catalog)
         info = load_model_info(config.model)
         held = held_objects(catalog, info.model_id)
         table, counts = pending_records(config, held)
         summary: dict[str, Any] = {
             "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
-            "catalog": str(catalog.resolve()), "stale_temp_files_removed": len(stale),
+            "catalog": catalog, "stale_temp_files_removed": len(stale),
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
             return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
-                    "files": [], "duplicates_dropped": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
-        device = resolve_device(config.device)
+                    "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
+                    "wall_seconds": round(time.perf_counter() - started, 3)}
+        device = check_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
         run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
                         batch_size=config.batch_size, num_cpus=config.num_cpus, num_workers=config.num_workers,
                         num_gpus_per_worker=config.num_gpus_per_worker, task_rows=config.task_rows,
                         address=config.address, run_id=config.run_id, progress=config.progress)
         writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
-                             config.run_id, config.chunk_rows)
+                             config.run_id, config.chunk_rows, lock)
         stats = RunStats()
-        todo, rejected = split_rejected(table)
-        first = [error_rows(rejected, rejected.column("error").to_pylist(), info.model_id, config.run_id)]
-        batches = stream_tables(todo, info, device, run, progress_printer(todo.num_rows, config.progress))
-        for batch in itertools.chain(first if rejected.num_rows else [], batches):
-            stats.add(batch)
-            writer.add(batch)
-            if on_batch is not None:
-                on_batch(stats.rows)
+        with Progress(table.num_rows, config.progress, what="ingested") as progress:
+            for batch in progress.track(stream_tables(table, info, device, run)):
+                stats.add(batch)
+                writer.add(batch)
+                if on_batch is not None:
+                    on_batch(stats.rows)
         writer.flush()
         written = writer.rows_committed
-        if written != table.num_rows:
+        if written + writer.deferred != table.num_rows:
             raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
                                "committed chunks stay, a rerun classifies the rest")
-        summary.update(stats.summary(), rows=written, device=device,
-                       files=[str(f.relative_to(catalog)) for f in writer.files],
-                       duplicates_dropped=writer.duplicates_dropped,
+        summary.update(stats.summary(), rows=written, device=stats.workers.devices(),
+                       files=[f[len(catalog) + 1:] for f in writer.files],
+                       duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
                        wall_seconds=round(time.perf_counter() - started, 3))
-        runs = catalog / RUNS_DIR
-        runs.mkdir(exist_ok=True)
-        (runs / f"{config.date}-{config.run_id}.json").write_text(json.dumps(summary, indent=2) + "\n")
+        storage.write_bytes(storage.join(catalog, RUNS_DIR, f"{config.date}-{config.run_id}.json"),
+                            (json.dumps(summary, indent=2) + "\n").encode())
         return summary
 
 
@@ -295,7 +289,8 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
         f"catalog: {s['catalog']}  partition: {PARTITION_KEY}={s['date']}",
         f"inbox: {s['inbox']}  already held: {s['already_held']}  pending: {s['pending']}  "
         f"unsettled (next run): {s['unsettled']}  id collisions (not classified): {s['id_collisions']}",
-        f"rows written: {s['rows']}  ok: {s['ok']}  errors: {s['errors']}  files: {len(s['files'])}",
+        f"rows written: {s['rows']}  ok: {s['ok']}  errors: {s['errors']}  files: {len(s['files'])}"
+        + (f"  unreadable now, retried next run: {s['retry_next_run']}" if s.get("retry_next_run") else ""),
         f"model: {s['model_id']}  run: {s['run_id']}  time: {s['wall_seconds']:.1f} s"
         + (f"  stale temp files removed: {s['stale_temp_files_removed']}" if s["stale_temp_files_removed"] else ""),
     ]
@@ -306,9 +301,9 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
 def read_ingest_catalog(catalog: str | os.PathLike) -> pa.Table:
     """Every committed row of an ingest catalog, with ``ingest_date`` as a column."""
     tables = []
-    for path in committed_files(Path(catalog)):
-        t = pq.read_table(path).replace_schema_metadata(None)
-        date = path.parent.name.split("=", 1)[1]
+    for path in committed_files(str(catalog)):
+        t = _read(path).replace_schema_metadata(None)
+        date = path.rsplit("/", 2)[-2].split("=", 1)[1]
         tables.append(t.append_column(PARTITION_KEY, pa.array([date] * t.num_rows, pa.string())))
     if not tables:
         return arrow_schema().append(pa.field(PARTITION_KEY, pa.string())).empty_table()

@@ -1,9 +1,12 @@
 """ONNX models that describe themselves, and the onnxruntime session that runs them.
 
 A model file carries one JSON document under the metadata key ``galaxy_infer``: its name and
-version, the decision-tree schema version and output columns, the preprocessing recipe, the odd
-feature flag thresholds and whatever training recorded (metrics, data, versions). A model whose
-metadata or tensor shapes do not fit is refused with :class:`ModelError` before any work starts.
+version, the catalog schema version, its decision tree (a built-in tree's name, or the tree
+itself), its output columns and kind (logits or Dirichlet concentrations), the preprocessing
+recipe, its flags with their thresholds, what it prefers at run time (batch and task size) and
+whatever training recorded (metrics, data, versions). Models exported before trees were data
+have no tree and are GZ2. A model whose metadata or tensor shapes do not fit is refused with
+:class:`ModelError` before any work starts.
 """
 from __future__ import annotations
 
@@ -19,7 +22,9 @@ import numpy as np
 
 from galaxy_infer.errors import ModelError
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.schema import GZ2, ODD_FEATURES, Schema
+from galaxy_infer.postprocess import OUTPUT_KINDS
+from galaxy_infer.schema import GZ2, Flag, Schema
+from galaxy_infer.trees import resolve_tree, tree_reference
 
 METADATA_KEY = "galaxy_infer"
 INPUT_NAME = "image"
@@ -53,6 +58,12 @@ class ModelInfo:
     recipe: Recipe
     thresholds: dict[str, float]
     extra: dict[str, Any] = field(default_factory=dict)
+    tree: Schema = GZ2
+    flags: tuple[Flag, ...] = ()
+    output_kind: str = "logits"
+    runtime: dict[str, int] = field(default_factory=dict)
+    """What the model prefers at run time: ``batch_size`` (images per onnxruntime call) and
+    ``task_rows`` (cutouts per Ray task); options given by the user win."""
 
     @property
     def model_id(self) -> str:
@@ -81,31 +92,62 @@ class ModelInfo:
             "recipe": json.loads(self.recipe.to_json()),
             "thresholds": self.thresholds,
             "sha256": self.sha256,
+            "output_kind": self.output_kind,
+            "tree": describe_tree(self.tree),
+            "flags": [f.to_dict() for f in self.flags],
+            "runtime": self.runtime,
             **self.extra,
         }
 
 
+def describe_tree(tree: Schema) -> dict[str, Any]:
+    """A tree as ``info`` shows it: each question with its answers, the answer leading to it and its public name."""
+    questions = []
+    for q in tree.questions:
+        d: dict[str, Any] = {"question": q.name, "answers": list(q.answer_names)}
+        if q.asked_after:
+            d["asked_after"] = "=".join(q.asked_after)
+        if q.asked_unless:
+            d["asked_unless"] = "=".join(q.asked_unless)
+        if q.original:
+            d["original"] = q.original
+        questions.append(d)
+    return {"name": tree.name, "description": tree.description, "questions": len(tree.questions),
+            "answers": tree.n_answers, "layout": questions}
+
+
 def metadata_document(name: str, version: str, recipe: Recipe, thresholds: dict[str, float],
-                      schema: Schema = GZ2, **extra: Any) -> str:
-    """The JSON stored under :data:`METADATA_KEY`; training calls this when exporting."""
-    missing = set(ODD_FEATURES) - set(thresholds)
-    if missing:
-        raise ValueError(f"thresholds missing for {sorted(missing)}")
+                      schema: Schema = GZ2, flags: tuple[Flag, ...] | None = None, output_kind: str = "logits",
+                      runtime: dict[str, int] | None = None, **extra: Any) -> str:
+    """The JSON stored under :data:`METADATA_KEY`; training and ``import-zoobot`` call this when exporting.
+
+    ``flags`` default to the tree's own, with ``thresholds`` (by flag name; every one required).
+    """
+    if flags is None:
+        missing = {f.name for f in schema.flags} - set(thresholds)
+        if missing:
+            raise ValueError(f"thresholds missing for {sorted(missing)}")
+        flags = schema.flags_with(thresholds)
+    if output_kind not in OUTPUT_KINDS:
+        raise ValueError(f"output_kind must be one of {OUTPUT_KINDS}")
     doc = {
         "name": name,
         "version": version,
         "schema_version": schema.version,
+        "tree": tree_reference(schema),
         "outputs": list(schema.answer_columns),
-        "output_kind": "logits",
+        "output_kind": output_kind,
         "recipe": json.loads(recipe.to_json()),
-        "thresholds": {k: float(thresholds[k]) for k in ODD_FEATURES},
+        "thresholds": {f.name: float(f.threshold) for f in flags},
+        "flags": [f.to_dict() for f in flags],
+        **({"runtime": runtime} if runtime else {}),
         **extra,
     }
     return json.dumps(doc, sort_keys=True)
 
 
-def parse_metadata(path: str, custom: dict[str, str], schema: Schema = GZ2) -> ModelInfo:
-    """Check a model's metadata against this program's schema and build its :class:`ModelInfo`."""
+def parse_metadata(path: str, custom: dict[str, str]) -> ModelInfo:
+    """Check a model's metadata (its tree, outputs, flags) and build its :class:`ModelInfo`."""
     if METADATA_KEY not in custom:
         raise ModelError(f"{path} has no '{METADATA_KEY}' metadata; it was not exported by galaxy-infer training")
     try:
@@ -115,20 +157,31 @@ def parse_metadata(path: str, custom: dict[str, str], schema: Schema = GZ2) -> M
         thresholds = {k: float(v) for k, v in doc["thresholds"].items()}
         outputs = doc["outputs"]
         kind = doc.get("output_kind", "logits")
+        tree = resolve_tree(doc.get("tree"))
+        flags = (tuple(Flag.from_dict(f) for f in doc["flags"]) if "flags" in doc
+                 else tree.flags_with(thresholds))
+        runtime = {k: int(v) for k, v in doc.get("runtime", {}).items()}
+        if "flags" in doc:
+            thresholds = {f.name: f.threshold for f in flags}
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelError(f"{path}: malformed '{METADATA_KEY}' metadata ({exc})") from None
-    if schema_version != schema.version:
-        raise ModelError(f"{path} was built for catalog schema {schema_version}; this program writes {schema.version}")
-    if list(outputs) != list(schema.answer_columns):
-        raise ModelError(f"{path} predicts different answers than the Galaxy Zoo 2 tree of schema {schema.version}")
-    if kind != "logits":
-        raise ModelError(f"{path} outputs '{kind}'; only 'logits' are supported")
-    missing = set(ODD_FEATURES) - set(thresholds)
+    if schema_version != tree.version:
+        raise ModelError(f"{path} was built for catalog schema {schema_version}; this program writes {tree.version}")
+    if list(outputs) != list(tree.answer_columns):
+        raise ModelError(f"{path} predicts different answers than its tree {tree.name} of schema {tree.version}")
+    if kind not in OUTPUT_KINDS:
+        raise ModelError(f"{path} outputs '{kind}'; supported: {', '.join(OUTPUT_KINDS)}")
+    missing = {f.name for f in flags} - set(thresholds) if "flags" not in doc else set()
     if missing:
         raise ModelError(f"{path} has no flag thresholds for {sorted(missing)}")
-    known = {"name", "version", "schema_version", "outputs", "output_kind", "recipe", "thresholds"}
+    for f in flags:
+        for question, answer in f.answers:
+            if question not in {q.name for q in tree.questions} or answer not in tree.question(question).answer_names:
+                raise ModelError(f"{path}: flag {f.name} names {question}={answer}, which is not in its tree {tree.name}")
+    known = {"name", "version", "schema_version", "outputs", "output_kind", "recipe", "thresholds", "tree",
+             "flags", "runtime"}
     return ModelInfo(str(path), name, version, schema_version, recipe, thresholds,
-                     {k: v for k, v in doc.items() if k not in known})
+                     {k: v for k, v in doc.items() if k not in known}, tree, flags, kind, runtime)
 
 
 def load_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -157,17 +210,22 @@ def _check_shapes(session, info: ModelInfo) -> None:
     if len(shape) != 4 or [d for d in shape[1:] if isinstance(d, int)] != info.input_shape:
         raise ModelError(f"{info.path}: input shape {shape} does not match the recipe's [N, {', '.join(map(str, info.input_shape))}]")
     out = list(outputs[0].shape)
-    if len(out) != 2 or out[1] != len(GZ2.answer_columns):
-        raise ModelError(f"{info.path}: output shape {out} is not [N, {len(GZ2.answer_columns)}]")
+    if len(out) != 2 or out[1] != info.tree.n_answers:
+        raise ModelError(f"{info.path}: output shape {out} is not [N, {info.tree.n_answers}]")
+
+
+def check_device(device: str) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
+    return device
 
 
 def resolve_device(device: str) -> str:
-    """``auto`` becomes ``cuda`` when onnxruntime offers CUDA and a GPU is visible, else ``cpu``."""
+    """``auto`` becomes ``cuda`` when this process's onnxruntime offers CUDA and a GPU is visible to
+    it (Ray hides GPUs from tasks that reserved none), else ``cpu``."""
     import onnxruntime as ort
 
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, not {device!r}")
-    if device != "auto":
+    if check_device(device) != "auto":
         return device
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     return "cuda" if has_cuda and _gpu_visible() else "cpu"
@@ -180,7 +238,12 @@ def _gpu_visible() -> bool:
 
 
 class Predictor:
-    """An onnxruntime session that predicts logits in fixed-size batches."""
+    """An onnxruntime session that predicts logits in fixed-size batches.
+
+    ``device`` is decided here, where prediction runs: ``cuda`` fails unless onnxruntime really
+    runs on CUDA; ``auto`` tries CUDA where it looks usable and keeps the CPU otherwise.
+    :attr:`device` is what the session really runs on.
+    """
 
     def __init__(self, path: str | os.PathLike, device: str = "cpu", batch_size: int = 256,
                  num_threads: int | None = None, model_bytes: bytes | None = None) -> None:
@@ -188,17 +251,17 @@ class Predictor:
         driver ships it to workers that cannot see the driver's files)."""
         import onnxruntime as ort
 
-        self.device = resolve_device(device)
+        wanted = resolve_device(device)
         self.batch_size = batch_size
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = num_threads or 0
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        if self.device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        if wanted == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ModelError("CUDA was asked for but this onnxruntime has no CUDA provider: install "
                              "galaxy-infer[gpu] (onnxruntime-gpu) in an environment without onnxruntime")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if self.device == "cuda"
+        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if wanted == "cuda"
                      else ["CPUExecutionProvider"])
         if model_bytes is None and not os.path.isfile(path):
             raise ModelError(f"model file not found: {path}")
@@ -207,18 +270,19 @@ class Predictor:
         self.info = parse_metadata(str(path), self.session.get_modelmeta().custom_metadata_map)
         _check_shapes(self.session, self.info)
         active = self.session.get_providers()
-        if self.device == "cuda" and active[0] != "CUDAExecutionProvider":
+        if device == "cuda" and active[0] != "CUDAExecutionProvider":
             raise ModelError(
                 f"CUDA was asked for but onnxruntime runs on {active[0]}: install galaxy-infer[gpu] "
                 "(onnxruntime-gpu, without onnxruntime) and check that CUDA and cuDNN libraries load")
         self.providers = active
+        self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` logits; the last batch is zero-padded."""
+        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` outputs; the last batch is zero-padded."""
         n = images.shape[0]
-        out = np.empty((n, len(GZ2.answer_columns)), dtype=np.float32)
+        out = np.empty((n, self.info.tree.n_answers), dtype=np.float32)
         b = self.batch_size
         for start in range(0, n, b):
             chunk = images[start:start + b]

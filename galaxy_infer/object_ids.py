@@ -14,19 +14,32 @@ The rule, first match wins:
 5. where that too is shared (two input folders holding the same relative path), the path as
    given (``night1/J1.jpg``, ``night2/J1.jpg``).
 
-Ids that still coincide (a manifest or header giving one id to two files) are *collisions*: each
-such input gets a reason naming the other path, so it becomes an ``error`` row (``classify``) or
-is reported and left for a later run (ingest), never silently a second row with that id. The same file listed twice with the same id is one input.
+Cutouts inside a shard (see :mod:`galaxy_infer.shards`) follow the same rule, the shard standing
+for the file: an id the shard holds (its id column, a WebDataset JSON id) counts as given, like a
+manifest's (rule 1); otherwise the shard's own fallback (``<shard file name>#<row>``, the tar key,
+the HDU's EXTNAME) plays the file name's part (rule 3), and when another input shares it the id is
+``<shard path below the input root>#<row>`` (rule 4), else ``<shard path as given>#<row>`` (rule 5).
+Listing in an object store gives paths below the prefix as for a folder (``s3://b/in/a/x.jpg``
+under ``s3://b/in`` is ``a/x.jpg``).
 
-Functions here take plain records (``source_path``, ``object_id``: explicit id or None,
-``relative_path``), so they do not care where the records came from.
+Ids that still coincide (a manifest, header or shard giving one id to two cutouts) are
+*collisions*: each such input gets a reason naming the other path, so it becomes an ``error`` row
+(``classify``) or is reported and left for a later run (ingest), never silently a second row with
+that id. The same file listed twice with the same id is one input.
+
+Functions here take plain records (``source_path``, ``object_id``: given id or None,
+``relative_path``, and ``stem`` where the file-name part of rule 3 is not the path's), so they do
+not care where the records came from.
 """
 from __future__ import annotations
 
 import collections
+import io
 import os
 import warnings
 from collections.abc import Collection, Mapping
+
+from galaxy_infer import storage
 
 COLLISION = "object id collision"
 EXAMPLES = 3
@@ -58,10 +71,12 @@ def header_object_ids(records: list[dict], keyword: str) -> None:
     for r in records:
         if r["object_id"] is not None or r.get("error") or not r["source_path"].lower().endswith(FITS_SUFFIXES):
             continue
+        path = r["source_path"]
         try:
+            source = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else path
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                with fits.open(r["source_path"], memmap=False, lazy_load_hdus=True) as hdul:
+                with fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
                     value = None
                     for hdu in hdul:
                         if keyword in hdu.header:
@@ -81,7 +96,7 @@ def assign_object_ids(records: list[dict], taken: Collection[str] = ()) -> None:
 
     explicit = {r["object_id"] for r in records if r["object_id"] is not None}
     derived = [r for r in records if r["object_id"] is None]
-    candidates = [stem(r["source_path"]) for r in derived]
+    candidates = [r.get("stem") or stem(r["source_path"]) for r in derived]
     for fallback in ("relative_path", "source_path"):
         counts = collections.Counter(candidates)
         candidates = [c if counts[c] == 1 and c not in explicit and c not in taken else r[fallback]

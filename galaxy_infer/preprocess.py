@@ -22,7 +22,8 @@ class Recipe:
     ``crop_fraction`` keeps the central part of the cutout (survey cutouts are framed wide);
     raster images are scaled to [0, 1]; FITS bands are clipped at percentiles and
     asinh-stretched, ``asinh_softening`` being the linear-to-log transition as a fraction of the
-    clipped range.
+    clipped range. ``greyscale`` turns three bands into one luminance channel (ITU-R 601-2 weights,
+    as PIL's ``convert("L")`` and torchvision's ``Grayscale``) for one-channel models.
     """
 
     input_size: int = 64
@@ -32,9 +33,12 @@ class Recipe:
     clip_percentiles: tuple[float, float] = (0.5, 99.5)
     asinh_softening: float = 0.1
     version: str = "1"
+    greyscale: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        """Fields added after version 1 are written only when set, so older recipes keep their JSON."""
+        data = {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_dict(cls, data: dict) -> Recipe:
@@ -56,6 +60,11 @@ class Recipe:
         need = self.input_size / self.crop_fraction * 0.95
         scale = max(need / width, need / height)
         return max(1, int(np.ceil(width * scale))), max(1, int(np.ceil(height * scale)))
+
+
+_LATER_FIELDS = {"greyscale": False}
+
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
 def _crop_box(width: int, height: int, fraction: float) -> tuple[float, float, float, float]:
@@ -111,6 +120,8 @@ def preprocess_bands(bands: np.ndarray, recipe: Recipe) -> np.ndarray:
 
 def _to_channels(planes: np.ndarray, recipe: Recipe) -> np.ndarray:
     n = planes.shape[0]
+    if recipe.greyscale and n == 3 and recipe.channels == 1:
+        return np.ascontiguousarray(np.tensordot(LUMA, planes, axes=1)[None], dtype=np.float32)
     if n == recipe.channels:
         return np.ascontiguousarray(planes, dtype=np.float32)
     if n == 1:

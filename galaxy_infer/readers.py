@@ -5,7 +5,8 @@ on; the pipeline turns those into ``error`` rows.
 """
 from __future__ import annotations
 
-import glob
+import gzip
+import io
 import itertools
 import math
 import os
@@ -15,14 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
+from galaxy_infer import shards, storage
 from galaxy_infer.errors import InputError
 from galaxy_infer.object_ids import assign_object_ids, drop_repeats, header_object_ids, id_collisions
 from galaxy_infer.preprocess import Recipe
 
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
+GZIP_MAGIC = b"\x1f\x8b"
 MAX_PIXELS = 100_000_000
 """Images with more pixels are refused before decoding (decompression-bomb guard)."""
 
@@ -56,26 +60,23 @@ def is_cutout(path: str) -> bool:
 
 
 def read_cutout(path: str, recipe: Recipe) -> Decoded:
-    """Decode one cutout, at reduced scale where the format allows it."""
-    if not os.path.lexists(path):
-        raise InputError("file not found")
-    if not os.path.exists(path):
-        raise InputError("broken symbolic link")
-    if os.path.isdir(path):
-        raise InputError("is a directory, not an image")
-    if os.path.getsize(path) == 0:
-        raise InputError("empty file (0 bytes)")
+    """Fetch one cutout (local path or URI) and decode it, at reduced scale where the format allows it."""
+    return decode_cutout(storage.read_bytes(path), path, recipe)
+
+
+def decode_cutout(data: bytes, path: str, recipe: Recipe) -> Decoded:
+    """Decode a cutout's bytes, in memory; ``path`` names the format (by suffix) and the file in reasons."""
     if _suffix(path) in FITS_SUFFIXES:
-        return read_fits(path)
-    return Decoded(read_raster(path, recipe))
+        return read_fits(data)
+    return Decoded(read_raster(data, path, recipe))
 
 
-def read_raster(path: str, recipe: Recipe) -> np.ndarray:
-    """JPEG/PNG -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
+def read_raster(data: bytes, path: str, recipe: Recipe) -> np.ndarray:
+    """JPEG/PNG bytes -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(path)
+            im = Image.open(io.BytesIO(data))
         with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
@@ -99,8 +100,8 @@ def read_raster(path: str, recipe: Recipe) -> np.ndarray:
         raise InputError(f"corrupt {_kind(path)}: {exc}") from None
 
 
-def _kind(path: str) -> str:
-    return "PNG" if _suffix(path) == ".png" else "JPEG"
+def _kind(path) -> str:
+    return "PNG" if _suffix(str(getattr(path, "name", path))) == ".png" else "JPEG"
 
 
 def _raster_array(im: Image.Image) -> np.ndarray:
@@ -116,8 +117,8 @@ def _raster_array(im: Image.Image) -> np.ndarray:
     raise InputError(f"unsupported image mode {im.mode}")
 
 
-def read_fits(path: str) -> Decoded:
-    """FITS (also ``.gz`` and tile-compressed ``.fz``) -> ``(bands, H, W)`` float32.
+def read_fits(data: bytes) -> Decoded:
+    """FITS bytes (also gzipped and tile-compressed ``.fz``) -> ``(bands, H, W)`` float32.
 
     Takes the primary HDU, or the first extension holding an image; astropy applies
     BSCALE/BZERO. Non-finite pixels are left for preprocessing to handle.
@@ -127,20 +128,32 @@ def read_fits(path: str) -> Decoded:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            source = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == GZIP_MAGIC else io.BytesIO(data)
+            with fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
                 hdu = next((h for h in hdul if h.is_image and _fits_shape(h.header)), None)
                 if hdu is None:
                     raise InputError("FITS has no image data")
-                shape = _fits_shape(hdu.header)
-                if math.prod(shape) > MAX_PIXELS:
-                    raise InputError(f"FITS image over the {MAX_PIXELS // 1_000_000} megapixel limit: "
-                                     f"its header gives {'x'.join(map(str, shape))} pixels")
-                data = np.asarray(hdu.data, dtype=np.float32)
-                header = hdu.header
+                return decode_fits_hdu(hdu)
     except InputError:
         raise
-    except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error) as exc:
+    except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error, gzip.BadGzipFile) as exc:
         raise InputError(f"corrupt or truncated FITS: {exc}") from None
+
+
+def decode_fits_hdu(hdu) -> Decoded:
+    """One image HDU -> ``(bands, H, W)`` float32 with the WCS centre position.
+
+    The pixel count its header claims is checked before the data is read (as rasters are), so a
+    header claiming gigapixels costs nothing.
+    """
+    shape = _fits_shape(hdu.header)
+    if math.prod(shape) > MAX_PIXELS:
+        raise InputError(f"FITS image over the {MAX_PIXELS // 1_000_000} megapixel limit: "
+                         f"its header gives {'x'.join(map(str, shape))} pixels")
+    data, header = hdu.data, hdu.header
+    if data is None or not data.size:
+        raise InputError("FITS HDU has no image data")
+    data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
     elif data.ndim != 3:
@@ -178,103 +191,160 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 
-def discover(inputs: list[str], id_keyword: str | None = None) -> list[dict]:
-    """Expand directories (recursively), globs and manifests into input records with unique object ids.
+RECORD_SCHEMA = pa.schema([
+    ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
+    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
+"""One input cutout. ``shard*`` locate a cutout inside a shard (see :mod:`galaxy_infer.shards`);
+``error`` is set when discovery already knows the cutout becomes an error row (an unopenable
+shard, an object id collision, a file name that is not UTF-8)."""
 
-    A record has ``source_path``, ``object_id``, ``ra``, ``dec``, and ``error`` where a reason is
-    known before decoding (an id collision, a file name that is not UTF-8). Ids follow
-    :mod:`galaxy_infer.object_ids`. Files named by a manifest are kept even when missing, so they
-    become ``file not found`` rows; an input argument that does not exist raises FileNotFoundError.
+
+def discover(inputs: list[str], fields: shards.ShardFields | None = None, id_keyword: str | None = None) -> list[dict]:
+    """Expand folders/prefixes (recursively), globs, manifests and shards, local or in an object store,
+    into records with unique object ids.
+
+    A record has ``source_path`` (a local path or a URI), ``object_id`` (see
+    :mod:`galaxy_infer.object_ids`), ``ra`` and ``dec``, plus the shard columns of
+    :data:`RECORD_SCHEMA` for cutouts inside shards and ``error`` where a reason is already
+    known. Files named by a manifest are kept even when missing, so they become ``file not
+    found`` rows; an input argument that does not exist raises FileNotFoundError. Hidden files
+    (leading ``.``) are skipped when listing. ``fields`` names the image/id/ra/dec fields of
+    shards whose layout is ambiguous.
     """
-    records, _ = drop_repeats(find_inputs(inputs))
+    records, _ = drop_repeats(find_inputs(inputs, fields))
     if id_keyword:
         header_object_ids(records, id_keyword)
     assign_object_ids(records)
     for i, reason in id_collisions(records).items():
         records[i]["error"] = records[i]["error"] or reason
-    return [{k: r[k] for k in RECORD_KEYS if k != "error" or r["error"]} for r in records]
+    return [{k: r.get(k) for k in RECORD_SCHEMA.names if k in RECORD_KEYS or r.get(k) is not None} for r in records]
 
 
-RECORD_KEYS = ("source_path", "object_id", "ra", "dec", "error")
+RECORD_KEYS = ("object_id", "source_path", "ra", "dec")
+"""Keys every record has; the shard columns and ``error`` are there only when set."""
 
 
-def find_inputs(inputs: list[str]) -> list[dict]:
-    """Records for every cutout the inputs name, with ``object_id`` only where a manifest gives one.
+def find_inputs(inputs: list[str], fields: shards.ShardFields | None = None) -> list[dict]:
+    """Records for every cutout the inputs name, with ``object_id`` only where a manifest or a shard gives one.
 
-    Each record also carries ``relative_path``, its path below its input root (see
+    Each record also carries ``relative_path``, its path below its input root, and shard rows
+    without an id of their own their fallback id as ``stem`` (see
     :func:`galaxy_infer.object_ids.assign_object_ids`).
     """
     records: list[dict] = []
     for item in inputs:
-        if _is_manifest(item):
-            records.extend(read_manifest(item))
-        elif os.path.isdir(item):
-            for root, dirs, files in os.walk(item, followlinks=False):
-                dirs.sort()
-                below = os.path.relpath(root, item).replace(os.sep, "/")
-                for name in sorted(files):
-                    if is_cutout(name) and not name.startswith("."):
-                        rel = name if below == "." else f"{below}/{name}"
-                        records.append(_record(os.path.join(root, name), item, relative_path=rel))
-        elif glob.has_magic(item):
-            found = [p for p in sorted(glob.glob(item, recursive=True)) if is_cutout(p)]
+        storage.check_reachable(item)
+        if _is_manifest(item) and not shards.is_parquet_shard(item):
+            records.extend(read_manifest(item, fields))
+        elif storage.is_dir(item):
+            for p in storage.list_uris(item):
+                if (is_cutout(p) or shards.is_shard_name(p)) and not os.path.basename(p).startswith("."):
+                    records.extend(_expand(p, item, fields, in_folder=True))
+        elif storage.has_magic(item):
+            found = [p for p in storage.glob(item) if is_cutout(p) or shards.is_shard_name(p)]
             if not found:
                 raise FileNotFoundError(f"no cutout matches {item}")
-            records.extend(_record(p, _glob_root(item)) for p in found)
-        elif not os.path.exists(item):
-            raise FileNotFoundError(f"input {item} does not exist" if not os.path.lexists(item)
-                                    else f"input {item} is a broken symbolic link")
+            root = _glob_root(item)
+            for p in found:
+                records.extend(_expand(p, root, fields, in_folder=True))
+        elif not storage.exists(item):
+            raise FileNotFoundError(f"input {item} is a broken symbolic link"
+                                    if not storage.is_remote(item) and os.path.lexists(item)
+                                    else f"input {item} does not exist")
         else:
-            records.append(_record(item, os.path.dirname(item)))
+            records.extend(_expand(item, storage.parent_and_name(item)[0], fields))
     return records
 
 
+def _expand(path: str, root: str, fields: shards.ShardFields | None, in_folder: bool = False) -> list[dict]:
+    """A shard's cutouts, or the file itself. In folders, Parquet files without an image column
+    (catalogs, manifests) are not inputs."""
+    record = _record(path, root)
+    if record["error"]:
+        return [record]
+    if in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
+        return []
+    found = shards.shard_records(path, fields)
+    return [_shard_row(r, record["relative_path"]) for r in found] if found else [record]
+
+
+def _shard_row(record: dict, shard_relative_path: str) -> dict:
+    """A shard's record made ready for the id rule.
+
+    Ids the shard holds (its id column, a WebDataset JSON id) are given ids, like a manifest's. Its
+    fallback ids (``<shard name>#<row>``, the tar key, the HDU's EXTNAME) are like file stems:
+    kept when unique in the run, else replaced by ``<shard path below the input root>#<row>``.
+    """
+    given = record.pop("id_given", False)
+    label = record["source_path"][len(record["shard"]):]
+    return {**record, "object_id": record["object_id"] if given else None,
+            "stem": None if given else record["object_id"], "relative_path": shard_relative_path + label}
+
+
+def records_table(records: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
+
+
 def _glob_root(pattern: str) -> str:
-    parts = pattern.split(os.sep)
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), parts))
-    return os.sep.join(fixed) or ("/" if pattern.startswith(os.sep) else ".")
+    """The folder a glob's fixed leading part names (its matches' ids are relative to it)."""
+    sep = "/" if storage.is_remote(pattern) else os.sep
+    fixed = list(itertools.takewhile(lambda part: not storage.has_magic(part), pattern.split(sep)))
+    return sep.join(fixed) or (sep if pattern.startswith(sep) else ".")
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` below ``root``, ``/``-separated; the path as given when it is not below ``root``."""
+    remote = storage.is_remote(path)
+    sep = "/" if remote else os.sep
+    prefix = root.rstrip(sep) + sep if root else ""
+    if prefix and path.startswith(prefix):
+        return path[len(prefix):].replace(os.sep, "/")
+    if remote:
+        return path
+    rel = os.path.relpath(path, root or ".")
+    return path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
 
 
 def _is_manifest(item: str) -> bool:
-    return item.lower().endswith((".csv", ".parquet")) and os.path.isfile(item)
+    return item.lower().endswith((".csv", ".parquet")) and storage.is_file(item)
 
 
 def _record(path: str, root: str, object_id: str | None = None, ra: float | None = None,
-            dec: float | None = None, relative_path: str | None = None) -> dict:
+            dec: float | None = None) -> dict:
     error = None
     try:
         path.encode("utf-8")
     except UnicodeEncodeError:  # undecodable bytes of a file name, kept by Python as surrogates
         path = os.fsencode(path).decode("utf-8", "backslashreplace")
         error = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
-        relative_path = None
-    rel = relative_path or (os.path.relpath(path, root or ".") if "://" not in path else path)
-    rel = path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
     return {"source_path": path, "object_id": object_id or None, "ra": ra, "dec": dec, "error": error,
-            "relative_path": rel}
+            "relative_path": _relative(path, root)}
 
 
-def read_manifest(path: str) -> list[dict]:
-    """CSV or Parquet with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
+def read_manifest(path: str, fields: shards.ShardFields | None = None) -> list[dict]:
+    """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
 
-    Relative paths are taken relative to the manifest's folder. Paths are read as bytes, so one that
-    is not UTF-8 becomes an error row like such a file name in a folder.
+    Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
+    object store); a ``path`` that is a URI is used as is. A path naming a shard stands for all
+    its cutouts (their ids and positions come from the shard). Paths are read as bytes, so one
+    that is not UTF-8 becomes an error row like such a file name in a folder.
     """
-    import pyarrow as pa
     import pyarrow.csv as pv
     import pyarrow.parquet as pq
 
     try:
-        if path.lower().endswith(".parquet"):
-            table = pq.read_table(path)
-        else:
-            table = pv.read_csv(path, convert_options=pv.ConvertOptions(
-                column_types={"path": pa.binary(), "object_id": pa.string()}, strings_can_be_null=True))
+        with storage.open_input(path) as f:
+            if path.lower().endswith(".parquet"):
+                table = pq.read_table(f)
+            else:
+                table = pv.read_csv(f, convert_options=pv.ConvertOptions(
+                    column_types={"path": pa.binary(), "object_id": pa.string()}, strings_can_be_null=True))
     except pa.ArrowInvalid as exc:
         raise ValueError(f"manifest {path}: {exc}") from None
     if "path" not in table.column_names:
-        raise ValueError(f"manifest {path} has no 'path' column (columns: {', '.join(table.column_names)})")
-    base = os.path.dirname(os.path.abspath(path))
+        raise ValueError(f"manifest {path} has no 'path' column, nor is it a shard with an image-bytes column "
+                         f"(columns: {', '.join(table.column_names)})")
+    base = storage.parent_and_name(path)[0]
     rows = table.to_pylist()
     out = []
     for row in rows:
@@ -282,8 +352,15 @@ def read_manifest(path: str) -> list[dict]:
         if p is None or p == b"":
             continue
         p = os.fsdecode(p) if isinstance(p, bytes) else p
-        full = p if os.path.isabs(p) or "://" in p else os.path.join(base, p)
+        full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
         ra, dec = row.get("ra"), row.get("dec")
-        out.append(_record(full, base, None if row.get("object_id") is None else str(row["object_id"]),
-                           None if ra is None else float(ra), None if dec is None else float(dec)))
+        record = _record(full, base, None if row.get("object_id") is None else str(row["object_id"]),
+                         None if ra is None else float(ra), None if dec is None else float(dec))
+        shard = None if record["error"] or not (shards.is_shard_name(full) or is_cutout(full)) else \
+            shards.shard_records(full, fields)
+        if shard is not None:
+            out.extend(_shard_row(r, record["relative_path"]) for r in shard)
+        else:
+            out.append(record)
     return out
+

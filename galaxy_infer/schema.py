@@ -1,12 +1,15 @@
-"""The Galaxy Zoo 2 decision tree: the single source of truth for questions, answers and columns.
+"""Decision trees as data: questions, answers, which answer leads to each question, and column names.
 
 Everything that names a morphology column (postprocessing, the catalog writer, training
-targets and label readers) asks :data:`GZ2` rather than spelling names itself.
+targets and label readers) asks a :class:`Schema` rather than spelling names itself. A model
+carries its tree in its metadata (by name, or embedded as :meth:`Schema.to_dict`); :data:`GZ2`
+is the tree of the bundled model, and :mod:`galaxy_infer.trees` holds the other built-in trees.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 
@@ -17,38 +20,94 @@ ODD_FEATURES = ("ring", "lens_or_arc", "disturbed", "irregular", "other", "merge
 
 @dataclass(frozen=True)
 class Answer:
-    """One answer of a question, with the names it has in each labelling scheme."""
+    """One answer of a question, with the names it has in each labelling scheme.
+
+    ``original`` is the Galaxy Zoo / Zoobot column stem (``smooth-or-featured_smooth``) that public
+    catalogs and Zoobot label tables use; ``kaggle`` and ``hart`` exist for GZ2 only.
+    """
 
     name: str
-    kaggle: str
-    hart: str
+    kaggle: str = ""
+    hart: str = ""
+    original: str = ""
 
 
 @dataclass(frozen=True)
 class Question:
-    """One question; ``asked_after`` is the (question, answer) whose choice leads here."""
+    """One question; ``asked_after`` is the (question, answer) whose choice leads here, and
+    ``asked_unless`` the (question, answer) whose choice means it is not asked."""
 
     name: str
     answers: tuple[Answer, ...]
     asked_after: tuple[str, str] | None = None
     asked_unless: tuple[str, str] | None = None
     hart_prefix: str = ""
+    original: str = ""
 
     @property
     def answer_names(self) -> tuple[str, ...]:
         return tuple(a.name for a in self.answers)
 
+    @property
+    def parent(self) -> tuple[str, str] | None:
+        return self.asked_after or self.asked_unless
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A yes/no catalog column: ``{column}_prob`` is the summed unconditional probability of
+    ``answers`` (each answer's fraction times the probability its question is reached, i.e. the
+    product of the fractions along the path to it); ``{column}_flag`` is ``prob >= threshold``."""
+
+    name: str
+    answers: tuple[tuple[str, str], ...]
+    column: str = ""
+    threshold: float = 0.5
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "answers", tuple(tuple(a) for a in self.answers))
+        if not self.column:
+            object.__setattr__(self, "column", self.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "column": self.column, "answers": [list(a) for a in self.answers],
+                "threshold": float(self.threshold)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Flag:
+        return cls(str(data["name"]), tuple(tuple(a) for a in data["answers"]), str(data.get("column", "")),
+                   float(data.get("threshold", 0.5)))
+
 
 @dataclass(frozen=True)
 class Schema:
-    """A decision tree of questions whose answers form one flat vector of columns."""
+    """A decision tree of questions whose answers form one flat vector of columns.
+
+    Questions are listed parents first (checked), so one pass down the list follows every path.
+    ``flags`` are the tree's default flags (thresholds may be replaced by a model's own).
+    """
 
     questions: tuple[Question, ...]
     version: str = SCHEMA_VERSION
+    name: str = "gz2"
+    flags: tuple[Flag, ...] = ()
+    description: str = ""
     _index: dict[str, Question] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_index", {q.name: q for q in self.questions})
+        seen: set[str] = set()
+        for q in self.questions:
+            if q.parent is not None:
+                parent, answer = q.parent
+                if parent not in seen or answer not in self._index[parent].answer_names:
+                    raise ValueError(f"tree {self.name}: {q.name} follows {parent}={answer}, which is not "
+                                     "an answer of an earlier question")
+            seen.add(q.name)
+        for f in self.flags:
+            for question, answer in f.answers:
+                if question not in self._index or answer not in self._index[question].answer_names:
+                    raise ValueError(f"tree {self.name}: flag {f.name} names unknown answer {question}={answer}")
 
     def question(self, name: str) -> Question:
         return self._index[name]
@@ -95,6 +154,61 @@ class Schema:
             e = np.exp(z)
             out[:, s] = e / e.sum(axis=1, keepdims=True)
         return out
+
+    @cached_property
+    def original_columns(self) -> dict[str, str]:
+        """``{question}_{answer}_fraction`` -> the Galaxy Zoo / Zoobot name ``{original}_fraction``
+        (e.g. ``smooth-or-featured_smooth_fraction``), and ``{question}_proportion_asked`` ->
+        ``{original question}_proportion_asked``: the one rename that joins public GZ catalogs."""
+        out = {f"{q.name}_{a.name}_fraction": f"{a.original}_fraction"
+               for q in self.questions for a in q.answers if a.original}
+        out.update({f"{q.name}_proportion_asked": f"{q.original}_proportion_asked"
+                    for q in self.questions if q.original})
+        return out
+
+    def flags_with(self, thresholds: dict[str, float]) -> tuple[Flag, ...]:
+        """The tree's default flags with ``thresholds`` (by flag name) where given."""
+        return tuple(Flag(f.name, f.answers, f.column, float(thresholds.get(f.name, f.threshold))) for f in self.flags)
+
+    def unconditional_answer(self, fractions: np.ndarray, asked: np.ndarray, question: str, answer: str) -> np.ndarray:
+        """Probability that a volunteer reaches ``question`` and answers ``answer``."""
+        position = [q.name for q in self.questions].index(question)
+        return asked[:, position] * fractions[:, self.answer_index(question, answer)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """The tree as plain JSON-able data (what a model embeds when its tree is not built in)."""
+        def answer(a: Answer) -> dict[str, str]:
+            return {k: v for k, v in (("name", a.name), ("original", a.original), ("kaggle", a.kaggle),
+                                      ("hart", a.hart)) if v or k == "name"}
+
+        questions = []
+        for q in self.questions:
+            d: dict[str, Any] = {"name": q.name, "answers": [answer(a) for a in q.answers]}
+            for key in ("asked_after", "asked_unless"):
+                if getattr(q, key) is not None:
+                    d[key] = list(getattr(q, key))
+            for key in ("original", "hart_prefix"):
+                if getattr(q, key):
+                    d[key] = getattr(q, key)
+            questions.append(d)
+        return {"name": self.name, "description": self.description, "questions": questions,
+                "flags": [f.to_dict() for f in self.flags]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Schema:
+        """Inverse of :meth:`to_dict`; raises ``KeyError``/``ValueError``/``TypeError`` when malformed."""
+        questions = []
+        for q in data["questions"]:
+            answers = tuple(Answer(str(a["name"]), a.get("kaggle", ""), a.get("hart", ""), a.get("original", ""))
+                            for a in q["answers"])
+            if not answers:
+                raise ValueError(f"question {q['name']} has no answers")
+            questions.append(Question(str(q["name"]), answers,
+                                      tuple(q["asked_after"]) if q.get("asked_after") else None,
+                                      tuple(q["asked_unless"]) if q.get("asked_unless") else None,
+                                      q.get("hart_prefix", ""), q.get("original", "")))
+        return cls(tuple(questions), name=str(data["name"]), description=data.get("description", ""),
+                   flags=tuple(Flag.from_dict(f) for f in data.get("flags", [])))
 
     def proportion_asked(self, fractions: np.ndarray) -> np.ndarray:
         """``(n, n_questions)`` probability of reaching each question, from conditional fractions.
@@ -143,6 +257,12 @@ def _answers(question_no: int, hart_numbers: list[int], names: list[str], hart_n
     )
 
 
+def _with_hart_originals(questions: list[Question]) -> tuple[Question, ...]:
+    """GZ2's public names are Hart+16's (``t01_smooth_or_features_a01_smooth``)."""
+    return tuple(Question(q.name, tuple(Answer(a.name, a.kaggle, a.hart, f"{q.hart_prefix}_{a.hart}") for a in q.answers),
+                          q.asked_after, q.asked_unless, q.hart_prefix, q.hart_prefix) for q in questions)
+
+
 def _gz2() -> Schema:
     q = [
         Question("smooth_or_featured",
@@ -179,7 +299,9 @@ def _gz2() -> Schema:
                           ["1", "2", "3", "4", "more_than_4", "cant_tell"]),
                  asked_after=("has_spiral_arms", "yes"), hart_prefix="t11_arms_number"),
     ]
-    return Schema(tuple(q))
+    flags = tuple(Flag(f, (("odd_feature", f),), f"odd_{f}") for f in ODD_FEATURES)
+    return Schema(_with_hart_originals(q), name="gz2", flags=flags,
+                  description="Galaxy Zoo 2 (Willett+13, Hart+16), SDSS: the bundled model's tree")
 
 
 GZ2: Schema = _gz2()

@@ -12,29 +12,37 @@ classifies only what is missing. Exit codes (for cron alerting):
   3   rows written, but more than --max-error-fraction of them are errors; or inbox files whose
       object id another object already has were left unclassified (named in the summary)
   75  another ingest holds catalog/.ingest.lock (EX_TEMPFAIL; try later)
+
+Objects that could not be read this time (reasons starting 'cannot read now:') are not written
+and are tried again by the next run.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
-from galaxy_infer.errors import ModelError  # noqa: E402
+from galaxy_infer.cli import add_shard_field_options, shard_fields_from_args  # noqa: E402
+from galaxy_infer.errors import ModelError, StorageError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
                                  IngestConfig, IngestUsageError, Locked, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
+from galaxy_infer.storage import ANONYMOUS_ENV  # noqa: E402
+from galaxy_infer.summary import format_summary, summarize  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="nightly_ingest", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--inbox", required=True, help="folder of incoming cutouts (searched recursively)")
-    p.add_argument("--catalog", required=True, help="catalog root holding ingest_date=*/ partitions")
+    p.add_argument("--inbox", required=True, help="folder or s3:// prefix of incoming cutouts (searched recursively)")
+    p.add_argument("--catalog", required=True, help="catalog root (folder or s3:// prefix) holding ingest_date=*/ partitions")
+    p.add_argument("--anonymous", action="store_true", help="read an s3:// inbox unsigned (public bucket)")
     p.add_argument("--date", default=None, help="partition to write new rows into (default: today, UTC)")
     p.add_argument("--model", default="default", help="ONNX file or bundled model name: default or int8")
     p.add_argument("--device", choices=DEVICES, default="auto")
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="take new FITS files' object ids from header keyword KEY (default: the file name)")
     p.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_shard_field_options(p)
     return p
 
 
@@ -62,22 +71,31 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
                           num_workers=args.num_workers, num_gpus_per_worker=args.num_gpus_per_worker,
-                          address=args.address, object_store_mb=args.object_store_mb, id_keyword=args.id_keyword)
+                          address=args.address, object_store_mb=args.object_store_mb, id_keyword=args.id_keyword,
+                          shard_fields=shard_fields_from_args(args))
     if args.date:
         config.date = args.date
+    if args.anonymous:
+        os.environ[ANONYMOUS_ENV] = "1"
     try:
         summary = ingest(config)
     except Locked as exc:
         print(f"nightly_ingest: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (ModelError, IngestUsageError) as exc:
+    except (ModelError, IngestUsageError, StorageError) as exc:
         print(f"nightly_ingest: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1 and the traceback; chunks stay
         traceback.print_exc(file=sys.stderr)
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(summary, indent=2) if args.json else format_ingest_summary(summary))
+    added = summarize([str(Path(config.catalog) / f) for f in summary["files"]]) if summary["files"] else None
+    if args.json:
+        print(json.dumps({**summary, "added": added}, indent=2))
+    else:
+        print(format_ingest_summary(summary))
+        if added:
+            print(f"\nthe {added['rows']:,} rows added:\n{format_summary(added)}")
     if summary["id_collisions"]:
         print(f"nightly_ingest: {summary['id_collisions']} inbox files were not classified because their object id "
               "is already used; they are retried every run until the ids differ", file=sys.stderr)

@@ -10,7 +10,6 @@ from tests.onnx_models import build_tiny_model
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
@@ -28,10 +27,35 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """One real local Ray for the session, sized for this 2-core machine."""
+    """One real local Ray for the session, sized for this 2-core machine; loopback and token as the program's own."""
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    from galaxy_infer.pipeline import local_ray_guard
+
+    with local_ray_guard():
+        ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (SeaweedFS) on 127.0.0.1 for the session, stopped after."""
+    from tests import s3_server as server
+
+    running = server.start(tmp_path_factory.mktemp("seaweedfs"))
+    yield running
+    server.stop(running)
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """This process talks to the test server with admin credentials; yields a helper to make buckets."""
+    for key in list(os.environ):
+        if key.startswith("AWS_"):
+            monkeypatch.delenv(key)
+    for key, value in s3_server.env().items():
+        if key.startswith("AWS_"):
+            monkeypatch.setenv(key, value)
+    return s3_server

@@ -6,6 +6,7 @@ name); it ends the processes these tests started, by pid.
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -89,3 +90,34 @@ def wait_for(predicate, timeout: float, interval: float = 0.05):
             return value
         time.sleep(interval)
     return None
+
+
+def token_file(folder: Path) -> Path:
+    """A fresh Ray auth token in a file only this user can read, as ``ray get-auth-token --generate`` + chmod 600 gives."""
+    path = folder / "auth_token"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path
+
+
+def head_command(ray_bin: str, temp_dir: str, num_cpus: int, object_store_bytes: int, dashboard: bool,
+                 extra: list[str] = ()) -> tuple[list[str], dict[str, int]]:
+    """``ray start --head`` on 127.0.0.1 with its own temp dir and explicit free ports (others run Ray here)."""
+    names = ("gcs", "dashboard", "client", "agent_listen", "agent_grpc", "metrics", "env_agent", "node_manager",
+             "object_manager")
+    ports = dict(zip(names, free_ports(len(names))))
+    cmd = [ray_bin, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(ports["gcs"]),
+           "--num-cpus", str(num_cpus), "--object-store-memory", str(object_store_bytes),
+           "--ray-client-server-port", str(ports["client"]),
+           "--dashboard-agent-listen-port", str(ports["agent_listen"]),
+           "--dashboard-agent-grpc-port", str(ports["agent_grpc"]), "--metrics-export-port", str(ports["metrics"]),
+           "--runtime-env-agent-port", str(ports["env_agent"]), "--node-manager-port", str(ports["node_manager"]),
+           "--object-manager-port", str(ports["object_manager"]), "--temp-dir", temp_dir, "--disable-usage-stats",
+           *extra]
+    if dashboard:
+        cmd += ["--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+                str(ports["dashboard"])]
+    else:
+        cmd += ["--include-dashboard", "false"]
+    return cmd, ports

@@ -24,3 +24,10 @@ def test_error_summary_stays_small_however_many_distinct_messages():
 def test_error_kind_drops_the_particulars():
     assert error_kind("image over the 100 megapixel limit: 12000x12000 pixels") == "image over the 100 megapixel limit"
     assert error_kind("truncated JPEG") == "truncated JPEG"
+
+
+def test_error_kind_keeps_reasons_that_the_bytes_could_not_be_read_now_apart():
+    assert error_kind("cannot read now: permission denied") == "cannot read now: permission denied"
+    reason = "cannot read now: read failed: AWS Error NETWORK_CONNECTION ..."
+    assert error_kind(reason) == "cannot read now: read failed"
+    assert error_kind("cannot read file: Is a directory") == "cannot read file"

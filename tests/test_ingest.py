@@ -122,14 +122,17 @@ def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(t
         expected[night] = set(write_night(inbox, night, nights[night], seed=seed))
         done = run_job(*common, "--date", night)
         assert done.returncode == EXIT_OK, done.stderr[-3000:]
-        assert json.loads(done.stdout)["rows"] == len(expected[night])
-    files_before = {p: p.stat().st_mtime_ns for p in committed_files(catalog)}
+        night_summary = json.loads(done.stdout)
+        assert night_summary["rows"] == night_summary["added"]["rows"] == len(expected[night])
+        rows = night_summary["rows"]
+        assert f" ingested {rows} / {rows} (100.0%) " in done.stderr  # the plain progress line of a log
+    files_before = {p: os.stat(p).st_mtime_ns for p in committed_files(catalog)}
     started = time.perf_counter()
     again = run_job(*common, "--date", "2026-11-22")
     figures["rerun_finished_night_seconds"] = round(time.perf_counter() - started, 1)
     assert again.returncode == EXIT_OK
     assert json.loads(again.stdout)["rows"] == 0
-    assert {p: p.stat().st_mtime_ns for p in committed_files(catalog)} == files_before
+    assert {p: os.stat(p).st_mtime_ns for p in committed_files(catalog)} == files_before
 
     table = read_ingest_catalog(catalog)
     ids = table.column("object_id").to_pylist()

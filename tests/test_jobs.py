@@ -1,4 +1,4 @@
-"""The batch job: ``ray job submit`` to a real ``ray start --head`` on 127.0.0.1, and a local run.
+"""The batch job: ``ray job submit`` to a real ``ray start --head`` on 127.0.0.1 with token auth, and local runs.
 
 The head gets its own temp dir and explicit free ports (other people run Ray on this machine);
 teardown ends exactly the processes started for it, by pid, instead of ``ray stop`` (which
@@ -18,7 +18,7 @@ import pytest
 
 from galaxy_infer.catalog import SUMMARY_NAME, read_catalog
 from galaxy_infer.synthetic import write_sample
-from tests.ray_procs import end_processes, free_ports, processes_mentioning
+from tests.ray_procs import end_processes, head_command, processes_mentioning, token_file
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -26,41 +26,52 @@ pytestmark = pytest.mark.ray
 
 
 def job_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0", PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
-               **extra)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN",
+                                                            "RAY_AUTH_TOKEN_PATH")}
+    env.update(RAY_USAGE_STATS_ENABLED="0", PATH=f"{VENV_BIN}:{env.get('PATH', '')}", **extra)
     return env
 
 
 @pytest.fixture(scope="module")
-def ray_head():
-    """``ray start --head`` with a dashboard (job submission needs it), 2 CPUs, a 256 MB object store."""
+def ray_head(tmp_path_factory):
+    """``ray start --head`` with token auth and a dashboard (job submission needs it), 2 CPUs, a 256 MB object store."""
     temp_dir = tempfile.mkdtemp(prefix="gi-ray-", dir="/tmp")
-    (gcs, dash, client, agent_listen, agent_grpc, metrics, env_agent, node_manager,
-     object_manager) = free_ports(9)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-           "--num-cpus", "2", "--object-store-memory", str(256 * 1024 * 1024), "--include-dashboard", "true",
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
-           "--dashboard-agent-listen-port", str(agent_listen), "--dashboard-agent-grpc-port", str(agent_grpc),
-           "--metrics-export-port", str(metrics), "--runtime-env-agent-port", str(env_agent),
-           "--node-manager-port", str(node_manager), "--object-manager-port", str(object_manager),
-           "--temp-dir", temp_dir, "--disable-usage-stats"]
+    token = token_file(tmp_path_factory.mktemp("token"))
+    cmd, ports = head_command(str(VENV_BIN / "ray"), temp_dir, 2, 256 * 1024 * 1024, dashboard=True)
+    with_token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     try:
-        started = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=job_env())
+        started = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=job_env(**with_token))
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
-        yield {"dashboard": f"http://127.0.0.1:{dash}", "gcs": f"127.0.0.1:{gcs}"}
+        yield {"dashboard": f"http://127.0.0.1:{ports['dashboard']}", "gcs": f"127.0.0.1:{ports['gcs']}",
+               "with_token": with_token}
     finally:
         end_processes(processes_mentioning(temp_dir))
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+def submit(ray_head: dict, args: list[str], env: dict[str, str], timeout: float = 420) -> subprocess.CompletedProcess:
+    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
+           "--", "python", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+def test_ray_job_submit_without_the_token_is_refused(ray_head, tmp_path):
+    marker = tmp_path / "ran"
+    job = ["-c", f"open({str(marker)!r}, 'w').close()"]
+    for env, refusal in ((job_env(RAY_AUTH_MODE="disabled"), "Unauthorized: Missing authentication token"),
+                         (job_env(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN="0" * 64), "Forbidden: Invalid authentication token")):
+        done = submit(ray_head, job, env, timeout=120)
+        log = done.stdout + done.stderr
+        assert done.returncode != 0 and refusal in log, log[-3000:]
+    assert not marker.exists()
+
+
 def test_ray_job_submit_writes_the_complete_catalog(ray_head, tmp_path, tiny_model):
     cutouts = write_sample(tmp_path / "cutouts", 24, seed=11, size=128)
     out = tmp_path / "catalog"
-    cmd = [str(VENV_BIN / "ray"), "job", "submit", "--address", ray_head["dashboard"], "--working-dir", str(ROOT),
-           "--", "python", "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--output", str(out),
-           "--model", str(tiny_model), "--batch-size", "8", "--num-workers", "2"]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=420, env=job_env(), cwd=ROOT)
+    done = submit(ray_head, ["jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--output", str(out),
+                             "--model", str(tiny_model), "--batch-size", "8", "--num-workers", "2"],
+                  job_env(**ray_head["with_token"]))
     log = done.stdout + done.stderr
     assert done.returncode == 0, log[-4000:]
     assert "succeeded" in log and f"rows: {len(cutouts)}  ok: {len(cutouts)}  errors: 0" in log, log[-4000:]
@@ -100,3 +111,26 @@ def test_a_missing_input_fails_at_once_with_exit_1_before_starting_ray(tmp_path,
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=job_env(), cwd=ROOT)
     assert done.returncode == 1 and "cutuots does not exist" in done.stderr
     assert not (tmp_path / "catalog").exists() and "Started a local Ray" not in done.stderr
+
+
+def test_local_runs_start_a_fresh_ray_despite_a_stale_current_cluster_file(tmp_path, tiny_model):
+    """A dead head's ``ray_current_cluster`` (left by ``ray start``) must not make local runs try to join it."""
+    ray_tmp = tempfile.mkdtemp(prefix="gi-stale-", dir="/tmp")  # Ray's /tmp/ray for these runs only
+    try:
+        (Path(ray_tmp) / "ray").mkdir()
+        (Path(ray_tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")
+        write_sample(tmp_path / "cutouts", 3, seed=13, size=96)
+        env = job_env(RAY_TMPDIR=ray_tmp)
+        common = ["--model", str(tiny_model), "--num-cpus", "2", "--batch-size", "4"]
+        job = subprocess.run([sys.executable, "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"),
+                              "--output", str(tmp_path / "job"), *common], capture_output=True, text=True,
+                             timeout=300, env=env, cwd=ROOT)
+        assert job.returncode == 0, job.stderr[-3000:]
+        cli = subprocess.run([sys.executable, "-m", "galaxy_infer", "classify", str(tmp_path / "cutouts"), "--out",
+                              str(tmp_path / "cli"), *common], capture_output=True, text=True, timeout=300, env=env,
+                             cwd=ROOT)
+        assert cli.returncode == 0, cli.stderr[-3000:]
+        assert "rows: 4  ok: 4  errors: 0" in job.stdout and "rows: 4  ok: 4  errors: 0" in cli.stdout
+    finally:
+        end_processes(processes_mentioning(ray_tmp))
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -76,9 +76,36 @@ def test_cuda_fails_loudly_when_not_really_active(tiny_model):
         Predictor(tiny_model, device="cuda")
 
 
-def test_auto_device_is_cpu_without_a_gpu():
+def test_auto_device_is_cpu_without_a_gpu(tiny_model, monkeypatch):
     if resolve_device("auto") == "cuda":
         pytest.skip("a real GPU is present")
     assert resolve_device("auto") == "cpu"
     with pytest.raises(ValueError):
         resolve_device("tpu")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")  # what Ray sets for a task holding a (here logical) GPU
+    predictor = Predictor(tiny_model, device="auto")
+    assert (predictor.device, predictor.providers[0]) == ("cpu", "CPUExecutionProvider")
+
+
+def test_a_model_names_or_embeds_its_tree_and_flags(tmp_path):
+    from galaxy_infer.model import metadata_document
+    from galaxy_infer.schema import Flag
+    from galaxy_infer.trees import GZ_DESI, from_zoobot
+
+    doc = metadata_document("desi", "1", Recipe(), {"merger": 0.4, "major_disturbance": 0.6}, GZ_DESI,
+                            output_kind="dirichlet", runtime={"batch_size": 16, "task_rows": 64})
+    assert json.loads(doc)["tree"] == "gz_desi"
+    info = load_model_info(build_tiny_model(tmp_path / "d.onnx", metadata=doc, outputs=GZ_DESI.n_answers))
+    assert info.tree == GZ_DESI and info.output_kind == "dirichlet" and info.runtime["task_rows"] == 64
+    assert info.thresholds == {"merger": 0.4, "major_disturbance": 0.6}
+    custom = from_zoobot("rings", {"ring": ["yes", "no"], "ring-type": ["inner", "outer"]},
+                         {"ring": None, "ring-type": "ring_yes"})
+    doc = metadata_document("r", "1", Recipe(), {}, custom, flags=(Flag("inner", (("ring_type", "inner"),), threshold=0.2),))
+    info = load_model_info(build_tiny_model(tmp_path / "r.onnx", metadata=doc, outputs=4))
+    assert info.tree == custom and info.describe()["tree"]["layout"][1]["asked_after"] == "ring=yes"
+    bad = json.loads(doc)
+    bad["flags"][0]["answers"] = [["ring_type", "middle"]]
+    with pytest.raises(ModelError, match="not in its tree"):
+        load_model_info(build_tiny_model(tmp_path / "b.onnx", metadata=json.dumps(bad), outputs=4))
+    with pytest.raises(ModelError, match="output shape"):
+        load_model_info(build_tiny_model(tmp_path / "s.onnx", metadata=doc, outputs=37))

@@ -11,7 +11,7 @@ import pytest
 
 from galaxy_infer.catalog import SUMMARY_NAME
 from galaxy_infer.cli import main
-from galaxy_infer.pipeline import RunConfig, classify
+from galaxy_infer.pipeline import RunConfig, WorkerPlan, classify
 from galaxy_infer.schema import GZ2, ODD_FEATURES
 from galaxy_infer.synthetic import write_fits_cutout, write_sample
 from PIL import Image
@@ -98,7 +98,9 @@ def test_real_cutouts_from_shared_data(tmp_path, tiny_model, local_ray, shared_d
                                  model=str(tiny_model), batch_size=32, progress=False))
     frame = pd.read_parquet(tmp_path / "cat")
     fits_files = [p for p in (shared_data / "fits").iterdir() if p.suffix in (".fits", ".png")]
-    assert len(frame) == 64 + len(fits_files) == summary["rows"]
+    hst_stamps = 2 * (3 + 2)  # the HST image files are multi-extension shards: one stamp per image HDU
+    assert len(frame) == 64 + len(fits_files) - 4 + hst_stamps == summary["rows"]
+    assert frame.object_id.str.endswith("images_01.fits#2").sum() == 2
     assert set(frame[frame.status == "error"]["error"]) == {"FITS has no image data"}
     decals = frame[frame.source_path.str.endswith("decals_dr5_example_a.fits")].iloc[0]
     assert decals.status == "ok" and decals.ra is not None
@@ -195,3 +197,27 @@ def test_error_summary_groups_reasons_by_kind_with_a_few_examples(tmp_path, tiny
     assert len(kinds) <= 3 and set(examples) == set(kinds) and all(len(e) <= 3 for e in examples.values())
     example = next(iter(examples.values()))[0]
     assert set(example) == {"source_path", "error"} and example["source_path"].startswith(str(tmp_path))
+
+
+def test_work_in_flight_follows_the_cluster_and_gpu_tasks_wait_for_gpu_nodes():
+    head = {"CPU": 8.0}
+    gpu = WorkerPlan(gpus_per_task=1.0)
+    assert gpu.task_resources == {"num_cpus": 1, "num_gpus": 1.0}
+    assert (gpu.slots(head), gpu.in_flight(head)) == (0, 8)  # decoded chunks wait for GPU nodes: the autoscaler's cue
+    assert gpu.in_flight({"CPU": 16.0, "GPU": 2.0}) == 2 * 2 + 16
+    assert WorkerPlan(gpus_per_task=0.5).slots({"CPU": 4.0, "GPU": 2.0}) == 4
+    assert not gpu.runnable_on([{"Alive": True, "Resources": head}])
+    assert not gpu.runnable_on([{"Alive": False, "Resources": {"CPU": 4.0, "GPU": 1.0}}])
+    assert gpu.runnable_on([{"Alive": True, "Resources": head}, {"Alive": True, "Resources": {"CPU": 4.0, "GPU": 1.0}}])
+    assert gpu.chunk_rows(100, 1024, head) == 13  # a small run spreads over every decoding CPU
+    cpu = WorkerPlan(gpus_per_task=0.0)
+    assert (cpu.task_resources, cpu.in_flight({"CPU": 2.0}), cpu.in_flight({"CPU": 6.0})) == ({"num_cpus": 1}, 4, 12)
+    assert WorkerPlan(gpus_per_task=1.0, fixed_slots=3).in_flight({"CPU": 1.0}) == 7
+
+
+def test_a_local_ray_without_the_gpus_asked_for_fails_at_once(tmp_path, tiny_model, local_ray):
+    write_sample(tmp_path / "cutouts", 2, seed=3, size=64)
+    with pytest.raises(RuntimeError, match="prediction tasks need 1 CPU, 1 GPU each, but this local Ray has no such"):
+        classify(RunConfig(inputs=[str(tmp_path / "cutouts")], out=str(tmp_path / "catalog"), model=str(tiny_model),
+                           device="auto", num_gpus_per_worker=1, progress=False))
+    assert not (tmp_path / "catalog").exists()

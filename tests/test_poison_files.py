@@ -1,7 +1,7 @@
 """A file that kills the worker decoding it is isolated: one error row, every other object classified.
 
 The scenario runs in its own Python process (``python tests/test_poison_files.py DIR MODEL``) with
-a local Ray whose workers run :func:`exit_on_poison` at start-up: it makes reading any file named
+a local Ray whose workers run :func:`exit_on_poison` at start-up: it makes decoding any file named
 ``poison*`` end the worker process at once (``os._exit``), as a decoder crash or the OOM killer
 would. The real pipeline, Ray's retries and the ingest do the rest; only Ray's retries of a whole
 chunk are cut from 5 to 1 to keep the test short (each worker death costs seconds here).
@@ -31,17 +31,17 @@ MB = 1024 * 1024
 
 
 def exit_on_poison() -> None:
-    """Worker set-up hook: reading a ``poison*`` file ends the worker process without a word."""
-    from galaxy_infer import pipeline
+    """Worker set-up hook: decoding a ``poison*`` file ends the worker process without a word."""
+    from galaxy_infer import readers
 
-    real = pipeline.read_cutout
+    real = readers.decode_cutout
 
-    def read_cutout(path, recipe):
+    def decode_cutout(data, path, recipe):
         if os.path.basename(path).startswith("poison"):
             os._exit(1)
-        return real(path, recipe)
+        return real(data, path, recipe)
 
-    pipeline.read_cutout = read_cutout
+    readers.decode_cutout = decode_cutout
 
 
 def scenario(workdir: Path, model: str) -> dict:

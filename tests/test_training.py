@@ -267,3 +267,19 @@ def test_config_rejects_unknown_keys(tmp_path):
         load_config(bad)
     assert override(Config(), train={"lr": 1.0}).train.lr == 1.0
     assert load_config(Path(__file__).parents[1] / "training/configs/default.toml").output.onnx.endswith("default.onnx")
+
+
+def test_zoobot_style_counts_and_fractions_become_targets_on_any_tree():
+    from galaxy_infer.trees import GZ_DESI
+    from training.labels import targets_from_zoobot_columns
+
+    counts = pd.DataFrame({"smooth-or-featured_smooth": [3, 0], "smooth-or-featured_featured-or-disk": [1, 0],
+                           "smooth-or-featured_artifact": [0, 0], "merging_merger_fraction": [0.2, 0.5],
+                           "merging_none_fraction": [0.8, 0.5], "merging_minor_disturbance": [0, 0],
+                           "merging_major_disturbance": [0, 0]})
+    t = targets_from_zoobot_columns(counts, GZ_DESI)
+    assert t.shape == (2, 34)
+    np.testing.assert_allclose(t[0, GZ_DESI.slices["smooth_or_featured"]], [0.75, 0.25, 0.0])
+    assert np.isnan(t[1, GZ_DESI.slices["smooth_or_featured"]]).all()
+    np.testing.assert_allclose(t[:, GZ_DESI.answer_index("merging", "merger")], [0.2, 0.5])
+    assert np.isnan(t[:, GZ_DESI.slices["bar"]]).all()

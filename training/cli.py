@@ -127,6 +127,21 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_zoobot(args: argparse.Namespace) -> int:
+    from training.zoobot_import import import_zoobot
+
+    thresholds = {}
+    for item in args.flag_threshold or []:
+        key, _, value = item.partition("=")
+        thresholds[key] = float(value)
+    greyscale = {"greyscale": True, "colour": False, None: None}[args.channels]
+    result = import_zoobot(args.checkpoint, args.output, name=args.name, version=args.version, encoder=args.encoder,
+                           greyscale=greyscale, thresholds=thresholds, check_images=args.check_images,
+                           check_limit=args.check_limit)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def _config(args: argparse.Namespace) -> Config:
     config = load_config(args.config) if args.config else Config()
     changes: dict[str, dict[str, Any]] = {}
@@ -182,8 +197,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_speed)
+    p = sub.add_parser("import-zoobot", help="convert a Zoobot checkpoint (ZoobotTree, FinetuneableZoobotTree) to ONNX")
+    p.add_argument("checkpoint", help="Lightning .ckpt saved by Zoobot")
+    p.add_argument("--output", required=True, help="ONNX file to write")
+    p.add_argument("--name", help="model name (default zoobot-{tree}-{encoder})")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--encoder", help="timm architecture when the checkpoint does not name it (convnext_nano, "
+                                     "efficientnet_b0, maxvit_tiny_rw_224, ...)")
+    p.add_argument("--channels", choices=["colour", "greyscale"], default=None,
+                   help="override the checkpoint's input channels (greyscale: one luminance channel)")
+    p.add_argument("--flag-threshold", action="append", metavar="FLAG=VALUE",
+                   help="threshold of one of the tree's flags (default 0.5), e.g. merger=0.3; repeatable")
+    p.add_argument("--check-images", nargs="+", metavar="INPUT",
+                   help="cutouts (folders, globs, files) on which ONNX must match PyTorch (default: random images)")
+    p.add_argument("--check-limit", type=int, default=16, help="at most this many check images (default 16)")
+    p.set_defaults(func=cmd_import_zoobot)
     args = parser.parse_args(argv)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     return args.func(args)

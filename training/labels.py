@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 import numpy as np
 import pandas as pd
 
-from galaxy_infer.schema import GZ2
+from galaxy_infer.schema import GZ2, Schema
 
 Answers = Mapping[str, str]
 """A partial answer of the tree: ``{question: answer}``."""
@@ -66,10 +66,10 @@ def event_row(answers: Answers) -> np.ndarray:
     return row
 
 
-def normalise_by_question(fractions: np.ndarray) -> np.ndarray:
+def normalise_by_question(fractions: np.ndarray, tree: Schema = GZ2) -> np.ndarray:
     """Make each question's answers sum to 1; questions with no votes (sum 0 or NaN) become NaN."""
     out = np.full_like(fractions, np.nan, dtype=np.float32)
-    for s in GZ2.slices.values():
+    for s in tree.slices.values():
         total = fractions[:, s].sum(axis=1, keepdims=True)
         ok = np.isfinite(total) & (total > 0)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -125,6 +125,27 @@ def targets_from_fractions(table: pd.DataFrame) -> np.ndarray:
         if column in table.columns:
             targets[:, i] = table[column].to_numpy(dtype=np.float32)
     return normalise_by_question(targets)
+
+
+def targets_from_zoobot_columns(table: pd.DataFrame, tree: Schema) -> np.ndarray:
+    """Zoobot-style label columns -> ``(n, tree.n_answers)`` conditional fractions on ``tree``.
+
+    Each answer is read from ``{question}_{answer}`` (vote counts, as Zoobot trains on) or
+    ``{question}_{answer}_fraction``, under its Galaxy Zoo name (``smooth-or-featured_smooth``)
+    or its snake_case one; a question none of whose answers is present, or that nobody answered,
+    is NaN (unknown) for the loss.
+    """
+    targets = np.full((len(table), tree.n_answers), np.nan, dtype=np.float32)
+    i = 0
+    for q in tree.questions:
+        for a in q.answers:
+            for stem in (a.original, f"{q.name}_{a.name}"):
+                column = next((c for c in (stem, f"{stem}_fraction") if stem and c in table.columns), None)
+                if column is not None:
+                    targets[:, i] = table[column].to_numpy(dtype=np.float32)
+                    break
+            i += 1
+    return normalise_by_question(targets, tree)
 
 
 # --- the four sets of ../shared/data --------------------------------------------------------

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from galaxy_infer.pipeline import local_ray_guard
 from training.config import Config, override
 from training.train import Prepared, fit, prepare
 
@@ -29,7 +30,6 @@ def _trial(params: dict[str, Any], config: Config, prepared: Prepared) -> None:
 def tune(config: Config, num_samples: int = 4, epochs: int = 3, storage: str | None = None,
          num_cpus: int = 2) -> dict[str, Any]:
     """Run the search; returns the best parameters and their validation loss."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
     from ray import tune as rt
@@ -38,8 +38,10 @@ def tune(config: Config, num_samples: int = 4, epochs: int = 3, storage: str | N
     config = override(config, train={"epochs": epochs, "patience": epochs + 1, "max_minutes": 0})
     prepared = prepare(config)
     storage = str(Path(storage or Path(config.output.run_dir) / "tune").resolve())
-    ray.init(num_cpus=num_cpus, object_store_memory=500 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False, ignore_reinit_error=True)
+    if not ray.is_initialized():
+        with local_ray_guard():  # a fresh Ray of its own, on loopback, with a per-run token
+            ray.init(address="local", num_cpus=num_cpus, object_store_memory=500 * 1024 * 1024,
+                     include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         trainable = rt.with_resources(rt.with_parameters(_trial, config=config, prepared=prepared), {"cpu": 1})
         tuner = rt.Tuner(

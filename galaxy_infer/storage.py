@@ -1,0 +1,589 @@
+"""Where bytes live: local paths and object-store URIs (``s3://``, ``gs://``) through pyarrow's filesystems.
+
+Everything that lists inputs, reads their bytes, or commits an output goes through this module,
+so a new store is one more branch in :func:`resolve`. Local paths keep POSIX semantics (atomic
+rename, fsync, ``flock``); object stores have none of those, so each output kind has its own
+commit rule here: a catalog folder is staged under a hidden sibling prefix and published by
+copy with ``_run_summary.json`` written last (:func:`publish_folder`), an ingest chunk is one PUT
+(:func:`write_object_atomic`), and overlapping runs are kept apart by :class:`OutputLock`.
+
+S3 settings come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
+``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, instance profiles and IRSA web identity),
+``AWS_REGION``/``AWS_DEFAULT_REGION`` and ``AWS_ENDPOINT_URL`` for S3-compatible stores;
+``GALAXY_INFER_S3_ANONYMOUS=1`` reads public buckets unsigned. No secret is ever stored or printed.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import glob as local_glob
+import json
+import os
+import re
+import shutil
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import pyarrow.fs as pafs
+
+from galaxy_infer.errors import InputError, StorageError, TransientInputError
+
+ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
+FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                 ANONYMOUS_ENV)
+"""Storage settings Ray workers need besides credentials; none of them is a secret."""
+CREDENTIAL_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                  "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+S3_ATTEMPTS = 8
+"""AWS standard retry strategy: 503 SlowDown, throttling, timeouts and resets back off and retry this often."""
+PROBE_ATTEMPTS = 2
+"""The before-any-work check retries less: a dead endpoint should answer in seconds, not after minutes of backoff."""
+READ_CONCURRENCY = 32
+"""Objects fetched at once per task: object stores answer each GET after tens of ms, so reads overlap."""
+
+_FILESYSTEMS: dict[tuple, pafs.FileSystem] = {}
+_FS_LOCK = threading.Lock()
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in str(uri) and not str(uri).startswith("file://")
+
+
+def _local_path(uri: str) -> str:
+    return str(uri)[len("file://"):] if str(uri).startswith("file://") else str(uri)
+
+
+def s3_settings(attempts: int = S3_ATTEMPTS) -> dict:
+    """S3FileSystem arguments from the environment; credentials are left to the AWS chain."""
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    settings: dict = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=attempts),
+                      "anonymous": os.environ.get(ANONYMOUS_ENV, "") not in ("", "0", "false")}
+    if endpoint:
+        settings["endpoint_override"] = endpoint
+        if endpoint.startswith("http://"):
+            settings["scheme"] = "http"
+    if region:
+        settings["region"] = region
+    return settings
+
+
+def resolve(uri: str, attempts: int = S3_ATTEMPTS) -> tuple[pafs.FileSystem, str]:
+    """A URI or local path -> (filesystem, path inside it). Filesystems are cached per settings."""
+    uri = str(uri)
+    if not is_remote(uri):
+        return pafs.LocalFileSystem(), os.path.abspath(_local_path(uri))
+    scheme, rest = uri.split("://", 1)
+    if scheme in ("s3", "s3a"):
+        settings = s3_settings(attempts)
+        identity = hash(tuple(os.environ.get(k) for k in CREDENTIAL_ENV))  # new credentials, new client
+        key = ("s3", identity, tuple(sorted((k, repr(v)) for k, v in settings.items())))
+        with _FS_LOCK:
+            if key not in _FILESYSTEMS:
+                _FILESYSTEMS[key] = pafs.S3FileSystem(**settings)
+        return _FILESYSTEMS[key], rest.rstrip("/")
+    filesystem, path = pafs.FileSystem.from_uri(uri)
+    return filesystem, path.rstrip("/")
+
+
+def join(uri: str, *parts: str) -> str:
+    return "/".join([str(uri).rstrip("/"), *parts]) if is_remote(uri) else os.path.join(uri, *parts)
+
+
+def parent_and_name(uri: str) -> tuple[str, str]:
+    uri = str(uri).rstrip("/")
+    if is_remote(uri):
+        parent, _, name = uri.rpartition("/")
+        return parent, name
+    path = os.path.abspath(_local_path(uri))
+    return os.path.dirname(path), os.path.basename(path)
+
+
+def _uri(like: str, path: str) -> str:
+    """A filesystem path back to the form the user gave (URI or local path)."""
+    return f"{str(like).split('://', 1)[0]}://{path}" if is_remote(like) else path
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an exception from a filesystem call (AWS SDK messages are long)."""
+    return " ".join(str(exc).split())[:300]
+
+
+def check_reachable(uri: str) -> None:
+    """Fail before any work when the store behind ``uri`` cannot be reached or refuses us."""
+    if not is_remote(uri):
+        return
+    filesystem, path = resolve(uri, attempts=PROBE_ATTEMPTS)
+    try:
+        filesystem.get_file_info(path)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            return
+        raise StorageError(f"cannot access {uri}: {describe_error(exc)}") from None
+
+
+def info(uri: str) -> pafs.FileInfo:
+    filesystem, path = resolve(uri)
+    return filesystem.get_file_info(path)
+
+
+def exists(uri: str) -> bool:
+    return info(uri).type != pafs.FileType.NotFound
+
+
+def is_dir(uri: str) -> bool:
+    return info(uri).type == pafs.FileType.Directory
+
+
+def is_file(uri: str) -> bool:
+    return info(uri).type == pafs.FileType.File
+
+
+def _walk(uri: str, recursive: bool) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(_local_path(uri), followlinks=False):
+        dirs.sort()
+        found += [os.path.join(root, name) for name in sorted(files)]
+        if not recursive:
+            break
+    return found
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def list_files(uri: str, recursive: bool = True) -> list[pafs.FileInfo]:
+    """Files (not folders) under a folder/prefix, sorted by path; [] when it does not exist.
+
+    Local file names that are not UTF-8 are left out (pyarrow cannot take them); :func:`list_uris`
+    keeps them, so discovery makes them error rows.
+    """
+    filesystem, path = resolve(uri)
+    if not is_remote(uri):
+        found = [p for p in _walk(uri, recursive) if _utf8(p)]
+        return [pafs.FileInfo(p, pafs.FileType.File, mtime=i.mtime, size=i.size)
+                for p, i in zip(found, filesystem.get_file_info([os.path.abspath(p) for p in found]))]
+    selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
+    return sorted((i for i in filesystem.get_file_info(selector) if i.type == pafs.FileType.File),
+                  key=lambda i: i.path)
+
+
+def list_uris(uri: str, recursive: bool = True) -> list[str]:
+    if not is_remote(uri):
+        return _walk(uri, recursive)
+    return [_uri(uri, i.path) for i in list_files(uri, recursive)]
+
+
+def mtimes(uri: str) -> dict[str, float]:
+    """Modification time of every file under a folder/prefix, from one listing (one LIST per 1,000 objects)."""
+    return {_uri(uri, i.path): i.mtime.timestamp() for i in list_files(uri) if i.mtime is not None}
+
+
+def has_magic(pattern: str) -> bool:
+    return local_glob.has_magic(pattern)
+
+
+def glob(pattern: str) -> list[str]:
+    """Paths matching ``pattern`` (``*``, ``?``, ``[..]`` within a name, ``**`` across folders), sorted."""
+    if not is_remote(pattern):
+        return sorted(local_glob.glob(_local_path(pattern), recursive=True))
+    scheme, rest = pattern.split("://", 1)
+    parts = rest.split("/")
+    fixed = []
+    for part in parts:
+        if has_magic(part):
+            break
+        fixed.append(part)
+    regex = _glob_regex("/".join(parts[len(fixed):]))
+    base = "/".join(fixed)
+    matched = []
+    for file_info in list_files(f"{scheme}://{base}"):
+        relative = file_info.path[len(base):].lstrip("/")
+        hidden = any(p.startswith(".") for p in relative.split("/"))  # as local glob: * never matches a dot name
+        if regex.fullmatch(relative) and not hidden:
+            matched.append(f"{scheme}://{file_info.path}")
+    return matched
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+    """glob -> regex with ``**`` spanning folders; Python 3.11 has no ``glob.translate`` (3.13 does)."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:[^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif pattern[i] == "*":
+            out.append("[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append("[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+            end = pattern.index("]", i + 1)
+            body = pattern[i + 1:end]
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return re.compile("".join(out))
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+TRANSIENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNRESET,
+                    errno.ESTALE, errno.EBUSY, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+
+
+def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
+    """The whole object, or :class:`InputError` (bytes missing for good) / :class:`TransientInputError`."""
+    if filesystem is None:
+        if not is_remote(uri):
+            return _read_local(_local_path(uri))
+        filesystem, path = resolve(uri)
+    else:
+        path = uri
+    try:
+        with filesystem.open_input_stream(path) as f:  # one GET; open_input_file would HEAD first
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError("file not found") from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not an image") from None
+    except OSError as exc:
+        message = describe_error(exc)
+        if "ACCESS_DENIED" in message or isinstance(exc, PermissionError):
+            raise TransientInputError(f"permission denied: {message}") from None
+        if "NO_SUCH_KEY" in message or "RESOURCE_NOT_FOUND" in message:
+            raise InputError("file not found") from None
+        raise TransientInputError(f"read failed: {message}") from None
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    return data
+
+
+def _read_local(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise InputError("broken symbolic link" if os.path.islink(path) else "file not found") from None
+    except IsADirectoryError:
+        raise InputError("is a directory, not an image") from None
+    except OSError as exc:
+        if exc.errno in TRANSIENT_ERRNOS:
+            raise TransientInputError(f"{os.strerror(exc.errno).lower()}") from None
+        raise InputError(f"cannot read file: {exc.strerror or exc}") from None
+    if not data:
+        raise InputError("empty file (0 bytes)")
+    return data
+
+
+def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
+              concurrency: int = READ_CONCURRENCY) -> Iterator[bytes | InputError]:
+    """Bytes of each object in order, fetched ``concurrency`` at a time by threads; failures are yielded."""
+    uris = list(uris)
+
+    def fetch(uri: str) -> bytes | InputError:
+        try:
+            return read_bytes(uri, filesystem)
+        except InputError as exc:
+            return exc
+
+    if len(uris) <= 1 or concurrency <= 1:
+        yield from map(fetch, uris)
+        return
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(uris))) as pool:
+        window = 2 * concurrency
+        futures = [pool.submit(fetch, u) for u in uris[:window]]
+        for i in range(len(uris)):
+            if i + window < len(uris):
+                futures.append(pool.submit(fetch, uris[i + window]))
+            yield futures[i].result()
+            futures[i] = None
+
+
+def open_input(uri: str):
+    filesystem, path = resolve(uri)
+    return filesystem.open_input_file(path)
+
+
+# ---- writing and committing ------------------------------------------------------------------
+
+def open_output(uri: str):
+    """A write stream; on an object store the object appears whole when the stream closes, or never."""
+    filesystem, path = resolve(uri)
+    if not is_remote(uri):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return filesystem.open_output_stream(path)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write a whole file; a local one is fsynced before this returns."""
+    if is_remote(uri):
+        with open_output(uri) as f:
+            f.write(data)
+        return
+    path = _local_path(uri)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def delete_file(uri: str) -> None:
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
+def delete_tree(uri: str) -> None:
+    """A folder or prefix and everything under it; nothing if absent."""
+    if not is_remote(uri):
+        shutil.rmtree(_local_path(uri), ignore_errors=True)
+        return
+    filesystem, path = resolve(uri)
+    try:
+        filesystem.delete_dir(path)  # every object under the prefix, and the folder entry stores like SeaweedFS keep
+    except FileNotFoundError:
+        pass
+
+
+def fsync_file(path: str) -> None:
+    """Local files only: object-store PUTs are durable when they return."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(path: str) -> None:
+    fsync_file(path)
+
+
+def write_object_atomic(uri: str, write) -> None:
+    """Commit one file whole: ``write(stream)`` fills it.
+
+    Local: a hidden ``.name.tmp`` beside it, fsync, rename, fsync the folder. Object store: one
+    PUT (or multipart upload completed at close), which is all or nothing; a killed writer leaves
+    no object (only an incomplete upload that a bucket lifecycle rule aborts).
+    """
+    if is_remote(uri):
+        with open_output(uri) as stream:
+            write(stream)
+        return
+    path = _local_path(uri)
+    folder, name = os.path.split(path)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")
+    with open(tmp, "wb") as stream:
+        write(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.rename(tmp, path)
+    fsync_dir(folder)
+
+
+def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> None:
+    """Make the staged catalog ``stage`` visible at ``out``; ``summary_name`` is the last file to appear.
+
+    Local: one rename (atomic; refused when ``out`` exists unless ``replace``, then the old
+    folder is renamed aside first and removed after). Object store: there is no rename, so a
+    ``_publishing`` marker is put in the stage, the old catalog's summary and then its files
+    are deleted (``replace``), the staged files are copied server-side, the summary is copied
+    last, and the stage is deleted. A run killed in between leaves ``out`` without a summary and
+    its marker in the stage; :func:`clean_stale_stages` (run by the next writer) removes both.
+    """
+    if not is_remote(out):
+        out_path = _local_path(out)
+        if os.path.lexists(out_path):
+            if not replace:
+                raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
+                                      f"this run's catalog is left unpublished")
+            old = f"{os.path.dirname(out_path)}/.{os.path.basename(out_path)}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(out_path, old)
+            os.rename(_local_path(stage), out_path)
+            shutil.rmtree(old)
+        else:
+            os.rename(_local_path(stage), out_path)
+        fsync_dir(os.path.dirname(out_path))
+        return
+    filesystem, out_path = resolve(out)
+    staged = [i.path for i in list_files(stage)]
+    write_bytes(join(stage, PUBLISHING_MARKER), b"")
+    existing = list_files(out)
+    if existing:
+        if not replace:
+            raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
+                                  f"this run's catalog is left unpublished")
+        delete_file(join(out, summary_name))
+        for file_info in existing:
+            filesystem.delete_file(file_info.path)
+    _, stage_path = resolve(stage)
+    names = [p[len(stage_path) + 1:] for p in staged]
+    for name in sorted(names, key=lambda n: n == summary_name):
+        filesystem.copy_file(f"{stage_path}/{name}", f"{out_path}/{name}")
+    delete_tree(stage)
+
+
+PUBLISHING_MARKER = "_publishing"
+
+
+def stage_prefix(out: str) -> str:
+    parent, name = parent_and_name(out)
+    return join(parent, f".{name}.tmp-")
+
+
+def clean_stale_stages(out: str, summary_name: str) -> list[str]:
+    """Stages of killed runs on ``out`` (call only while holding ``out``'s :class:`OutputLock`).
+
+    A stage whose publish had begun means ``out`` may hold part of a catalog without a summary:
+    those files are removed too.
+    """
+    parent, name = parent_and_name(out)
+    prefix = f".{name}.tmp-"
+    if is_remote(out):
+        filesystem, parent_path = resolve(parent)
+        entries = filesystem.get_file_info(pafs.FileSelector(parent_path, allow_not_found=True))
+        stages = [_uri(out, e.path) for e in entries if os.path.basename(e.path).startswith(prefix)]
+    else:
+        stages = sorted(local_glob.glob(os.path.join(local_glob.escape(parent), local_glob.escape(prefix) + "*")))
+        stages += sorted(local_glob.glob(os.path.join(local_glob.escape(parent), f".{local_glob.escape(name)}.old-*")))
+    for stage in stages:
+        if is_remote(out) and exists(join(stage, PUBLISHING_MARKER)) and not exists(join(out, summary_name)):
+            delete_tree(out)
+        delete_tree(stage)
+    return stages
+
+
+# ---- one writer per output -------------------------------------------------------------------
+
+LEASE_SECONDS = 120.0
+"""A remote lock a run stops renewing (killed) is free after this long."""
+
+
+class Locked(RuntimeError):
+    """Another run holds the output."""
+
+
+@dataclass
+class _Lease:
+    key: str
+    body: dict
+
+
+class OutputLock:
+    """One writer per output at a time.
+
+    Local: ``flock`` on a hidden lock file (released by the kernel when the process dies).
+    Object store (no ``flock``, and pyarrow cannot send S3's ``If-None-Match`` conditional PUT):
+    a lease. The run PUTs ``<lock>/<run>.json``, then lists ``<lock>/``; if any *other* lease is
+    live (its object's store-side modification time is less than :data:`LEASE_SECONDS` old,
+    measured against our own lease's time, so host clocks do not matter) it deletes its own and
+    raises :class:`Locked`. S3 listing is strongly consistent, so of two runs that overlap, the
+    second to list sees the first; if both list at once both back off (safe; cron retries). The
+    holder renews its lease from a thread every third of the lease time and checks it is still
+    fresh (:meth:`check`) before each commit, so a run that lost its lease stops writing.
+    """
+
+    def __init__(self, uri: str, holder: str = "run", lease_seconds: float = LEASE_SECONDS) -> None:
+        self.uri = uri
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+        self._fd: int | None = None
+        self._lease: _Lease | None = None
+        self._renewed = 0.0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> OutputLock:
+        if is_remote(self.uri):
+            self._acquire_lease()
+        else:
+            self._acquire_flock()
+        return self
+
+    def _acquire_flock(self) -> None:
+        path = _local_path(self.uri)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Locked(f"another {self.holder} holds {path}") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        self._fd = fd
+
+    def _acquire_lease(self) -> None:
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "lease_seconds": self.lease_seconds}
+        self._lease = _Lease(join(self.uri, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"), body)
+        self._renew()
+        filesystem, path = resolve(self.uri)
+        leases = [i for i in filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                  if i.type == pafs.FileType.File]
+        _, own_path = resolve(self._lease.key)
+        own = next((i for i in leases if i.path == own_path), None)
+        now = own.mtime.timestamp() if own is not None and own.mtime else time.time()
+        live = [i for i in leases if i.path != own_path and i.mtime and now - i.mtime.timestamp() < self.lease_seconds]
+        if live:
+            self._release_lease()
+            raise Locked(f"another {self.holder} holds a lease in {self.uri} "
+                         f"(renewed {now - live[0].mtime.timestamp():.0f} s ago; free {self.lease_seconds:.0f} s "
+                         "after its last renewal)")
+        for stale in leases:
+            if stale.path != own_path:
+                filesystem.delete_file(stale.path)
+        self._thread = threading.Thread(target=self._keep_renewing, name="lease-renewal", daemon=True)
+        self._thread.start()
+
+    def _renew(self) -> None:
+        assert self._lease is not None
+        write_bytes(self._lease.key, json.dumps(self._lease.body).encode())
+        self._renewed = time.monotonic()
+
+    def _keep_renewing(self) -> None:
+        while not self._stop.wait(self.lease_seconds / 3):
+            try:
+                self._renew()
+            except OSError:
+                pass  # check() stops the run before the lease can lapse unnoticed
+
+    def check(self) -> None:
+        """Raise before a commit when our lease could have lapsed (renewals failed for too long)."""
+        if self._lease is not None and time.monotonic() - self._renewed > self.lease_seconds * 2 / 3:
+            raise Locked(f"lost the lease on {self.uri}: not renewed for "
+                         f"{time.monotonic() - self._renewed:.0f} s; stopping before another commit")
+
+    def _release_lease(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self._lease is not None:
+            delete_file(self._lease.key)
+            self._lease = None
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+        self._release_lease()

@@ -1,0 +1,222 @@
+"""``import-zoobot``: a Zoobot Lightning checkpoint -> a galaxy-infer ONNX model with its tree and recipe.
+
+Reads ``ZoobotTree`` and ``FinetuneableZoobotTree`` checkpoints without zoobot and without
+unrestricted unpickling: ``torch.load(weights_only=True)`` with an allowlist that maps zoobot's
+pickled ``Schema``/``Question``/``Answer`` to inert records (their attributes only, no code runs).
+The encoder is rebuilt with timm (its name from the checkpoint, or ``encoder``), the Dirichlet head
+(dropout, linear, ``1 + 100 * sigmoid``) by hand, the weights loaded strictly, and the model
+exported in eval mode (no test-time dropout) with the legacy TorchScript exporter (it handles
+maxvit, where the dynamo exporter fails) and a dynamic batch axis. The recipe is Zoobot's
+prediction-time one: the central 1/1.2 of the cutout (its 1.2x zoom), bilinear to 224 pixels,
+[0, 1] scaling, no mean/std normalisation. Parity with PyTorch is checked on the images given.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from galaxy_infer.model import INPUT_NAME, METADATA_KEY, Predictor, metadata_document
+from galaxy_infer.postprocess import postprocess
+from galaxy_infer.preprocess import Recipe
+from galaxy_infer.readers import discover
+from galaxy_infer.schema import Flag, Schema
+from galaxy_infer.trees import from_zoobot, match_builtin
+from training.data import load_input
+from training.export import OPSET, save_with_metadata, versions
+
+OUTPUT = "concentrations"
+ZOOBOT_INPUT_SIZE = 224
+ZOOBOT_CROP_FRACTION = 1 / 1.2
+"""Zoobot predicts through a 1.2x zoom about the centre (galaxy-datasets' minimal transform)."""
+ZOOBOT_RUNTIME = {"batch_size": 32, "task_rows": 128}
+"""A 224-pixel ConvNeXt costs ~100x the bundled model per image: small tasks keep workers balanced
+and their memory bounded (128 inputs are 77 MB)."""
+HUB_PREFIX = "zoobot-encoder-"
+PICKLED_ZOOBOT_CLASSES = ("zoobot.shared.schemas.Schema", "zoobot.shared.schemas.Question",
+                          "zoobot.shared.schemas.Answer")
+
+
+class PickledRecord:
+    """Stand-in for a pickled zoobot object: keeps its attributes, has no behaviour."""
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A Lightning checkpoint, loaded with torch's weights-only unpickler plus zoobot's tree classes as inert records."""
+    stand_ins = [(type(name.rsplit(".", 1)[1], (PickledRecord,), {}), name) for name in PICKLED_ZOOBOT_CLASSES]
+    with torch.serialization.safe_globals(stand_ins):
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" not in checkpoint or "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path} is not a Lightning checkpoint (no state_dict/hyper_parameters)")
+    return checkpoint
+
+
+def checkpoint_tree(hparams: dict[str, Any]) -> Schema:
+    """The checkpoint's decision tree, as the built-in tree it matches (campaign suffixes such as
+    ``-dr8`` dropped) or else as a tree of its own."""
+    if "schema" in hparams:
+        pairs, dependencies = hparams["schema"].question_answer_pairs, hparams["schema"].dependencies
+    elif hparams.get("question_answer_pairs"):
+        pairs, dependencies = hparams["question_answer_pairs"], hparams["dependencies"]
+    else:
+        raise ValueError("the checkpoint holds no decision tree (question_answer_pairs/schema)")
+    pairs = {q: [a.removeprefix("_") for a in answers] for q, answers in pairs.items()}
+    suffixes = {"-" + q.rsplit("-", 1)[1] for q in pairs if "-" in q}
+    for suffix in ([suffixes.pop()] if len(suffixes) == 1 else []) + [""]:
+        if suffix and not all(q.endswith(suffix) for q in pairs):
+            continue
+        plain = {q.removesuffix(suffix): a for q, a in pairs.items()}
+        deps = {q.removesuffix(suffix): (d.replace(suffix + "_", "_", 1) if d else None) for q, d in dependencies.items()}
+        builtin = match_builtin(from_zoobot("zoobot", plain, deps))
+        if builtin is not None:
+            return builtin
+    return from_zoobot("zoobot-custom", pairs, dependencies,
+                       description="decision tree embedded from a Zoobot checkpoint")
+
+
+def encoder_name(hparams: dict[str, Any], override: str | None) -> str:
+    """The timm architecture: the option, else ``architecture_name`` (ZoobotTree), else the hub name."""
+    if override:
+        return override
+    if hparams.get("architecture_name"):
+        return "efficientnet_b0" if hparams["architecture_name"] == "efficientnet" else hparams["architecture_name"]
+    name = hparams.get("name") or ""
+    if name:
+        return name.rsplit("/", 1)[-1].removeprefix(HUB_PREFIX)
+    raise ValueError("the checkpoint does not name its encoder (it was given in memory): pass --encoder, "
+                     "e.g. convnext_nano, efficientnet_b0, maxvit_tiny_rw_224")
+
+
+class ScaledSigmoid(nn.Module):
+    """Zoobot's Dirichlet activation: concentrations in (1, 101)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(x) * 100.0 + 1.0
+
+
+class ZoobotNet(nn.Module):
+    """Encoder + Dirichlet head with Zoobot's module names, so its state dict loads as saved."""
+
+    def __init__(self, encoder: nn.Module, encoder_dim: int, n_answers: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Sequential(nn.Dropout(0.0), nn.Sequential(nn.Linear(encoder_dim, n_answers), ScaledSigmoid()))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x))
+
+
+@dataclass
+class Imported:
+    model: ZoobotNet
+    tree: Schema
+    recipe: Recipe
+    encoder: str
+    source: dict[str, Any]
+
+
+def build_model(checkpoint: dict[str, Any], encoder: str | None = None, greyscale: bool | None = None) -> Imported:
+    """The checkpoint's network with its weights, in eval mode, with its tree and Zoobot's recipe."""
+    import timm
+
+    hparams = checkpoint["hyper_parameters"]
+    tree = checkpoint_tree(hparams)
+    arch = encoder_name(hparams, encoder)
+    timm_kwargs = dict(hparams.get("timm_kwargs") or {})
+    channels = int(timm_kwargs.pop("in_chans", 1 if hparams.get("greyscale") else hparams.get("channels", 3)))
+    if greyscale is not None:
+        channels = 1 if greyscale else 3
+    state = {k.replace("encoder._orig_mod.", "encoder.", 1): v for k, v in checkpoint["state_dict"].items()
+             if k.startswith(("encoder.", "head."))}
+    weight = state.get("head.1.0.weight")
+    if weight is None:
+        raise ValueError("no Dirichlet head (head.1.0.weight) in the checkpoint: is it a ZoobotTree or "
+                         "FinetuneableZoobotTree?")
+    if weight.shape[0] != tree.n_answers:
+        raise ValueError(f"the head predicts {weight.shape[0]} answers, the tree has {tree.n_answers}")
+    net = timm.create_model(arch, num_classes=0, in_chans=channels, pretrained=False, **timm_kwargs)
+    model = ZoobotNet(net, int(weight.shape[1]), tree.n_answers)
+    model.load_state_dict(state, strict=True)
+    recipe = Recipe(input_size=ZOOBOT_INPUT_SIZE, channels=channels, crop_fraction=ZOOBOT_CROP_FRACTION,
+                    greyscale=channels == 1)
+    kind = "FinetuneableZoobotTree" if "schema" in hparams else "ZoobotTree"
+    return Imported(model.eval(), tree, recipe, arch, {"class": kind, "encoder": arch, "channels": channels})
+
+
+def export(imported: Imported, path: Path, name: str, version: str, thresholds: dict[str, float],
+           **extra: Any) -> Path:
+    """Write the ONNX model (legacy exporter, dynamic batch) with the tree, recipe, flags and runtime preference."""
+    recipe = imported.recipe
+    dummy = torch.zeros(2, recipe.channels, recipe.input_size, recipe.input_size)
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(imported.model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=[OUTPUT],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT: {0: "batch"}},
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
+    tree = imported.tree
+    unknown = set(thresholds) - {f.name for f in tree.flags}
+    if unknown:
+        raise ValueError(f"no flags {sorted(unknown)} in tree {tree.name}; it has {[f.name for f in tree.flags]}")
+    flags = tuple(Flag(f.name, f.answers, f.column, thresholds.get(f.name, f.threshold)) for f in tree.flags)
+    doc = metadata_document(name, version, recipe, {}, tree, flags=flags, output_kind="dirichlet",
+                            runtime=ZOOBOT_RUNTIME, versions=versions(), **extra)
+    return save_with_metadata(onnx.load_from_string(buffer.getvalue()), path, doc)
+
+
+def parity(imported: Imported, path: Path, images: np.ndarray) -> dict[str, Any]:
+    """Largest differences between PyTorch and onnxruntime on ``images``: concentrations and catalog fractions."""
+    with torch.no_grad():
+        expected = imported.model(torch.from_numpy(images)).numpy()
+    got = Predictor(path, batch_size=min(len(images), 8), num_threads=1).predict(images)
+    tree = imported.tree
+    a = postprocess(expected, {}, tree, (), "dirichlet")
+    b = postprocess(got, {}, tree, (), "dirichlet")
+    fraction_diff = max(float(np.abs(a[c] - b[c]).max()) for c in tree.answer_columns)
+    return {"images": int(len(images)), "max_abs_concentration_diff": float(np.abs(expected - got).max()),
+            "max_abs_fraction_diff": fraction_diff}
+
+
+PARITY_TOLERANCE = 1e-4
+"""Largest accepted difference in a catalog fraction between PyTorch and ONNX."""
+
+
+def check_inputs(paths: list[str], recipe: Recipe, limit: int) -> tuple[np.ndarray, str]:
+    """Preprocessed real cutouts (the inference path), or a seeded random batch when none are given."""
+    files = [r["source_path"] for r in discover(paths)][:limit] if paths else []
+    if files:
+        return np.stack([load_input(f, recipe) for f in files]), f"{len(files)} cutouts"
+    rng = np.random.default_rng(0)
+    return rng.random((4, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32), "random images"
+
+
+def import_zoobot(checkpoint_path: str | Path, output: str | Path, name: str | None = None, version: str = "1.0.0",
+                  encoder: str | None = None, greyscale: bool | None = None,
+                  thresholds: dict[str, float] | None = None, check_images: list[str] | None = None,
+                  check_limit: int = 16) -> dict[str, Any]:
+    """Convert, export and check; returns what it did (the parity figures included). Raises
+    ``ValueError`` when PyTorch and ONNX disagree by more than :data:`PARITY_TOLERANCE`."""
+    checkpoint_path, output = Path(checkpoint_path), Path(output)
+    imported = build_model(load_checkpoint(checkpoint_path), encoder, greyscale)
+    sha = hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
+    images, what = check_inputs(check_images or [], imported.recipe, check_limit)
+    name = name or f"zoobot-{imported.tree.name}-{imported.encoder}"
+    source = {**imported.source, "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha}
+    export(imported, output, name, version, thresholds or {}, source=source)
+    result = parity(imported, output, images)
+    result["checked_on"] = what
+    if result["max_abs_fraction_diff"] > PARITY_TOLERANCE:
+        output.unlink()
+        raise ValueError(f"ONNX and PyTorch disagree: {json.dumps(result)}")
+    proto = onnx.load(str(output))
+    doc = json.loads(next(m.value for m in proto.metadata_props if m.key == METADATA_KEY))
+    save_with_metadata(proto, output, json.dumps({**doc, "parity": result}, sort_keys=True))
+    return {"output": str(output), "name": name, "tree": imported.tree.name, "encoder": imported.encoder,
+            "channels": imported.recipe.channels, "bytes": output.stat().st_size, "parity": result}
