@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from galaxy_infer import storage
+
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 TOP_REASONS = 10
 METADATA_PREFIX = "galaxy_infer."
@@ -33,8 +35,10 @@ def open_catalog(source: str | os.PathLike | list[str]) -> ds.Dataset:
     ``_ingest_runs/``) are skipped, as pandas and DuckDB skip them.
     """
     if isinstance(source, list):
-        return ds.dataset([str(s) for s in source], format="parquet")
-    return ds.dataset(str(source), format="parquet", partitioning="hive")
+        filesystem = storage.resolve(str(source[0]))[0] if source else None
+        return ds.dataset([storage.resolve(str(s))[1] for s in source], filesystem=filesystem, format="parquet")
+    filesystem, path = storage.resolve(str(source))
+    return ds.dataset(path, filesystem=filesystem, format="parquet", partitioning="hive")
 
 
 def file_metadata(dataset: ds.Dataset) -> list[dict[str, str]]:

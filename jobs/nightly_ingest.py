@@ -33,6 +33,7 @@ from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MAN
                                  IngestConfig, IngestUsageError, Locked, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
+from galaxy_infer import storage  # noqa: E402
 from galaxy_infer.storage import ANONYMOUS_ENV  # noqa: E402
 from galaxy_infer.summary import format_summary, summarize  # noqa: E402
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         traceback.print_exc(file=sys.stderr)
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    added = summarize([str(Path(config.catalog) / f) for f in summary["files"]]) if summary["files"] else None
+    added = summarize([storage.join(config.catalog, f) for f in summary["files"]]) if summary["files"] else None
     if args.json:
         print(json.dumps({**summary, "added": added}, indent=2))
     else:
