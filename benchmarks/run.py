@@ -1,13 +1,17 @@
-"""``make bench``: the decode ceiling, the pipeline end to end, a naive baseline and peak memory.
+"""``make bench``: the machine's limit, the pipeline end to end against it, a naive baseline, peak memory.
 
 Real JPEG cutouts from ``../shared/data/gz1_sdss`` are hard-linked (or copied) under the work
-folder until each count is reached; every measurement uses the same files and cores. Prints a
-table and writes ``bench.json``.
+folder until each count is reached; every measurement uses the same files and cores. The limit
+(issue 13) is measured in the same run: decoding alone (Pillow draft-mode decode and resize to
+the model's input size, nothing else, a process per core), the model alone (onnxruntime, one
+thread per core, batches of 256), and their combination 1 / (1/decode rate + 1/model rate), the
+rate of a classifier that did nothing else. Prints a table and writes ``bench.json``.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -17,14 +21,14 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import psutil
 
 from galaxy_infer.model import bundled_model_path, load_model_info
-from galaxy_infer.preprocess import Recipe, preprocess
-from galaxy_infer.readers import read_cutout
+from galaxy_infer.preprocess import Recipe
 
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1_sdss" / "images"
 
@@ -53,38 +57,89 @@ def write_manifest(path: Path, files: list[Path]) -> Path:
     return path
 
 
-_RECIPE: Recipe | None = None
+def _decode_only(paths: list[str], recipe: Recipe) -> None:
+    """The issue's decode loop: open, draft-mode decode, crop-and-resize to the input size; no arrays."""
+    from PIL import Image
 
-
-def _init_worker(recipe: Recipe) -> None:
-    global _RECIPE
-    _RECIPE = recipe
-
-
-def _decode_chunk(paths: list[str]) -> int:
+    size = (recipe.input_size, recipe.input_size)
     for p in paths:
-        preprocess(read_cutout(p, _RECIPE).pixels, _RECIPE)
-    return len(paths)
+        im = Image.open(p)
+        im.draft("RGB", recipe.decode_size(*im.size))
+        side = min(im.size) * recipe.crop_fraction
+        box = ((im.width - side) / 2, (im.height - side) / 2, (im.width + side) / 2, (im.height + side) / 2)
+        im.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+
+
+def _model_only(model: str, batches: int, batch_size: int, input_shape: list[int]) -> Callable[[], None]:
+    """A session with one thread, already run once (allocation is not timed); returns the timed loop."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: np.random.default_rng(0).random((batch_size, *input_shape), np.float32)}
+    session.run(None, feed)
+
+    def run() -> None:
+        for _ in range(batches):
+            session.run(None, feed)
+
+    return run
+
+
+def _timed_worker(kind: str, args: tuple, start, results) -> None:
+    """Set up, wait until every process is ready, then time the work (wall and CPU)."""
+    run = _model_only(*args) if kind == "model" else functools.partial(_decode_only, *args)
+    start.wait()
+    wall, cpu = time.perf_counter(), time.process_time()
+    run()
+    results.put((time.perf_counter() - wall, time.process_time() - cpu))
+
+
+def all_cores(kind: str, per_process: list[tuple], images: int) -> dict:
+    """Run ``kind`` (decode or model) in one process per argument tuple, started together.
+
+    The rate is images over the slowest process's time; ``us_per_image`` is the processes' summed
+    time per image (what the pipeline's stage timings report), ``cpu_us_per_image`` their CPU.
+    """
+    ctx = mp.get_context("fork")
+    start, results = ctx.Barrier(len(per_process)), ctx.Queue()
+    procs = [ctx.Process(target=_timed_worker, args=(kind, a, start, results)) for a in per_process]
+    for p in procs:
+        p.start()
+    times = [results.get() for _ in procs]
+    for p in procs:
+        p.join()
+    wall = max(t for t, _ in times)
+    return {"images": images, "processes": len(procs), "seconds": round(wall, 2),
+            "images_per_second": round(images / wall, 1),
+            "us_per_image": round(sum(t for t, _ in times) / images * 1e6, 1),
+            "cpu_us_per_image": round(sum(c for _, c in times) / images * 1e6, 1)}
+
+
+def decode_limit(files: list[Path], recipe: Recipe, processes: int) -> dict:
+    """Decoding alone on every core, each process taking an equal share of ``files``."""
+    paths = [str(f) for f in files]
+    return all_cores("decode", [(paths[i::processes], recipe) for i in range(processes)], len(paths))
+
+
+def model_limit(model: str | Path, processes: int, batches: int = 40, batch_size: int = 256) -> dict:
+    """The model alone on every core: one onnxruntime thread per process, ``batches`` batches each."""
+    shape = load_model_info(model).input_shape
+    return all_cores("model", [(str(model), batches, batch_size, shape)] * processes, processes * batches * batch_size)
+
+
+def combined_limit(decode_rate: float, model_rate: float) -> float:
+    """A classifier that decodes and predicts on the same cores and does nothing else."""
+    return 1.0 / (1.0 / decode_rate + 1.0 / model_rate)
 
 
 def warm_page_cache(files: list[Path]) -> None:
-    """Read every file once: no measurement pays for first reads from disk, whatever the order of runs."""
-    for f in set(files):
+    """Read every file once: no measurement pays for first reads from disk, whatever the order of runs.
+    Hard links share their pages, so each inode is read once."""
+    for f in {os.stat(f).st_ino: f for f in files}.values():
         f.read_bytes()
-
-
-def decode_ceiling(files: list[Path], recipe: Recipe, processes: int, repeats: int = 1) -> dict:
-    """Decode every file to the model's input size on all cores, nothing else; the best of ``repeats``
-    (wall clock, pool start included)."""
-    chunks = [[str(f) for f in files[i:i + 256]] for i in range(0, len(files), 256)]
-    best = float("inf")
-    for _ in range(repeats):
-        started = time.perf_counter()
-        with mp.get_context("fork").Pool(processes, initializer=_init_worker, initargs=(recipe,)) as pool:
-            done = sum(pool.imap_unordered(_decode_chunk, chunks))
-        best = min(best, time.perf_counter() - started)
-    return {"images": done, "seconds": round(best, 2), "images_per_second": round(done / best, 1),
-            "repeats": repeats}
 
 
 class PeakMemory:
@@ -228,10 +283,13 @@ def format_big(r: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=Path("bench-results"))
-    parser.add_argument("--images", type=int, default=60_000, help="cutouts for throughput (default 60,000)")
-    parser.add_argument("--memory-counts", default="10000,100000", help="cutout counts for peak memory")
+    parser.add_argument("--images", type=int, default=240_000, help="cutouts for throughput (default 240,000)")
+    parser.add_argument("--memory-counts", default=None,
+                        help="cutout counts for peak memory (default: 10,000 and --images)")
+    parser.add_argument("--repeats", type=int, default=2, help="end-to-end runs per model; the best counts")
+    parser.add_argument("--model-batches", type=int, default=40, help="batches of 256 per core for the model limit")
     parser.add_argument("--baseline-images", type=int, default=3_000,
                         help="cutouts for the naive baseline (its rate is steady; default 3,000)")
     parser.add_argument("--model", type=Path, default=bundled_model_path())
@@ -257,7 +315,7 @@ def main() -> None:
             return
 
     recipe = load_model_info(args.model).recipe
-    counts = [int(c) for c in args.memory_counts.split(",") if c]
+    counts = sorted({int(c) for c in (args.memory_counts or f"{min(10_000, args.images)},{args.images}").split(",") if c})
     files = replicate(args.workdir / "cutouts", max([args.images, *counts]))
     extra = args.extra.split()
     results: dict = {
@@ -267,14 +325,17 @@ def main() -> None:
     }
     sample = files[: args.images]
     warm_page_cache(files)
-    print(f"decode ceiling on {len(sample)} cutouts, {args.num_cpus} processes, best of 2 ...", flush=True)
-    results["decode_ceiling"] = decode_ceiling(sample, recipe, args.num_cpus, repeats=2)
+    models = [("", args.model)] + ([("int8_", args.int8_model)] if args.int8_model else [])
+    print(f"decoding alone on {len(sample)} cutouts, {args.num_cpus} processes ...", flush=True)
+    results["decode_limit"] = decode_limit(sample, recipe, args.num_cpus)
+    for prefix, model in models:
+        print(f"model {Path(model).name} alone, {args.num_cpus} processes of one thread, batch 256 ...", flush=True)
+        results[f"{prefix}model_limit"] = model_limit(model, args.num_cpus, args.model_batches)
     manifest = write_manifest(args.workdir / f"manifest-{len(sample)}.csv", sample)
-    timed = [("end_to_end", "", args.model)] + ([("end_to_end_int8", "int8_", args.int8_model)] if args.int8_model else [])
-    for key, _, model in timed:
-        print(f"galaxy-infer classify --model {model} on {len(sample)} cutouts, best of 2 ...", flush=True)
-        runs = [end_to_end(manifest, args.workdir / "catalog", model, args.num_cpus, extra) for _ in range(2)]
-        results[key] = {**min(runs, key=lambda r: r["seconds"]), "repeats": len(runs)}
+    for prefix, model in models:
+        print(f"galaxy-infer classify --model {model} on {len(sample)} cutouts, best of {args.repeats} ...", flush=True)
+        runs = [end_to_end(manifest, args.workdir / "catalog", model, args.num_cpus, extra) for _ in range(args.repeats)]
+        results[f"{prefix}end_to_end"] = {**min(runs, key=lambda r: r["seconds"]), "repeats": len(runs)}
     results["memory"] = {}
     for n in counts:
         print(f"peak memory at {n} cutouts ...", flush=True)
@@ -283,44 +344,65 @@ def main() -> None:
                                                measure_memory=True)
     print(f"naive baseline on {args.baseline_images} cutouts ...", flush=True)
     results["naive_baseline"] = naive_baseline(files[: args.baseline_images], recipe)
-
-    ceiling = results["decode_ceiling"]["images_per_second"]
-    naive = results["naive_baseline"]["images_per_second"]
-    results["ratios"] = {"end_to_end_over_naive": round(results["end_to_end"]["images_per_second"] / naive, 2)}
-    for key, prefix, _ in timed:
-        run = results[key]
-        results["ratios"][f"{prefix}end_to_end_over_ceiling"] = round(run["images_per_second"] / ceiling, 3)
-        # without the fixed start-up and shut-down: the rate a long run approaches
-        results["ratios"][f"{prefix}processing_over_ceiling"] = round(
-            run["images"] / run["processing_seconds"] / ceiling, 3)
-    if len(counts) >= 2:
-        lo, hi = results["memory"][str(min(counts))], results["memory"][str(max(counts))]
-        results["ratios"]["memory_growth"] = round(hi["peak_memory_mib"] / lo["peak_memory_mib"], 3)
+    derive(results, [prefix for prefix, _ in models], counts)
     (args.workdir / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results))
+    print(format_table(results, [prefix for prefix, _ in models]))
     print(f"\nwritten {args.workdir / 'bench.json'}")
 
 
-def format_table(r: dict) -> str:
-    stage = r["end_to_end"]["stage_seconds"]
-    total = sum(stage.values()) or 1.0
-    rows = [
-        ("decode ceiling (all cores, decode only)", r["decode_ceiling"]),
-        ("galaxy-infer classify, end to end", r["end_to_end"]),
-        *([("galaxy-infer classify --model int8, end to end", r["end_to_end_int8"])] if "end_to_end_int8" in r else []),
-        ("naive baseline (PIL + torch eager, batch 1)", r["naive_baseline"]),
-    ]
+def per_image_us(run: dict) -> dict[str, float]:
+    """Each stage's time per cutout in microseconds: worker time for read to postprocess, driver time for write."""
+    return {k: round(v / run["images"] * 1e6, 1) for k, v in run["stage_seconds"].items()}
+
+
+def derive(r: dict, prefixes: list[str], counts: list[int]) -> None:
+    """The combined limits, each stage's cost next to its limit, and the ratios the targets are set on."""
+    decode = r["decode_limit"]
+    r["limits"], r["stages_us_per_image"], r["ratios"] = {}, {}, {
+        "end_to_end_over_naive": round(r["end_to_end"]["images_per_second"] / r["naive_baseline"]["images_per_second"], 2)}
+    for prefix in prefixes:
+        model, run = r[f"{prefix}model_limit"], r[f"{prefix}end_to_end"]
+        limit = combined_limit(decode["images_per_second"], model["images_per_second"])
+        r["limits"][f"{prefix}combined_images_per_second"] = round(limit, 1)
+        stages = r["stages_us_per_image"][f"{prefix or 'float_'}model"] = per_image_us(run)
+        r["ratios"][f"{prefix}end_to_end_over_limit"] = round(run["images_per_second"] / limit, 3)
+        # without the fixed start-up and shut-down: the rate a long run approaches
+        r["ratios"][f"{prefix}processing_over_limit"] = round(run["images"] / run["processing_seconds"] / limit, 3)
+        r["ratios"][f"{prefix}read_preprocess_over_decode"] = round(stages["read_preprocess"] / decode["us_per_image"], 3)
+        r["ratios"][f"{prefix}predict_over_model"] = round(stages["predict"] / model["us_per_image"], 3)
+    if len(counts) >= 2:
+        lo, hi = r["memory"][str(min(counts))], r["memory"][str(max(counts))]
+        r["ratios"]["memory_growth"] = round(hi["peak_memory_mib"] / lo["peak_memory_mib"], 3)
+
+
+def format_table(r: dict, prefixes: list[str]) -> str:
+    rows = [("decoding alone (all cores)", r["decode_limit"])]
+    for prefix in prefixes:
+        name = "int8 model" if prefix else "float model"
+        rows.append((f"{name} alone (all cores, batch 256)", r[f"{prefix}model_limit"]))
+    for prefix in prefixes:
+        rows.append((f"galaxy-infer classify{' --model int8' if prefix else ''}, end to end", r[f"{prefix}end_to_end"]))
+    rows.append(("naive baseline (PIL + torch eager, batch 1)", r["naive_baseline"]))
     lines = [f"{'measurement':<46}{'images':>9}{'seconds':>9}{'images/s':>10}", "-" * 74]
     lines += [f"{name:<46}{m['images']:>9}{m['seconds']:>9}{m['images_per_second']:>10}" for name, m in rows]
+    lines += ["", f"{'per cutout, us of worker time':<46}{'stage':>9}{'limit':>9}{'ratio':>10}", "-" * 74]
+    decode = r["decode_limit"]["us_per_image"]
+    for prefix in prefixes:
+        stages = r["stages_us_per_image"][f"{prefix or 'float_'}model"]
+        model = r[f"{prefix}model_limit"]["us_per_image"]
+        name = "int8" if prefix else "float"
+        for stage, limit in (("read_preprocess", decode), ("predict", model), ("postprocess", None), ("write", None)):
+            if stage in stages:
+                ratio = f"{stages[stage] / limit:.2f}" if limit else ""
+                lines.append(f"{name + ' run: ' + stage:<46}{stages[stage]:>9}{limit or '':>9}{ratio:>10}")
     lines.append("")
+    for prefix in prefixes:
+        run, limit = r[f"{prefix}end_to_end"], r["limits"][f"{prefix}combined_images_per_second"]
+        lines.append(f"{'int8' if prefix else 'float'}: combined limit {limit} images/s; end to end "
+                     f"{run['images_per_second']} ({run['seconds']} s: {run['processing_seconds']} s processing, "
+                     f"{run['startup_and_shutdown_seconds']} s start-up and shut-down)")
     lines += [f"peak memory at {n:>7} cutouts: {m['peak_memory_mib']:>6} MiB  ({m['images_per_second']} images/s "
               "while sampled)" for n, m in r["memory"].items()]
-    lines.append("time split (worker seconds): " + ", ".join(
-        f"{k} {v:.1f} s ({v / total:.0%})" for k, v in stage.items()))
-    e2e = r["end_to_end"]
-    lines.append(f"end to end: {e2e['processing_seconds']} s processing, {e2e['startup_and_shutdown_seconds']} s "
-                 f"interpreter, Ray start-up and shut-down; the workers' stage time spread over {r['num_cpus']} "
-                 f"cores: {total / r['num_cpus']:.1f} s")
     lines.append("ratios: " + ", ".join(f"{k} {v}" for k, v in r["ratios"].items()))
     return "\n".join(lines)
 

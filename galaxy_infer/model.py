@@ -278,18 +278,25 @@ class Predictor:
         self.device = "cuda" if active[0] == "CUDAExecutionProvider" else "cpu"
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name
+        self._padded: np.ndarray | None = None
 
     def predict(self, images: np.ndarray) -> np.ndarray:
-        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` outputs; the last batch is zero-padded."""
+        """``(n, C, H, W)`` float32 -> ``(n, n_answers)`` outputs.
+
+        A short last batch is zero-padded to the batch size in a buffer the predictor keeps, so a
+        chunk costs no batch-sized allocation.
+        """
         n = images.shape[0]
         out = np.empty((n, self.info.tree.n_answers), dtype=np.float32)
+        images = np.ascontiguousarray(images, dtype=np.float32)
         b = self.batch_size
         for start in range(0, n, b):
             chunk = images[start:start + b]
             if chunk.shape[0] < b:
-                padded = np.zeros((b, *chunk.shape[1:]), dtype=np.float32)
-                padded[: chunk.shape[0]] = chunk
-                chunk = padded
-            logits = self.session.run([self._output], {self._input: np.ascontiguousarray(chunk, dtype=np.float32)})[0]
-            out[start:start + b] = logits[: min(b, n - start)]
+                if self._padded is None or self._padded.shape[1:] != chunk.shape[1:]:
+                    self._padded = np.zeros((b, *chunk.shape[1:]), dtype=np.float32)
+                self._padded[: chunk.shape[0]] = chunk
+                self._padded[chunk.shape[0]:] = 0
+                chunk = self._padded
+            out[start:start + b] = self.session.run([self._output], {self._input: chunk})[0][: min(b, n - start)]
         return out

@@ -132,7 +132,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
     for i, load in read_units(batch, recipe, filesystem):
         try:
             decoded = load()
-            pixels[i] = preprocess(decoded.pixels, recipe)
+            preprocess(decoded.image, recipe, out=pixels[i])
         except InputError as exc:
             errors[i] = str(exc)
             continue
@@ -142,7 +142,7 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop a night's run
             errors[i] = f"unexpected {type(exc).__name__} while decoding: {exc}"[:300]
             continue
-        if np.isnan(ra[i]) and decoded.ra is not None:
+        if decoded.ra is not None and np.isnan(ra[i]):
             ra[i], dec[i] = decoded.ra, decoded.dec
     return {**{k: batch[k] for k in ("object_id", "source_path")}, "ra": ra, "dec": dec,
             "error": errors, "pixels": pixels, STAGE_SECONDS_KEY: time.perf_counter() - started}

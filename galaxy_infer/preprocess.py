@@ -78,12 +78,28 @@ def _resize(plane: Image.Image, recipe: Recipe) -> Image.Image:
     return plane.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
+_UINT8_SCALE = np.float32(1.0 / 255.0)
+
+
+def preprocess_rgb(image: Image.Image, recipe: Recipe, out: np.ndarray | None = None) -> np.ndarray:
+    """8-bit RGB Pillow image -> ``(3, size, size)`` float32 in [0, 1], written into ``out`` if given.
+
+    The common case, kept to one resize, one copy out of Pillow and one scaling pass into
+    ``out``. Pillow's line-interleaved raw mode ``RGB;L`` hands the rows over as (row, channel,
+    column), so the channel-first result is a cheap row-wise transpose (measured in instructions:
+    a quarter less than ``np.asarray`` then a pixel-wise transpose).
+    """
+    size = recipe.input_size
+    rows = np.frombuffer(_resize(image, recipe).tobytes("raw", "RGB;L"), np.uint8).reshape(size, 3, size)
+    if out is None:
+        out = np.empty((3, size, size), np.float32)
+    return np.multiply(rows.transpose(1, 0, 2), _UINT8_SCALE, out=out, dtype=np.float32)
+
+
 def preprocess_raster(pixels: np.ndarray, recipe: Recipe) -> np.ndarray:
     """``(H, W, C)`` uint8 or uint16 image -> ``(channels, size, size)`` float32 in [0, 1]."""
     if pixels.dtype == np.uint8 and pixels.ndim == 3 and pixels.shape[2] == 3 and recipe.channels == 3:
-        image = Image.fromarray(pixels, "RGB")
-        out = np.asarray(_resize(image, recipe), dtype=np.float32).transpose(2, 0, 1)
-        return np.multiply(out, 1.0 / 255.0, out=np.ascontiguousarray(out))
+        return preprocess_rgb(Image.fromarray(pixels, "RGB"), recipe)
     scale = 1.0 / float(np.iinfo(pixels.dtype).max)
     planes = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
     resized = [np.asarray(_resize(Image.fromarray(planes[:, :, c].astype(np.float32), "F"), recipe))
@@ -129,8 +145,21 @@ def _to_channels(planes: np.ndarray, recipe: Recipe) -> np.ndarray:
     raise InputError(f"image has {n} bands; the model takes {recipe.channels} (or 1, repeated)")
 
 
-def preprocess(pixels: np.ndarray, recipe: Recipe) -> np.ndarray:
-    """Decoded pixels -> model input. Integer arrays are raster ``(H, W[, C])``, floats FITS ``(B, H, W)``."""
+def preprocess(pixels: np.ndarray | Image.Image, recipe: Recipe, out: np.ndarray | None = None) -> np.ndarray:
+    """Decoded pixels -> model input, written into ``out`` (a slot of a batch) when given.
+
+    Integer arrays are raster ``(H, W[, C])``, floats FITS ``(B, H, W)``; a Pillow image (an
+    8-bit RGB raster as the reader decoded it) gives exactly what its array gives.
+    """
+    if isinstance(pixels, Image.Image):
+        if pixels.mode == "RGB" and recipe.channels == 3:
+            return preprocess_rgb(pixels, recipe, out)
+        pixels = np.asarray(pixels)
     if np.issubdtype(pixels.dtype, np.integer):
-        return preprocess_raster(pixels if pixels.ndim == 3 else pixels[:, :, None], recipe)
-    return preprocess_bands(pixels, recipe)
+        result = preprocess_raster(pixels if pixels.ndim == 3 else pixels[:, :, None], recipe)
+    else:
+        result = preprocess_bands(pixels, recipe)
+    if out is None:
+        return result
+    out[...] = result
+    return out

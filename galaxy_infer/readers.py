@@ -13,6 +13,7 @@ import os
 import warnings
 import zlib
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +34,21 @@ MAX_PIXELS = 100_000_000
 
 @dataclass(frozen=True)
 class Decoded:
-    """Pixels as decoded, plus the sky position a FITS WCS gives at the cutout centre."""
+    """A decoded cutout, plus the sky position a FITS WCS gives at the cutout centre.
 
-    pixels: np.ndarray
+    ``image`` is what :func:`~galaxy_infer.preprocess.preprocess` takes: an 8-bit RGB raster stays
+    the Pillow image it was decoded to, so that preprocessing resizes it without copying it into
+    NumPy and back (two copies, measured at about a tenth of a cutout's decode time); anything
+    else is its array. ``pixels`` is always the array.
+    """
+
+    image: np.ndarray | Image.Image
     ra: float | None = None
     dec: float | None = None
+
+    @cached_property
+    def pixels(self) -> np.ndarray:
+        return self.image if isinstance(self.image, np.ndarray) else _raster_array(self.image)
 
 
 def _suffix(path: str) -> str:
@@ -68,23 +79,28 @@ def decode_cutout(data: bytes, path: str, recipe: Recipe) -> Decoded:
     """Decode a cutout's bytes, in memory; ``path`` names the format (by suffix) and the file in reasons."""
     if _suffix(path) in FITS_SUFFIXES:
         return read_fits(data)
-    return Decoded(read_raster(data, path, recipe))
+    return Decoded(_decode_raster(data, path, recipe))
 
 
 def read_raster(data: bytes, path: str, recipe: Recipe) -> np.ndarray:
     """JPEG/PNG bytes -> ``(H, W, C)`` uint8 (or uint16 for 16-bit PNG)."""
+    image = _decode_raster(data, path, recipe)
+    return image if isinstance(image, np.ndarray) else _raster_array(image)
+
+
+def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.ndarray:
+    """JPEG/PNG bytes -> the loaded Pillow image when it is 8-bit RGB, else :func:`read_raster`'s array."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
-        with im:
             w, h = im.size
             if w * h > MAX_PIXELS:
                 raise InputError(f"image over the {MAX_PIXELS // 1_000_000} megapixel limit: {w}x{h} pixels")
             if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, recipe.decode_size(w, h))
             im.load()
-            return _raster_array(im)
+        return im if im.mode == "RGB" else _raster_array(im)
     except InputError:
         raise
     except UnidentifiedImageError:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -59,3 +61,99 @@ def test_recipe_round_trips_through_json():
     assert Recipe.from_dict(json.loads(recipe.to_json())) == recipe
     with pytest.raises(ValueError, match="unknown"):
         Recipe.from_dict({"input_size": 48, "colour": "yes"})
+
+
+# --- identity with the implementation before the per-cutout speed work (issue 13) ---------------
+# A frozen copy of the decode and preprocessing as they were, so any later speed work that changes
+# a value the models were trained on fails here.
+
+def _reference_read_raster(path: str, recipe: Recipe) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
+            im.draft(im.mode, recipe.decode_size(*im.size))
+        im.load()
+        if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+            return np.clip(np.asarray(im), 0, 65535).astype(np.uint16)[:, :, None]
+        if im.mode in ("L", "RGB"):
+            return np.asarray(im)[:, :, None] if im.mode == "L" else np.asarray(im)
+        if im.mode in ("LA", "1"):
+            return np.asarray(im.convert("L"))[:, :, None]
+        return np.asarray(im.convert("RGB"))
+
+
+def _reference_preprocess(pixels: np.ndarray, recipe: Recipe) -> np.ndarray:
+    from PIL import Image
+
+    def resize(plane):
+        side = min(plane.width, plane.height) * recipe.crop_fraction
+        box = ((plane.width - side) / 2, (plane.height - side) / 2, (plane.width + side) / 2,
+               (plane.height + side) / 2)
+        return plane.resize((recipe.input_size,) * 2, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
+
+    def to_channels(planes):
+        return np.ascontiguousarray(planes if planes.shape[0] == recipe.channels
+                                    else np.repeat(planes, recipe.channels, axis=0), dtype=np.float32)
+
+    if np.issubdtype(pixels.dtype, np.integer):
+        pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        if pixels.dtype == np.uint8 and pixels.shape[2] == 3 and recipe.channels == 3:
+            out = np.asarray(resize(Image.fromarray(pixels, "RGB")), dtype=np.float32).transpose(2, 0, 1)
+            return np.multiply(out, 1.0 / 255.0, out=np.ascontiguousarray(out))
+        scale = 1.0 / float(np.iinfo(pixels.dtype).max)
+        planes = pixels.reshape(pixels.shape[0], pixels.shape[1], -1)
+        resized = [np.asarray(resize(Image.fromarray(planes[:, :, c].astype(np.float32), "F")))
+                   for c in range(planes.shape[2])]
+        return to_channels(np.stack(resized) * np.float32(scale))
+    out = []
+    for band in pixels.astype(np.float32, copy=False):
+        finite = np.isfinite(band)
+        if not finite.all():
+            band = np.where(finite, band, np.median(band[finite]))
+        lo, hi = np.percentile(band, recipe.clip_percentiles)
+        if hi > lo:
+            a = recipe.asinh_softening
+            band = (np.arcsinh((np.clip(band, lo, hi) - lo) / (hi - lo) / a) / np.arcsinh(1.0 / a)).astype(np.float32)
+        else:
+            band = np.zeros_like(band, dtype=np.float32)
+        out.append(np.asarray(resize(Image.fromarray(band, "F"))))
+    return to_channels(np.stack(out))
+
+
+def _cutouts_of_every_kind(data, folder) -> list:
+    """Real cutouts of each kind the readers take; 16-bit, grey, RGBA and CMYK ones are made from real pixels."""
+    from astropy.io import fits
+    from PIL import Image
+
+    jpegs = [sorted((data / d / "images").glob("*.jpg"))[:3]
+             for d in ("gz1_sdss", "gz2_votes", "gzdecals_rings", "gz_kaggle_spiral")]
+    pngs = sorted((data / "fits").glob("decals_dr5_example_*.png"))
+    real_fits = [data / "fits" / n for n in ("decals_dr5_example_a.fits", "decals_dr5_example_b.fits",
+                                             "hst_AEGIS_F606w_images_01.fits")]
+    band = fits.getdata(real_fits[0])[1].astype(np.float64)
+    deep = (np.clip((band - band.min()) / (np.percentile(band, 99.9) - band.min()), 0, 1) * 65535).astype(np.uint16)
+    made = {"sixteen_bit.png": Image.fromarray(deep), "grey.png": Image.open(jpegs[0][0]).convert("L"),
+            "grey.jpg": Image.open(jpegs[2][0]).convert("L"), "rgba.png": Image.open(pngs[0]).convert("RGBA"),
+            "cmyk.jpg": Image.open(jpegs[1][0]).convert("CMYK")}
+    for name, image in made.items():
+        image.save(folder / name)
+    assert Image.open(folder / "sixteen_bit.png").mode.startswith("I")
+    return [str(p) for p in [*sum(jpegs, []), *pngs, *real_fits, *(folder / n for n in made)]]
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("recipe", [Recipe(), Recipe(input_size=32, crop_fraction=0.5)], ids=["default", "small"])
+def test_outputs_are_identical_to_the_reference_implementation(shared_data, tmp_path, recipe):
+    from galaxy_infer.pipeline import read_and_preprocess
+    from galaxy_infer.readers import FITS_SUFFIXES, read_cutout, read_fits
+
+    paths = _cutouts_of_every_kind(shared_data, tmp_path)
+    expected = np.stack([_reference_preprocess(read_fits(Path(p).read_bytes()).pixels if p.endswith(FITS_SUFFIXES)
+                                               else _reference_read_raster(p, recipe), recipe) for p in paths])
+    training = np.stack([preprocess(read_cutout(p, recipe).pixels, recipe) for p in paths])
+    batch = read_and_preprocess({"object_id": np.array(paths, dtype=object), "source_path": np.array(paths, dtype=object),
+                                 "ra": np.full(len(paths), np.nan), "dec": np.full(len(paths), np.nan)}, recipe)
+    assert list(batch["error"]) == [""] * len(paths)
+    np.testing.assert_array_equal(training, expected)
+    np.testing.assert_array_equal(batch["pixels"], expected)

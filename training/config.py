@@ -61,12 +61,37 @@ class OutputConfig:
 
 
 @dataclass
+class SurveyAugment:
+    """Which survey differences to imitate in training, and how far (0 or empty = off)."""
+
+    p: float = 0.5
+    """Probability that each enabled operation is applied to a sample."""
+    grey: float = 0.0
+    """Share of samples rendered grey: one random band (or a random mix) copied to every channel."""
+    colour: float = 0.0
+    """Standard deviation of the per-band log gain (colour/band balance)."""
+    blur: float = 0.0
+    """Largest Gaussian PSF sigma, in input pixels (uniform from 0)."""
+    noise: float = 0.0
+    """Largest added sky-noise sigma on the [0, 1] scale (log-uniform from a twentieth of it)."""
+    dim: float = 1.0
+    """Smallest flux factor above the background (log-uniform up to 1); 1 = off."""
+    framing: tuple[float, ...] = ()
+    """``(smallest, largest)`` apparent size factor, replacing the ±25% zoom; borders then take
+    the image's border level. ``()`` keeps the standard zoom."""
+
+    def enabled(self) -> bool:
+        return bool(self.grey or self.colour or self.blur or self.noise or self.dim < 1)
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     recipe: Recipe = field(default_factory=Recipe)
+    augment: SurveyAugment = field(default_factory=SurveyAugment)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +106,7 @@ def _section(cls, values: dict[str, Any]):
 
 
 def from_dict(raw: dict[str, Any]) -> Config:
-    unknown = set(raw) - {"data", "model", "train", "output", "recipe"}
+    unknown = set(raw) - {"data", "model", "train", "output", "recipe", "augment"}
     if unknown:
         raise ValueError(f"unknown config sections: {sorted(unknown)}")
     return Config(
@@ -90,6 +115,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
         train=_section(TrainConfig, raw.get("train", {})),
         output=_section(OutputConfig, raw.get("output", {})),
         recipe=Recipe.from_dict(raw.get("recipe", {})),
+        augment=_section(SurveyAugment, {k: tuple(v) if isinstance(v, list) else v
+                                         for k, v in raw.get("augment", {}).items()}),
     )
 
 

@@ -2,13 +2,17 @@
 
 The same function the pipeline uses turns logits into fractions, reach probabilities and odd
 feature probabilities, so these figures describe what the catalog will contain.
+
+Every figure comes with its sample size and a 95% percentile bootstrap interval (``ci95``):
+resampled with replacement within each class for the binary figures (so every resample has the
+labelled positives it needs, as pROC does for ROC AUC), over galaxies for the others.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
 
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.schema import GZ2, ODD_FEATURES
@@ -48,49 +52,110 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((a - b) ** 2)))
 
 
-def set_metrics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarray | None = None) -> dict[str, Any]:
-    """The figures for one set; ``train_mean`` is the mean unconditional target of gz2 training data."""
+Statistic = Callable[[np.ndarray], "float | None"]
+"""A figure computed on the galaxies at the given indices (resampled by the bootstrap)."""
+
+
+def bootstrap_ci(statistic: Statistic, n: int, strata: np.ndarray | None = None, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> list[float] | None:
+    """Percentile bootstrap interval of ``statistic`` over resamples of ``range(n)``.
+
+    With ``strata`` each resample draws within each stratum as many as it holds. Resamples where
+    the statistic is undefined are skipped; ``None`` when fewer than half are defined.
+    """
+    if n < 2 or n_boot < 1:
+        return None
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if strata is None else [np.flatnonzero(strata == v) for v in np.unique(strata)]
+    values = []
+    for _ in range(n_boot):
+        idx = np.concatenate([g[rng.integers(0, len(g), len(g))] for g in groups])
+        v = statistic(idx)
+        if v is not None and np.isfinite(v):
+            values.append(v)
+    if len(values) < n_boot / 2:
+        return None
+    tail = (1 - level) / 2 * 100
+    lo, hi = np.percentile(values, [tail, 100 - tail])
+    return [float(lo), float(hi)]
+
+
+def auc_statistic(y: np.ndarray, score: np.ndarray) -> Statistic:
+    return lambda idx: _auc(y[idx], score[idx])
+
+
+def _figures(stats: dict[str, tuple[Statistic, int, np.ndarray | None]], n_boot: int, seed: int) -> dict[str, Any]:
+    """Point values (at all indices) and ``ci95`` intervals of named statistics."""
+    out: dict[str, Any] = {}
+    ci: dict[str, list[float] | None] = {}
+    for key, (stat, n, strata) in stats.items():
+        out[key] = stat(np.arange(n))
+        ci[key] = bootstrap_ci(stat, n, strata, n_boot, seed) if out[key] is not None else None
+    out["ci95"] = ci
+    return out
+
+
+def set_metrics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarray | None = None,
+                n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The figures for one set, each with its ``ci95`` bootstrap interval (``n_boot`` resamples).
+
+    ``train_mean`` is the mean unconditional target of gz2 training data (the RMSE baseline).
+    """
     c = columns(logits)
     out: dict[str, Any] = {"n": int(len(labelled))}
+    stats: dict[str, tuple[Statistic, int, np.ndarray | None]] = {}
     table = labelled.table
     if labelled.name == "gz1_sdss":
         classes = table["class_name"].to_numpy(str)
         keep = np.isin(classes, list(GZ1_THREE_WAY))
         y = np.array([GZ1_THREE_WAY[k] for k in classes[keep]])
         pred = three_way_scores(c)[keep].argmax(axis=1)
-        out["three_way_accuracy"] = float((pred == y).mean())
+        stats["three_way_accuracy"] = (lambda i: float(accuracy_score(y[i], pred[i])), len(y), None)
         out["three_way_n"] = int(keep.sum())
         out["three_way_confusion"] = confusion_matrix(y, pred, labels=[0, 1, 2]).tolist()
         merger = (classes == "merger").astype(int)
-        out["merger_auc"] = _auc(merger, c["odd_merger_prob"])
+        stats["merger_auc"] = (auc_statistic(merger, c["odd_merger_prob"]), len(merger), merger)
         out["merger_n_positive"] = int(merger.sum())
-        disk = np.isin(classes, ["spiral_clockwise", "spiral_anticlockwise", "edge_on"])
-        out["smooth_vs_featured_auc"] = _auc(disk[keep].astype(int), c["smooth_or_featured_featured_or_disk_fraction"][keep])
+        disk = np.isin(classes[keep], ["spiral_clockwise", "spiral_anticlockwise", "edge_on"]).astype(int)
+        stats["smooth_vs_featured_auc"] = (auc_statistic(disk, c["smooth_or_featured_featured_or_disk_fraction"][keep]),
+                                           len(disk), disk)
     elif labelled.name == "gz_kaggle_spiral":
         y = (table["label"].to_numpy(str) == "spiral").astype(int)
         score = spiral_probability(c)
-        out["spiral_auc"] = _auc(y, score)
-        out["spiral_accuracy_at_0.5"] = float(((score >= 0.5) == y).mean())
+        stats["spiral_auc"] = (auc_statistic(y, score), len(y), y)
+        stats["spiral_accuracy_at_0.5"] = (lambda i: float(((score[i] >= 0.5) == y[i]).mean()), len(y), y)
+        out["spiral_n_positive"] = int(y.sum())
     elif labelled.name == "gzdecals_rings":
         y = table["ring"].to_numpy(int)
-        out["ring_auc"] = _auc(y, c["odd_ring_prob"])
+        stats["ring_auc"] = (auc_statistic(y, c["odd_ring_prob"]), len(y), y)
+        out["ring_n_positive"] = int(y.sum())
         fractions = {"featured": ("smooth-or-featured_featured-or-disk_fraction", "smooth_or_featured_featured_or_disk_fraction"),
                      "edge_on_no": ("disk-edge-on_no_fraction", "disk_edge_on_no_fraction"),
                      "spiral_no": ("has-spiral-arms_no_fraction", "has_spiral_arms_no_fraction")}
-        out["fraction_rmse"] = {k: rmse(table[a].to_numpy(float), c[b]) for k, (a, b) in fractions.items()}
+        for k, (a, b) in fractions.items():
+            truth, predicted = table[a].to_numpy(float), c[b]
+            stats[f"fraction_rmse.{k}"] = (lambda i, t=truth, p=predicted: rmse(t[i], p[i]), len(truth), None)
     # Kaggle-style RMSE wherever a sample has (nearly) the whole tree: vote-fraction catalogs
     full = np.isfinite(labelled.targets[:, GZ2.slices["smooth_or_featured"]]).all(axis=1) & (
         np.isfinite(labelled.targets).sum(axis=1) > 20)
     if full.any():
         truth = unconditional_targets(labelled.targets[full])
         pred = GZ2.unconditional(GZ2.softmax_by_question(logits[full].astype(np.float32)))
-        out["rmse_unconditional"] = rmse(truth, pred)
+        m = len(truth)
+        stats["rmse_unconditional"] = (lambda i: rmse(truth[i], pred[i]), m, None)
         if train_mean is not None:
-            out["rmse_train_mean"] = rmse(truth, np.broadcast_to(train_mean, truth.shape))
-            out["rmse_ratio"] = out["rmse_unconditional"] / out["rmse_train_mean"]
-        simple = (truth[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")] > 0.5).astype(int)
-        out["featured_auc"] = _auc(simple, pred[:, GZ2.answer_index("smooth_or_featured", "featured_or_disk")])
-    return out
+            stats["rmse_train_mean"] = (lambda i: rmse(truth[i], np.broadcast_to(train_mean, truth[i].shape)), m, None)
+            stats["rmse_ratio"] = (lambda i: rmse(truth[i], pred[i]) / rmse(truth[i], np.broadcast_to(train_mean, truth[i].shape)),
+                                   m, None)
+        featured = GZ2.answer_index("smooth_or_featured", "featured_or_disk")
+        simple = (truth[:, featured] > 0.5).astype(int)
+        stats["featured_auc"] = (auc_statistic(simple, pred[:, featured]), m, simple)
+        out["rmse_n"] = int(m)
+    figures = _figures(stats, n_boot, seed)
+    rmses = {k.split(".", 1)[1]: figures.pop(k) for k in list(figures) if k.startswith("fraction_rmse.")}
+    if rmses:
+        figures["fraction_rmse"] = rmses
+    return out | figures
 
 
 def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: float = 0.5) -> tuple[dict[str, float], dict[str, str]]:
@@ -121,13 +186,17 @@ def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: f
         if y.sum() < 3:
             thresholds[f], how[f] = default, f"default {default} (fewer than 3 labelled positives in validation)"
             continue
-        s = np.concatenate(scores[f])
-        candidates = np.unique(np.quantile(s, np.linspace(0.01, 0.99, 197)))
-        f1 = [f1_score(y, s >= t) for t in candidates]
-        best = int(np.argmax(f1))
-        thresholds[f] = float(candidates[best])
-        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1[best]:.3f}"
+        thresholds[f], f1 = best_f1_threshold(y, np.concatenate(scores[f]))
+        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1:.3f}"
     return thresholds, how
+
+
+def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
+    """The threshold on ``score`` with the highest F1 (candidates: score quantiles), and that F1."""
+    candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
+    f1 = [f1_score(y, score >= t) for t in candidates]
+    best = int(np.argmax(f1))
+    return float(candidates[best]), float(f1[best])
 
 
 def roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -113,3 +113,17 @@ def occlusion_panel(items: list[tuple[str, np.ndarray, np.ndarray]], path: Path)
     for a in ax.flat:
         a.set_xticks([]), a.set_yticks([])
     return _save(fig, path)
+
+
+def mosaic(items: list[tuple[str, np.ndarray]], path: Path, columns: int = 6, title: str = "") -> Path:
+    """A grid of ``(caption, (C, H, W) image)`` pairs, e.g. the confident mistakes of one set."""
+    rows = max(1, int(np.ceil(len(items) / columns)))
+    fig, ax = plt.subplots(rows, columns, figsize=(1.7 * columns, 1.9 * rows), squeeze=False)
+    for a in ax.flat:
+        a.axis("off")
+    for a, (caption, image) in zip(ax.flat, items):
+        a.imshow(np.clip(image.transpose(1, 2, 0), 0, 1))
+        a.set_title(caption, fontsize=6)
+    if title:
+        fig.suptitle(title, fontsize=8)
+    return _save(fig, path)

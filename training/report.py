@@ -11,10 +11,15 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)
 
 
+def _ci(ci: list[float] | None) -> str:
+    return "" if not ci else f" [{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
 def floors_table(metrics: dict[str, Any]) -> str:
-    rows = ["| metric (held-out test split) | value | floor | pass |", "|---|---|---|---|"]
+    rows = ["| metric (held-out test split) | value [95% bootstrap interval] | n | floor | pass |", "|---|---|---|---|---|"]
     for key, r in metrics["floors_on_test"].items():
-        rows.append(f"| `{key}` | {_fmt(r['value'])} | {r['floor']} | {'yes' if r['pass'] else 'NO'} |")
+        rows.append(f"| `{key}` | {_fmt(r['value'])}{_ci(r.get('ci95'))} | {r.get('n', '')} | {r['floor']} | "
+                    f"{'yes' if r['pass'] else 'NO'} |")
     return "\n".join(rows)
 
 
@@ -24,9 +29,9 @@ def splits_table(metrics: dict[str, Any]) -> str:
             ("gz2_votes", "rmse_train_mean"), ("gz2_votes", "rmse_ratio"), ("gz2_votes", "featured_auc")]
     rows = ["| set | metric | train | val | test | test n |", "|---|---|---|---|---|---|"]
     for name, key in keys:
-        vals = [metrics["splits"][s].get(name, {}).get(key) for s in ("train", "val", "test")]
-        rows.append(f"| {name} | {key} | " + " | ".join(_fmt(v) for v in vals)
-                    + f" | {metrics['splits']['test'].get(name, {}).get('n', '')} |")
+        figures = [metrics["splits"][s].get(name, {}) for s in ("train", "val", "test")]
+        rows.append(f"| {name} | {key} | " + " | ".join(_fmt(f.get(key)) + _ci(f.get("ci95", {}).get(key)) for f in figures)
+                    + f" | {figures[2].get('n', '')} |")
     return "\n".join(rows)
 
 

@@ -18,7 +18,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from training.augment import random_affine
+from training.augment import random_affine, survey_augment
 from training.config import Config
 from training.data import SplitSet, cached_inputs, split_sets
 from training.labels import SHARED_SETS, LabelledSet
@@ -160,7 +160,10 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
             idx = order[i:i + t.batch_size]
             if len(idx) < 2:
                 continue
-            x = random_affine(images[idx], t.aug_strength, generator=generator, exact_fraction=t.exact_fraction)
+            x = random_affine(images[idx], t.aug_strength, generator=generator, exact_fraction=t.exact_fraction,
+                              zoom_range=config.augment.framing)
+            if config.augment.enabled():
+                x = survey_augment(x, config.augment, generator)
             loss = tree_loss(model(x), targets[idx], negated[idx], t.negation_weight)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
