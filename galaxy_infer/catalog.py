@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galaxy_infer import __version__, storage
+from galaxy_infer.errors import TRANSIENT_PREFIX, is_transient
 from galaxy_infer.model import ModelInfo
 from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
 from galaxy_infer.trees import resolve_tree, tree_reference
@@ -32,6 +33,7 @@ SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
 STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
+ERROR_EXAMPLES = 3
 TREE_KEY = "galaxy_infer.tree"
 FLAGS_KEY = "galaxy_infer.flags"
 OUTPUT_KIND_KEY = "galaxy_infer.output_kind"
@@ -150,13 +152,25 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
     return pa.Table.from_pydict(columns, schema=arrow_schema(layout=layout))
 
 
+def error_kind(reason: str) -> str:
+    """A reason without its particulars (what follows the first ':'), so the summary groups like with like.
+
+    Reasons that the bytes could not be read now keep their ``cannot read now:`` prefix
+    (``cannot read now: permission denied``), so transient kinds stay apart from bad bytes.
+    """
+    if is_transient(reason):
+        return TRANSIENT_PREFIX + error_kind(reason[len(TRANSIENT_PREFIX):])
+    return reason.split(":", 1)[0].strip()
+
+
 class RunStats:
-    """Counts rows by status and error reason as they are written."""
+    """Counts rows by status, and errors by kind with a few example paths each (bounded, whatever the input)."""
 
     def __init__(self) -> None:
         self.rows = 0
         self.ok = 0
         self.errors: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
         self.started = time.perf_counter()
         self.stage_seconds: collections.Counter[str] = collections.Counter()
         self.workers = WorkerTally()
@@ -168,9 +182,16 @@ class RunStats:
             self.stage_seconds.update(json.loads(timing))
         self.workers.add(table)
         self.rows += table.num_rows
-        errors = [e for e in table.column("error").to_pylist() if e is not None]
-        self.ok += table.num_rows - len(errors)
-        self.errors.update(errors)
+        errors = table.column("error").to_pylist()
+        paths = table.column("source_path").to_pylist()
+        for path, reason in zip(paths, errors):
+            if reason is None:
+                continue
+            kind = error_kind(reason)
+            self.errors[kind] += 1
+            if len(self.examples[kind]) < ERROR_EXAMPLES:
+                self.examples[kind].append({"source_path": path, "error": reason})
+        self.ok += table.num_rows - sum(e is not None for e in errors)
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
@@ -179,12 +200,22 @@ class RunStats:
             "ok": self.ok,
             "errors": sum(self.errors.values()),
             "errors_by_reason": dict(self.errors.most_common()),
+            "error_examples": {kind: self.examples[kind] for kind, _ in self.errors.most_common()},
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
             **self.workers.summary(),
             **extra,
         }
+
+
+def format_errors(summary: dict[str, Any]) -> list[str]:
+    """Summary lines: count and kind of error, then its example paths."""
+    lines = []
+    for kind, count in summary.get("errors_by_reason", {}).items():
+        lines.append(f"  {count:>8}  {kind}")
+        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in summary["error_examples"][kind]]
+    return lines
 
 
 class CatalogWriter:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 
+from galaxy_infer.catalog import format_errors
 from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, GPU_WAIT_SECONDS, RunConfig, classify
@@ -13,6 +14,8 @@ from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import ANONYMOUS_ENV, Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
+"""0: catalog written; 1: failed before writing one (bad model or input argument, existing output);
+3: catalog written, but more than --max-error-fraction of its rows are errors, or object ids collided."""
 
 
 def add_classify_options(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +43,9 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
                              f"zero) for this long (default: {GPU_WAIT_SECONDS:.0f})")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
+    parser.add_argument("--id-keyword", default=None, metavar="KEY",
+                        help="take each FITS file's object id from header keyword KEY (e.g. OBJID); other files "
+                             "keep the file-name rule (default: manifest object_id, else the file name)")
     parser.add_argument("--anonymous", action="store_true",
                         help="read s3:// inputs unsigned (public buckets); credentials otherwise come from the "
                              "AWS chain: AWS_* variables, AWS_PROFILE, instance or pod roles. AWS_ENDPOINT_URL "
@@ -72,7 +78,7 @@ def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> R
         os.environ[ANONYMOUS_ENV] = "1"  # read by every filesystem this process and its Ray workers open
     return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite,
+                     gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite, id_keyword=args.id_keyword,
                      dirichlet_intervals=args.dirichlet_intervals, shard_fields=shard_fields_from_args(args),
                      progress=False if args.no_progress else None)
 
@@ -85,12 +91,17 @@ def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
         print(f"galaxy-infer: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(format_summary(summary))
+    status = EXIT_OK
+    if summary["id_collisions"]:
+        print(f"galaxy-infer: {summary['id_collisions']} inputs share an object id with another input; they are "
+              "error rows naming each other (see 'object id collision')", file=sys.stderr)
+        status = EXIT_TOO_MANY_ERRORS
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > max_error_fraction:
         print(f"galaxy-infer: {share:.1%} of rows are errors, over --max-error-fraction "
               f"{max_error_fraction:.1%}", file=sys.stderr)
-        return EXIT_TOO_MANY_ERRORS
-    return EXIT_OK
+        status = EXIT_TOO_MANY_ERRORS
+    return status
 
 
 def format_summary(summary: dict) -> str:
@@ -100,14 +111,11 @@ def format_summary(summary: dict) -> str:
         f"model: {summary['model_id']}  device: {summary['device']}  run: {summary['run_id']}",
         f"time: {summary['wall_seconds']:.1f} s  ({summary['rows_per_second_wall']:.0f} rows/s end to end)",
     ]
-    if summary.get("duplicate_ids"):
-        lines.append(f"duplicate object ids: {summary['duplicate_ids']} rows share an id with an earlier row")
     lines += [f"predicted on {kind}: {w['device']} ({w['execution_provider']}), {w['rows']} rows, {w['nodes']} node(s)"
               for kind, w in summary.get("prediction_workers", {}).items()]
     if summary.get("decode_split"):
         lines.append("decoded on: " + ", ".join(f"{kind} {d['share']:.0%}" for kind, d in summary["decode_split"].items()))
-    lines += [f"  {count:>8}  {reason}" for reason, count in summary["errors_by_reason"].items()]
-    return "\n".join(lines)
+    return "\n".join(lines + format_errors(summary))
 
 
 def build_parser() -> argparse.ArgumentParser:

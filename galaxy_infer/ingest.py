@@ -9,8 +9,9 @@ Layout::
       ingest_date=2026-11-21/...
       _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
 
-The catalog is its own ledger: an object is *held* when a committed Parquet file under
-``ingest_date=*/`` has a row with its ``object_id`` and the model's ``model_id``. Rows are written
+The catalog is its own ledger: an inbox file is *held* when a committed Parquet file under
+``ingest_date=*/`` has a row with its ``source_path`` and the model's ``model_id``; new files get
+object ids that no held row has (see :func:`pending_records`). Rows are written
 in chunks; locally each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then
 renamed into its partition; on an object store each chunk is one PUT of its final object (all or
 nothing). Either way a chunk is in the catalog entirely or not at all. A run killed at any point
@@ -24,26 +25,27 @@ inbox is not recorded as a truncated file.
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import storage
-from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, prediction_fields
+from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
 from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
+from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
+                                     normalised_path)
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
 from galaxy_infer.progress import Progress
-from galaxy_infer.readers import discover, records_table
+from galaxy_infer.readers import find_inputs, records_table
 from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import Locked
 
@@ -56,6 +58,10 @@ RUNS_DIR = "_ingest_runs"
 PARTITION_KEY = "ingest_date"
 TMP_SUFFIX = ".parquet.tmp"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+class IngestUsageError(ValueError):
+    """Options that cannot work (a bad date, no inbox): reported without a traceback."""
 
 
 @dataclass
@@ -78,6 +84,7 @@ class IngestConfig:
     run_id: str = field(default_factory=new_run_id)
     progress: bool | None = None
     object_store_mb: int | None = None
+    id_keyword: str | None = None
     shard_fields: ShardFields = field(default_factory=ShardFields)
 
     def __post_init__(self) -> None:
@@ -106,18 +113,20 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
-def held_object_ids(catalog: str, model_id: str) -> set[str]:
-    """Object ids with a row for ``model_id`` in any committed file (a corrupt file is an error, not a gap).
+def held_objects(catalog: str, model_id: str) -> dict[str, str]:
+    """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error).
 
     A row whose reason says the bytes could not be read now does not hold its object (catalogs
     written before such rows were withheld may have them), so the object is tried again.
     """
-    held: set[str] = set()
+    held: dict[str, str] = {}
     for path in committed_files(catalog):
-        table = _read(path, columns=["object_id", "model_id", "error"])
+        table = _read(path, columns=["object_id", "source_path", "model_id", "error"])
         keep = pc.and_(pc.equal(table.column("model_id"), model_id),
                        pc.invert(pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)))
-        held.update(table.filter(keep).column("object_id").to_pylist())
+        table = table.filter(keep)
+        for oid, source in zip(table.column("object_id").to_pylist(), table.column("source_path").to_pylist()):
+            held.setdefault(oid, source)
     return held
 
 
@@ -181,26 +190,37 @@ class ChunkWriter:
         return final
 
 
-def pending_records(config: IngestConfig, held: set[str]) -> tuple[pa.Table, dict[str, int]]:
-    """Cutouts under the inbox not yet held, settled, one per object id (first path in sort order)."""
+def pending_records(config: IngestConfig, held: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
+    """Cutouts under the inbox not yet held and settled, with their object ids.
+
+    A file is held when a row for this model has its path, whatever its id: ids of held objects
+    never change. New files get ids by :mod:`galaxy_infer.object_ids`, with every held id taken,
+    so a new ``b/J1.jpg`` next to a held ``J1`` becomes ``b/J1.jpg``. A new file whose id is
+    still taken (a repeated ``--id-keyword`` value) is not classified: it is counted and named
+    in ``id_collisions`` every run until the ids differ. Rows with ``error`` set (a file name that
+    is not UTF-8) are error rows before any decoding.
+    """
     now = time.time()
-    counts = {"inbox": 0, "already_held": 0, "unsettled": 0, "duplicate_ids": 0}
-    records = sorted(discover([config.inbox], config.shard_fields),
-                     key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
+    records, _ = drop_repeats(find_inputs([config.inbox], config.shard_fields))
+    records.sort(key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
+    held_paths = {normalised_path(p) for p in held.values()}
+    new = [r for r in records if normalised_path(r["source_path"]) not in held_paths]
+    if config.id_keyword:
+        header_object_ids(new, config.id_keyword)
+    assign_object_ids(records, taken=held.keys())
+    collisions = id_collisions(new, held)
+    counts: dict[str, Any] = {"inbox": len(records), "already_held": len(records) - len(new), "unsettled": 0,
+                              "id_collisions": len(collisions),
+                              "id_collision_examples": [collisions[i] for i in sorted(collisions)[:EXAMPLES]]}
     mtimes = {} if config.settle_seconds <= 0 else storage.mtimes(config.inbox)
-    counts["inbox"] = len(records)
-    pending, seen = [], set()
-    for r in records:
-        oid = r["object_id"]
-        if oid in held:
-            counts["already_held"] += 1
-        elif oid in seen:
-            counts["duplicate_ids"] += 1
-        elif (config.settle_seconds > 0
-              and now - mtimes.get(r.get("shard") or r["source_path"], 0.0) < config.settle_seconds):
+    pending = []
+    for i, r in enumerate(new):
+        if i in collisions:
+            continue
+        if (config.settle_seconds > 0
+                and now - mtimes.get(r.get("shard") or r["source_path"], 0.0) < config.settle_seconds):
             counts["unsettled"] += 1
         else:
-            seen.add(oid)
             pending.append(r)
     return records_table(pending), counts
 
@@ -212,18 +232,21 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
     inject failures mid-run).
     """
     if not DATE_RE.match(config.date):
-        raise ValueError(f"--date must be YYYY-MM-DD, got {config.date!r}")
-    datetime.strptime(config.date, "%Y-%m-%d")
+        raise IngestUsageError(f"--date must be YYYY-MM-DD, got {config.date!r}")
+    try:
+        datetime.strptime(config.date, "%Y-%m-%d")
+    except ValueError as exc:
+        raise IngestUsageError(f"--date {config.date}: {exc}") from None
     storage.check_reachable(config.inbox)
     storage.check_reachable(config.catalog)
     if not storage.is_dir(config.inbox):
-        raise FileNotFoundError(f"inbox {config.inbox} is not a folder")
+        raise IngestUsageError(f"inbox {config.inbox} is not a folder")
     catalog = config.catalog if storage.is_remote(config.catalog) else os.path.abspath(config.catalog)
     started = time.perf_counter()
     with storage.OutputLock(storage.join(catalog, LOCK_NAME), holder="ingest") as lock:
         stale = remove_stale_temp_files(catalog)
         info = load_model_info(config.model)
-        held = held_object_ids(catalog, info.model_id)
+        held = held_objects(catalog, info.model_id)
         table, counts = pending_records(config, held)
         summary: dict[str, Any] = {
             "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
@@ -231,8 +254,9 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "files": [],
-                    "duplicates_dropped": 0, "retry_next_run": 0, "wall_seconds": round(time.perf_counter() - started, 3)}
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
+                    "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
+                    "wall_seconds": round(time.perf_counter() - started, 3)}
         device = check_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
         run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
@@ -257,8 +281,6 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
                        files=[f[len(catalog) + 1:] for f in writer.files],
                        duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
                        wall_seconds=round(time.perf_counter() - started, 3))
-        summary["errors"] = sum(summary["errors_by_reason"].values())
-        summary["ok"] = written + writer.deferred - summary["errors"]
         storage.write_bytes(storage.join(catalog, RUNS_DIR, f"{config.date}-{config.run_id}.json"),
                             (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -268,14 +290,14 @@ def format_ingest_summary(s: dict[str, Any]) -> str:
     lines = [
         f"catalog: {s['catalog']}  partition: {PARTITION_KEY}={s['date']}",
         f"inbox: {s['inbox']}  already held: {s['already_held']}  pending: {s['pending']}  "
-        f"unsettled (next run): {s['unsettled']}  duplicate ids skipped: {s['duplicate_ids']}",
+        f"unsettled (next run): {s['unsettled']}  id collisions (not classified): {s['id_collisions']}",
         f"rows written: {s['rows']}  ok: {s['ok']}  errors: {s['errors']}  files: {len(s['files'])}"
         + (f"  unreadable now, retried next run: {s['retry_next_run']}" if s.get("retry_next_run") else ""),
         f"model: {s['model_id']}  run: {s['run_id']}  time: {s['wall_seconds']:.1f} s"
         + (f"  stale temp files removed: {s['stale_temp_files_removed']}" if s["stale_temp_files_removed"] else ""),
     ]
-    lines += [f"  {count:>8}  {reason}" for reason, count in s.get("errors_by_reason", {}).items()]
-    return "\n".join(lines)
+    lines += [f"  {reason}" for reason in s["id_collision_examples"]]
+    return "\n".join(lines + format_errors(s))
 
 
 def read_ingest_catalog(catalog: str | os.PathLike, model: str | None = None) -> pa.Table:

@@ -17,7 +17,6 @@ import json
 import math
 import os
 import secrets
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -34,6 +33,7 @@ from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalo
 from galaxy_infer.errors import InputError
 from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, check_device, load_model_info,
                                 resolve_model)
+from galaxy_infer.object_ids import COLLISION
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer import storage
@@ -48,6 +48,10 @@ STAGE_SECONDS_KEY = "read_preprocess_seconds"
 DEFAULT_MAX_ERROR_FRACTION = 0.1
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
 TASK_RETRIES = 5
+SPLIT_RETRIES = 1
+"""Retries of a single file cut out of a chunk whose worker kept dying (larger pieces are split again at once)."""
+WORKER_DIED = "worker died while decoding"
+NON_FINITE = "model output is not finite"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_TASK_ROWS = 1024
 TASK_PIXEL_BYTES = 64 << 20
@@ -92,6 +96,10 @@ class RunConfig:
     gpu_wait_seconds: float = GPU_WAIT_SECONDS
     """Prediction tasks wait this long for a node that can run them (autoscaling) before the run fails."""
     overwrite: bool = False
+    id_keyword: str | None = None
+    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
+    object_store_mb: int | None = None
+    """Object store of the local Ray started when no cluster is given (default: 1 GiB)."""
     run_id: str = field(default_factory=lambda: new_run_id())
     progress: bool | None = None
     """False: no progress; otherwise a bar on a terminal, else a plain line every 30 s (see galaxy_infer.progress)."""
@@ -155,7 +163,14 @@ def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor
         outputs = np.ones((len(errors), info.tree.n_answers), np.float32)
         outputs[ok] = predictor.predict(decoded["pixels"] if ok.all() else decoded["pixels"][ok])
         predicted = time.perf_counter()
+        non_finite = ok & ~np.isfinite(outputs).all(axis=1)
+        outputs[non_finite] = 1  # postprocessed like error rows, then made error rows below
         predictions = postprocess(outputs, info.thresholds, info.tree, info.flags, info.output_kind, layout.intervals)
+        for column in predictions.values():
+            if column.dtype.kind == "f":
+                non_finite |= ok & ~np.isfinite(column)
+        for i in np.flatnonzero(non_finite):
+            errors[i] = f"{NON_FINITE}: the model gave NaN or inf for this input; check the model and the file's pixels"
     table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, info.model_id, run_id, layout)
     timing = {"read_preprocess": float(decoded[STAGE_SECONDS_KEY]), "predict": predicted - started,
               "postprocess": time.perf_counter() - predicted}
@@ -255,15 +270,21 @@ def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: s
     return with_worker_record(table, worker_record(predictor, str(decoded["decoded_on"])))
 
 
-def records_table(inputs: list[str], fields: ShardFields | None = None) -> pa.Table:
-    return to_records_table(discover(inputs, fields))
+def records_table(inputs: list[str], fields: ShardFields | None = None, id_keyword: str | None = None) -> pa.Table:
+    return to_records_table(discover(inputs, fields, id_keyword))
 
 
-def duplicate_ids(table: pa.Table) -> int:
-    """Rows whose object id another row of the run already has (the catalog keeps every row)."""
+def count_collisions(records: pa.Table) -> int:
+    """Records that discovery made error rows because another input has their object id."""
     import pyarrow.compute as pc
 
-    return table.num_rows - pc.count_distinct(table.column("object_id"), mode="all").as_py()
+    return pc.sum(pc.fill_null(pc.starts_with(records.column("error"), COLLISION), False)).as_py() or 0
+
+
+def error_rows(records: pa.Table, errors: list[str], info: ModelInfo, run_id: str, layout: Layout) -> pa.Table:
+    """Catalog rows with ``status = 'error'`` for records that never reached a worker's result."""
+    return catalog_table({k: records.column(k).to_pylist() for k in ID_COLUMNS}, errors, None, info.model_id,
+                         run_id, layout)
 
 
 def on_cluster(address: str | None) -> bool:
@@ -431,7 +452,8 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     ``device`` is as asked (``auto``, ``cpu``, ``cuda``); each prediction worker resolves it. The
     number of chunks in flight follows the cluster's current size (see :class:`WorkerPlan`), so
     memory stays flat however many inputs there are. A chunk whose worker dies (process killed,
-    node lost) is retried by Ray; every chunk is yielded exactly once.
+    node lost) is retried by Ray, then split down to the file that kills it (:class:`ChunkResults`);
+    every record is yielded exactly once.
     """
     import ray
 
@@ -441,26 +463,26 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     rows = plan.chunk_rows(table.num_rows, task_rows, watch.resources())
     spec = PredictorSpec(info.model_id, config.model, device, batch_size, 2 if plan.gpus_per_task else 1,
                          ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
-    retry = {"max_retries": TASK_RETRIES, "retry_exceptions": False}
     if plan.gpus_per_task:
-        decode = ray.remote(decode_chunk).options(num_cpus=1, **retry)
-        predict = ray.remote(predict_chunk).options(**plan.task_resources, **retry)
+        decode, predict = ray.remote(decode_chunk), ray.remote(predict_chunk)
 
-        def submit(chunk: pa.Table) -> ray.ObjectRef:
-            return predict.remote(decode.remote(chunk, info.recipe), spec, config.run_id)
+        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+            retry = {"max_retries": retries, "retry_exceptions": False}
+            decoded = decode.options(num_cpus=1, **retry).remote(chunk, info.recipe)
+            return predict.options(**plan.task_resources, **retry).remote(decoded, spec, config.run_id)
     else:
-        whole = ray.remote(classify_chunk).options(**plan.task_resources, **retry)
+        whole = ray.remote(classify_chunk)
 
-        def submit(chunk: pa.Table) -> ray.ObjectRef:
-            return whole.remote(chunk, info.recipe, spec, config.run_id)
+        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+            return whole.options(**plan.task_resources, max_retries=retries, retry_exceptions=False).remote(
+                chunk, info.recipe, spec, config.run_id)
 
-    pending: list = []
+    pending = ChunkResults(submit, watch, info, config.run_id, Layout.of(info, config.dirichlet_intervals))
     done = 0
 
     def next_finished() -> pa.Table:
-        nonlocal pending, done
-        ready, pending = wait_for_one(pending, watch)
-        result = ray.get(ready)
+        nonlocal done
+        result = pending.next_finished()
         done += result.num_rows
         if on_progress is not None:
             on_progress(done)
@@ -469,9 +491,65 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConf
     for start in range(0, table.num_rows, rows):
         while len(pending) >= watch.in_flight():
             yield next_finished()
-        pending.append(submit(table.slice(start, rows)))
-    while pending:
+        pending.submit(table.slice(start, rows))
+    while len(pending):
         yield next_finished()
+
+
+class ChunkResults:
+    """Chunks in flight and their results, with poison files isolated.
+
+    Ray reruns a chunk whose worker process died (``TASK_RETRIES``), which covers crashes and lost
+    nodes. When those are spent the chunk is cut in halves, and a half whose worker dies is cut
+    again, down to single files (tried ``SPLIT_RETRIES`` more times): a file whose worker still
+    dies becomes an ``error`` row and every other file of the chunk is classified. A chunk of
+    1,024 with one poison file costs about 6 + 10 + 2 worker deaths. On GPU a chunk is a decode
+    task feeding a prediction task; a death in either fails the prediction task's result, and the
+    pair is split alike. Exceptions raised inside a task are not caught: per-file problems are
+    already error rows, so one is a bug and stops the run. Waiting goes through
+    :func:`wait_for_one`, so a cluster that cannot run prediction still fails the run.
+    """
+
+    def __init__(self, submit: Callable[[pa.Table, int], Any], watch: ClusterWatch, info: ModelInfo, run_id: str,
+                 layout: Layout) -> None:
+        self._submit = submit
+        self.watch = watch
+        self.info, self.run_id, self.layout = info, run_id, layout
+        self.chunks: dict[Any, pa.Table] = {}
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def submit(self, chunk: pa.Table, retries: int | None = None) -> None:
+        self.chunks[self._submit(chunk, TASK_RETRIES if retries is None else retries)] = chunk
+
+    def next_finished(self) -> pa.Table:
+        """The next chunk's catalog rows; a chunk being split yields its pieces as they finish."""
+        import ray
+
+        while True:
+            ref, _ = wait_for_one(list(self.chunks), self.watch)
+            chunk = self.chunks.pop(ref)
+            try:
+                return ray.get(ref)
+            except ray.exceptions.RayError as exc:
+                if not worker_died(exc):
+                    raise
+            if chunk.num_rows == 1:
+                reason = (f"{WORKER_DIED}: the worker process reading this file died on every try (a crash or "
+                          "out of memory); the other files of its chunk were classified")
+                return error_rows(chunk, [reason], self.info, self.run_id, self.layout)
+            half = (chunk.num_rows + 1) // 2
+            for piece in (chunk.slice(0, half), chunk.slice(half)):
+                self.submit(piece, SPLIT_RETRIES if piece.num_rows == 1 else 0)
+
+
+def worker_died(exc: BaseException) -> bool:
+    """Whether a task failed because its worker process died rather than by raising."""
+    import ray
+
+    deaths = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
+    return isinstance(exc, deaths) or isinstance(getattr(exc, "cause", None), deaths)
 
 
 def classify(config: RunConfig) -> dict[str, Any]:
@@ -481,22 +559,21 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
-    table = records_table(config.inputs, config.shard_fields)
+    table = records_table(config.inputs, config.shard_fields, config.id_keyword)
     if table.num_rows == 0:
         raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
-    init_ray(config.address, config.num_cpus)
+    init_ray(config.address, config.num_cpus, config.object_store_mb)
     with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
                        overwrite=config.overwrite) as writer:
         with Progress(table.num_rows, config.progress) as progress:
             for batch in progress.track(stream_tables(table, info, device, config)):
                 writer.write(batch)
         summary = writer.stats.summary(
-            inputs=table.num_rows, run_id=config.run_id, model_id=info.model_id, model_path=config.model,
-            device=writer.stats.workers.devices(),
+            inputs=table.num_rows, id_collisions=count_collisions(table), run_id=config.run_id,
+            model_id=info.model_id, model_path=config.model, device=writer.stats.workers.devices(),
             output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
-        summary["duplicate_ids"] = duplicate_ids(table)
         if summary["rows"] != table.num_rows:
             raise RuntimeError(f"pipeline produced {summary['rows']} rows for {table.num_rows} inputs")
         writer.commit(summary)

@@ -175,14 +175,19 @@ def _shard_error(path: str, reason: str) -> dict:
 
 
 def _records(path: str, layout: Layout, positions: list[int], labels: list[str], ids: list | None,
-             ra: list | None, dec: list | None) -> list[dict]:
-    """Records of one shard; ``labels`` name each cutout inside it (row, HDU or key)."""
+             ra: list | None, dec: list | None, fallback_ids: list[str] | None = None) -> list[dict]:
+    """Records of one shard; ``labels`` name each cutout inside it (row, HDU or key).
+
+    ``id_given`` says the id is one the shard holds; otherwise it is ``fallback_ids`` (a tar key,
+    an EXTNAME) or ``<shard file name>#<label>``, which the run's id rule may lengthen.
+    """
     base = os.path.basename(path)
     text = layout.to_json()
     out = []
     for i, (pos, label) in enumerate(zip(positions, labels)):
         oid = None if ids is None else _id_text(ids[i])
-        out.append({"source_path": f"{path}#{label}", "object_id": oid or f"{base}#{label}",
+        fallback = fallback_ids[i] if fallback_ids else f"{base}#{label}"
+        out.append({"source_path": f"{path}#{label}", "object_id": oid or fallback, "id_given": oid is not None,
                     "ra": _float(ra, i), "dec": _float(dec, i), "shard": path, "shard_layout": text,
                     "shard_pos": pos, "error": None})
     return out
@@ -480,8 +485,8 @@ def _tar_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
             continue
         oid = _id_text(meta.get(fields.id)) if fields.id else next(
             (_id_text(meta[f]) for f in ID_FIELDS if meta.get(f) is not None), None)
-        rec = _records(path, Layout("tar"), [entry["offset"]], [key], [oid or key],
-                       [meta.get(fields.ra or "ra")], [meta.get(fields.dec or "dec")])[0]
+        rec = _records(path, Layout("tar"), [entry["offset"]], [key], [oid],
+                       [meta.get(fields.ra or "ra")], [meta.get(fields.dec or "dec")], [key])[0]
         records.append(rec)
     for key in orphans:
         records.append({"source_path": f"{path}#{key}", "object_id": key, "ra": None, "dec": None, "shard": path,
@@ -573,7 +578,7 @@ def _fits_records(path: str, hdus: list[tuple[int, str | None]]) -> list[dict]:
     names = [name for _, name in hdus]
     unique = all(names) and len(set(names)) == len(names)
     return _records(path, Layout("fits"), [i for i, _ in hdus], [str(i) for i, _ in hdus],
-                    names if unique else None, None, None)
+                    None, None, None, names if unique else None)
 
 
 def _read_fits(source: Source, layout: Layout, positions: list[int]) -> Iterator[tuple[int, Any]]:
@@ -585,7 +590,7 @@ def _read_fits(source: Source, layout: Layout, positions: list[int]) -> Iterator
             for pos in sorted(set(positions)):
                 try:
                     hdu = hdul[pos]
-                    yield pos, readers.decode_fits_hdu(hdu.data, hdu.header)
+                    yield pos, readers.decode_fits_hdu(hdu)
                 except InputError as exc:
                     yield pos, exc
                 except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:

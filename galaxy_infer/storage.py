@@ -145,16 +145,33 @@ def is_file(uri: str) -> bool:
     return info(uri).type == pafs.FileType.File
 
 
+def _walk(uri: str, recursive: bool) -> list[str]:
+    found = []
+    for root, dirs, files in os.walk(_local_path(uri), followlinks=False):
+        dirs.sort()
+        found += [os.path.join(root, name) for name in sorted(files)]
+        if not recursive:
+            break
+    return found
+
+
+def _utf8(path: str) -> bool:
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def list_files(uri: str, recursive: bool = True) -> list[pafs.FileInfo]:
-    """Files (not folders) under a folder/prefix, sorted by path; [] when it does not exist."""
+    """Files (not folders) under a folder/prefix, sorted by path; [] when it does not exist.
+
+    Local file names that are not UTF-8 are left out (pyarrow cannot take them); :func:`list_uris`
+    keeps them, so discovery makes them error rows.
+    """
     filesystem, path = resolve(uri)
     if not is_remote(uri):
-        found = []
-        for root, dirs, files in os.walk(_local_path(uri), followlinks=False):
-            dirs.sort()
-            found += [os.path.join(root, name) for name in sorted(files)]
-            if not recursive:
-                break
+        found = [p for p in _walk(uri, recursive) if _utf8(p)]
         return [pafs.FileInfo(p, pafs.FileType.File, mtime=i.mtime, size=i.size)
                 for p, i in zip(found, filesystem.get_file_info([os.path.abspath(p) for p in found]))]
     selector = pafs.FileSelector(path, recursive=recursive, allow_not_found=True)
@@ -163,6 +180,8 @@ def list_files(uri: str, recursive: bool = True) -> list[pafs.FileInfo]:
 
 
 def list_uris(uri: str, recursive: bool = True) -> list[str]:
+    if not is_remote(uri):
+        return _walk(uri, recursive)
     return [_uri(uri, i.path) for i in list_files(uri, recursive)]
 
 

@@ -8,7 +8,8 @@ batch size, worker count and GPUs per prediction task from ``jobs/profiles/<name
 path), and options given on the command line win. Under ``ray job submit`` RAY_ADDRESS is set
 and the job joins that cluster; prediction tasks ask for their GPUs whether or not GPU nodes exist yet
 (the autoscaler starts them) and the run fails after ``--gpu-wait-seconds`` if none can run them.
-Exit status as the CLI: 0 ok, 1 failed, 3 too many error rows.
+Exit status as the CLI: 0 ok, 1 failed before any work (bad model, an --input that does not exist,
+existing output), 3 too many error rows or object id collisions.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
 
 from galaxy_infer.cli import add_classify_options, config_from_args, run_and_report  # noqa: E402
-from galaxy_infer.pipeline import init_ray  # noqa: E402
 
 PROFILES = Path(__file__).resolve().parent / "profiles"
 PROFILE_KEYS = {"device", "batch_size", "num_workers", "num_gpus_per_worker", "num_cpus", "max_error_fraction",
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     config = config_from_args(args.input, args.output, args)
     config.num_gpus_per_worker = args.num_gpus_per_worker
     config.task_rows = args.task_rows
-    if args.object_store_mb:
-        init_ray(config.address, config.num_cpus, args.object_store_mb)
+    config.object_store_mb = args.object_store_mb
     return run_and_report(config, args.max_error_fraction)
 
 

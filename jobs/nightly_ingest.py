@@ -9,7 +9,8 @@ classifies only what is missing. Exit codes (for cron alerting):
   0   done, or nothing to do
   1   failed (committed chunks stay; rerun to finish)
   2   bad options
-  3   more than --max-error-fraction of the objects tried are error rows or unreadable now
+  3   more than --max-error-fraction of the objects tried are error rows or unreadable now; or inbox
+      files whose object id another object already has were left unclassified (named in the summary)
   75  another ingest holds catalog/.ingest.lock (EX_TEMPFAIL; try later)
 
 Objects that could not be read this time (reasons starting 'cannot read now:') are not written
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout or a Ray working_dir
@@ -28,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from galaxy_infer.cli import add_shard_field_options, shard_fields_from_args  # noqa: E402
 from galaxy_infer.errors import ModelError, StorageError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
-                                 IngestConfig, Locked, format_ingest_summary, ingest)
+                                 IngestConfig, IngestUsageError, Locked, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
 from galaxy_infer import storage  # noqa: E402
@@ -57,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
     p.add_argument("--object-store-mb", type=int, default=None,
                    help="object store of the local Ray started when no cluster is given (default: 1024)")
+    p.add_argument("--id-keyword", default=None, metavar="KEY",
+                   help="take new FITS files' object ids from header keyword KEY (default: the file name)")
     p.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION)
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     add_shard_field_options(p)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, chunk_rows=args.chunk_rows,
                           settle_seconds=args.settle_seconds, num_cpus=args.num_cpus,
                           num_workers=args.num_workers, num_gpus_per_worker=args.num_gpus_per_worker,
-                          address=args.address, object_store_mb=args.object_store_mb,
+                          address=args.address, object_store_mb=args.object_store_mb, id_keyword=args.id_keyword,
                           shard_fields=shard_fields_from_args(args))
     if args.date:
         config.date = args.date
@@ -80,10 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     except Locked as exc:
         print(f"nightly_ingest: {exc}", file=sys.stderr)
         return EXIT_LOCKED
-    except (ModelError, StorageError, FileNotFoundError, ValueError, RuntimeError, OSError) as exc:
+    except (ModelError, IngestUsageError, StorageError) as exc:
         print(f"nightly_ingest: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1, committed chunks stay
+    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1 and the traceback; chunks stay
+        traceback.print_exc(file=sys.stderr)
         print(f"nightly_ingest: error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILED
     added = summarize([storage.join(config.catalog, f) for f in summary["files"]]) if summary["files"] else None
@@ -93,6 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(format_ingest_summary(summary))
         if added:
             print(f"\nthe {added['rows']:,} rows added:\n{format_summary(added)}")
+    if summary["id_collisions"]:
+        print(f"nightly_ingest: {summary['id_collisions']} inbox files were not classified because their object id "
+              "is already used; they are retried every run until the ids differ", file=sys.stderr)
+        return EXIT_TOO_MANY_ERRORS
     handled = summary["rows"] + summary["retry_next_run"]  # unreadable now: not written, not classified either
     share = summary["errors"] / handled if handled else 0.0
     if share > args.max_error_fraction:

@@ -47,3 +47,30 @@ def build_tiny_model(path: Path, recipe: Recipe = Recipe(), seed: int = 0, metad
     onnx.checker.check_model(model)
     onnx.save(model, path)
     return path
+
+
+def build_log_model(path: Path, recipe: Recipe = Recipe()) -> Path:
+    """Logits from the log of each channel's mean: an all-black cutout gives -inf and NaN, others finite."""
+    rng = np.random.default_rng(1)
+    w_fc = rng.normal(0, 1.0, (recipe.channels, GZ2.n_answers)).astype(np.float32)
+    b_fc = np.zeros(GZ2.n_answers, np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", [INPUT_NAME], ["pool"]),
+        helper.make_node("Flatten", ["pool"], ["flat"]),
+        helper.make_node("Log", ["flat"], ["log"]),
+        helper.make_node("Gemm", ["log", "w_fc", "b_fc"], [OUTPUT_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes, "log",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
+                                       ["batch", recipe.channels, recipe.input_size, recipe.input_size])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["batch", GZ2.n_answers])],
+        [numpy_helper.from_array(w_fc, "w_fc"), numpy_helper.from_array(b_fc, "b_fc")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=metadata_document(
+        "log-test", "0.0.1", recipe, THRESHOLDS, metrics={"note": "NaN on black inputs, for tests only"})))
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
+    return path

@@ -15,9 +15,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from astropy.io import fits
 
 from galaxy_infer.ingest import (EXIT_LOCKED, EXIT_OK, LOCK_NAME, IngestConfig, committed_files, ingest,
                                  read_ingest_catalog)
@@ -239,3 +241,53 @@ def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(t
     assert [(str(d), n, u) for d, n, u in counts] == [(n, len(o), len(o)) for n, o in sorted(expected.items())]
     meta = pq.read_schema(committed_files(catalog)[0]).metadata
     assert meta[b"galaxy_infer.model_id"] == b"tiny-test-0.0.1"
+
+
+def test_an_unexpected_exception_logs_its_traceback_for_cron(tmp_path, tiny_model):
+    (tmp_path / "inbox").mkdir()
+    (tmp_path / "catalog").write_text("a file where the catalog folder should be\n")
+    done = run_job("--inbox", str(tmp_path / "inbox"), "--catalog", str(tmp_path / "catalog"),
+                   "--model", str(tiny_model))
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr and "nightly_ingest: error:" in done.stderr
+    usage = run_job("--inbox", str(tmp_path / "nope"), "--catalog", str(tmp_path / "c"), "--model", str(tiny_model))
+    assert usage.returncode == 1 and "Traceback" not in usage.stderr and "nope" in usage.stderr
+
+
+def test_header_id_collisions_exit_3_every_night_until_fixed(tmp_path, tiny_model):
+    from galaxy_infer.synthetic import write_fits_cutout
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("p.fits", "q.fits"):
+        write_fits_cutout(inbox / name, np.random.default_rng(1))
+        with fits.open(inbox / name, mode="update") as hdul:
+            hdul[0].header["OBJID"] = "X1"
+    args = ["--inbox", str(inbox), "--catalog", str(tmp_path / "catalog"), "--model", str(tiny_model),
+            "--settle-seconds", "0", "--id-keyword", "OBJID", "--json"]
+    for _ in range(2):
+        done = run_job(*args)
+        assert done.returncode == 3, done.stderr[-2000:]
+        summary = json.loads(done.stdout)
+        assert summary["id_collisions"] == 2 and summary["rows"] == 0
+        assert str(inbox / "q.fits") in summary["id_collision_examples"][0]
+
+
+@pytest.mark.ray
+def test_a_file_sharing_a_held_objects_stem_is_classified_and_the_held_id_stays(tmp_path, tiny_model, local_ray):
+    inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
+    write_night(inbox, "a", 1, seed=1)
+    first = ingest(IngestConfig(inbox=str(inbox), catalog=str(catalog), model=str(tiny_model), date="2026-11-20",
+                                settle_seconds=0, progress=False))
+    held = set(read_ingest_catalog(catalog).column("object_id").to_pylist())
+    write_night(inbox, "b", 1, seed=2)
+    for path in (inbox / "b").iterdir():  # the held files' names again, in another folder
+        path.rename(inbox / "b" / path.name.replace("nb_", "na_"))
+    second = ingest(IngestConfig(inbox=str(inbox), catalog=str(catalog), model=str(tiny_model), date="2026-11-21",
+                                 settle_seconds=0, progress=False))
+    table = read_ingest_catalog(catalog)
+    ids = table.column("object_id").to_pylist()
+    assert first["rows"] == 2 and second["rows"] == 2 and second["already_held"] == 2
+    assert len(ids) == len(set(ids)) == 4 and held <= set(ids)
+    assert {i for i in ids if i not in held} == {f"b/{p.name}" for p in (inbox / "b").iterdir()}
+    assert set(table.column("status").to_pylist()) == {"ok"}

@@ -103,6 +103,16 @@ def test_local_run_with_a_profile_starts_its_own_ray(tmp_path, tiny_model):
     assert strict.returncode == 3, strict.stderr[-3000:]
 
 
+def test_a_missing_input_fails_at_once_with_exit_1_before_starting_ray(tmp_path, tiny_model):
+    write_sample(tmp_path / "cutouts", 1, seed=12, size=64)
+    cmd = [sys.executable, "jobs/classify_catalog.py", "--input", str(tmp_path / "cutouts"), "--input",
+           str(tmp_path / "cutuots"), "--output", str(tmp_path / "catalog"), "--model", str(tiny_model),
+           "--profile", "cpu-small"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=job_env(), cwd=ROOT)
+    assert done.returncode == 1 and "cutuots does not exist" in done.stderr
+    assert not (tmp_path / "catalog").exists() and "Started a local Ray" not in done.stderr
+
+
 def test_local_runs_start_a_fresh_ray_despite_a_stale_current_cluster_file(tmp_path, tiny_model):
     """A dead head's ``ray_current_cluster`` (left by ``ray start``) must not make local runs try to join it."""
     ray_tmp = tempfile.mkdtemp(prefix="gi-stale-", dir="/tmp")  # Ray's /tmp/ray for these runs only

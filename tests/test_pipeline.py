@@ -1,7 +1,10 @@
 """End to end through a real local Ray, real onnxruntime and real Parquet."""
+import json
+import os
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -10,8 +13,11 @@ from galaxy_infer.catalog import SUMMARY_NAME
 from galaxy_infer.cli import main
 from galaxy_infer.pipeline import RunConfig, WorkerPlan, classify
 from galaxy_infer.schema import GZ2, ODD_FEATURES
-from galaxy_infer.synthetic import write_sample
+from galaxy_infer.synthetic import write_fits_cutout, write_sample
+from PIL import Image
+
 from tests.bad_inputs import write_corpus
+from tests.onnx_models import build_log_model
 
 pytestmark = pytest.mark.ray
 
@@ -108,6 +114,89 @@ def test_cli_classify_exit_status_follows_the_error_share(tmp_path, tiny_model, 
     printed = capsys.readouterr().out
     assert "rows: %d" % len(expected) in printed and "file not found" in printed
     assert main(["classify", *common, "--out", str(tmp_path / "a")]) == 1
+
+
+def test_colliding_object_ids_are_error_rows_naming_both_paths_and_exit_3(tmp_path, tiny_model, local_ray, capsys):
+    write_sample(tmp_path / "a", n=2, seed=1)
+    write_sample(tmp_path / "b", n=2, seed=1)  # the same file names in two folders
+    names = sorted(p.name for p in (tmp_path / "a").iterdir())
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,object_id\na/{names[0]},SAME\nb/{names[1]},SAME\n")
+    status = main(["classify", str(manifest), str(tmp_path / "a"), "--out", str(tmp_path / "cat"),
+                   "--model", str(tiny_model), "--max-error-fraction", "1.0"])
+    captured = capsys.readouterr()
+    assert status == 3 and "share an object id" in captured.err
+    frame = pd.read_parquet(tmp_path / "cat")
+    same = frame[frame.object_id == "SAME"]
+    assert len(same) == 2 and (same.status == "error").all()
+    first, second = same.sort_values("source_path").itertuples()
+    assert second.source_path in first.error and first.source_path in second.error
+    # The folder's files share stems with nothing else, so they keep them; all were classified.
+    assert (frame[frame.object_id != "SAME"].status == "ok").all() and len(frame) == 2 + len(names)
+    summary = json.loads((tmp_path / "cat" / SUMMARY_NAME).read_text())
+    assert summary["id_collisions"] == 2 and summary["errors_by_reason"]["object id collision"] == 2
+
+
+def test_the_same_file_name_in_many_folders_gives_distinct_ids_and_all_rows_ok(tmp_path, tiny_model, local_ray):
+    for sub in ("obj1", "obj2", "obj3"):
+        (tmp_path / "in" / sub).mkdir(parents=True)
+        write_fits_cutout(tmp_path / "in" / sub / "cutout.fits", np.random.default_rng(len(sub)))
+    summary = classify(RunConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / "cat"), model=str(tiny_model),
+                                 progress=False))
+    frame = pd.read_parquet(tmp_path / "cat")
+    assert summary["id_collisions"] == 0 and (frame.status == "ok").all()
+    assert sorted(frame.object_id) == ["obj1/cutout.fits", "obj2/cutout.fits", "obj3/cutout.fits"]
+
+
+def test_a_missing_input_argument_fails_before_any_work_with_exit_1(tmp_path, tiny_model, capsys):
+    write_sample(tmp_path / "in", n=1)
+    status = main(["classify", str(tmp_path / "in"), str(tmp_path / "typo"), "--out", str(tmp_path / "cat"),
+                   "--model", str(tiny_model)])
+    assert status == 1 and "typo" in capsys.readouterr().err
+    assert not list(tmp_path.glob("*cat*")) and not list(tmp_path.glob(".cat*"))
+
+
+def test_a_file_name_that_is_not_utf8_is_an_error_row_and_the_run_goes_on(tmp_path, tiny_model, local_ray):
+    write_sample(tmp_path / "in", n=2)
+    good = next((tmp_path / "in").glob("*.jpg"))
+    with open(os.path.join(os.fsencode(tmp_path / "in"), b"\xff\xfe-cutout.jpg"), "wb") as f:
+        f.write(good.read_bytes())
+    summary = classify(RunConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / "cat"), model=str(tiny_model),
+                                 progress=False))
+    frame = pd.read_parquet(tmp_path / "cat")
+    assert len(frame) == summary["inputs"] == 4
+    bad = frame[frame.status == "error"]
+    assert len(bad) == 1 and "not valid UTF-8" in bad.iloc[0].error
+    assert bad.iloc[0].source_path.endswith("\\xff\\xfe-cutout.jpg")
+
+
+def test_non_finite_model_outputs_are_error_rows_not_ok_rows_of_nan(tmp_path, local_ray):
+    model = build_log_model(tmp_path / "log.onnx")
+    write_sample(tmp_path / "in", n=3)
+    Image.new("RGB", (128, 128)).save(tmp_path / "in" / "black.png")
+    summary = classify(RunConfig(inputs=[str(tmp_path / "in")], out=str(tmp_path / "cat"), model=str(model),
+                                 progress=False))
+    frame = pd.read_parquet(tmp_path / "cat").set_index("object_id")
+    black = frame.loc["black"]
+    assert black.status == "error" and black.error.startswith("model output is not finite")
+    assert pd.isna(black.odd_ring_prob) and not black.odd_ring_flag
+    ok = frame.drop(index="black")
+    assert (ok.status == "ok").all() and summary["errors"] == 1
+    numeric = ok.select_dtypes("float32")
+    assert np.isfinite(numeric.to_numpy()).all()
+
+
+def test_error_summary_groups_reasons_by_kind_with_a_few_examples(tmp_path, tiny_model, local_ray, capsys):
+    for i in range(12):
+        (tmp_path / f"bad{i:02d}.jpg").write_bytes(bytes([0xFF, 0xD8, 0xFF, 0xE0]) + bytes([i]) * (50 + i))
+        (tmp_path / f"text{i:02d}.png").write_bytes(b"not a png %d" % i)
+    summary = classify(RunConfig(inputs=[str(tmp_path)], out=str(tmp_path / "cat"), model=str(tiny_model),
+                                 progress=False))
+    kinds, examples = summary["errors_by_reason"], summary["error_examples"]
+    assert sum(kinds.values()) == summary["errors"] == 24
+    assert len(kinds) <= 3 and set(examples) == set(kinds) and all(len(e) <= 3 for e in examples.values())
+    example = next(iter(examples.values()))[0]
+    assert set(example) == {"source_path", "error"} and example["source_path"].startswith(str(tmp_path))
 
 
 def test_work_in_flight_follows_the_cluster_and_gpu_tasks_wait_for_gpu_nodes():

@@ -80,3 +80,24 @@ def test_real_survey_fits_files_read(shared_data: Path):
     assert hst.pixels.shape[0] == 1
     with pytest.raises(InputError, match="no image data"):
         read_cutout(str(folder / "hst_AEGIS_F606w_catalog.fits"), Recipe())
+
+
+def test_fits_over_the_pixel_limit_is_refused_from_its_header_before_reading_data(tmp_path):
+    from astropy.io import fits
+
+    header = fits.Header({"SIMPLE": True, "BITPIX": -32, "NAXIS": 3, "NAXIS1": 20_000, "NAXIS2": 20_000,
+                          "NAXIS3": 3})
+    path = tmp_path / "huge.fits"
+    path.write_bytes(header.tostring().encode() + b"\0" * 2880)  # claims 4.8 GB of pixels, holds one block
+    with pytest.raises(InputError, match=r"over the 100 megapixel limit: its header gives 3x20000x20000"):
+        read_cutout(str(path), Recipe())
+    extension = tmp_path / "huge_ext.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.ImageHDU(np.zeros((2, 2), np.float32))]).writeto(extension)
+    data = bytearray(extension.read_bytes())
+    at = data.index(b"NAXIS1  =", 2880)
+    data[at:at + 30] = b"NAXIS1  =               200000"
+    at = data.index(b"NAXIS2  =", 2880)
+    data[at:at + 30] = b"NAXIS2  =               200000"
+    extension.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="megapixel limit"):
+        read_cutout(str(extension), Recipe())

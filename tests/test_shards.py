@@ -147,7 +147,10 @@ def test_webdataset_tar_plain_and_gzip_with_a_truncated_member_and_a_key_without
     members["shard/k6.json"] = b"{}"
     write_webdataset(tmp_path / "a.tar", members)
     write_webdataset(tmp_path / "b.tar.gz", {k.replace("k", "z"): v for k, v in members.items()})
-    records = discover([str(tmp_path)])
+    records = discover([str(tmp_path / "a.tar")]) + discover([str(tmp_path / "b.tar.gz")])
+    # In one run the two tars give J0-J3 twice: object id collisions, error rows naming each other.
+    together = {r["source_path"]: r for r in discover([str(tmp_path)])}
+    assert f"is also the id of {tmp_path / 'b.tar.gz'}#shard/z0" in together[f"{tmp_path / 'a.tar'}#shard/k0"]["error"]
     by_id = {r["object_id"]: r for r in records if r["shard"].endswith("a.tar")}
     assert by_id["J2"]["source_path"] == f"{tmp_path / 'a.tar'}#shard/k2" and by_id["J2"]["ra"] == 12.0
     assert by_id["shard/k5"]["ra"] is None
@@ -256,7 +259,10 @@ def test_classify_a_folder_mixing_shards_and_files_split_into_chunks(tmp_path, j
                                  batch_size=4, task_rows=3, num_workers=2, progress=False))
     frame = pd.read_parquet(tmp_path / "cat")
     assert summary["rows"] == len(frame) == 2 * N + 1
-    assert summary["errors"] == 1 and summary["duplicate_ids"] == 1
+    assert summary["errors"] == 1 and summary["id_collisions"] == 0
+    # J0003.jpg's stem is an id the Parquet shard gives, so the file takes its path below the folder.
+    jpeg = frame[frame.source_path.str.endswith("J0003.jpg")]
+    assert frame.object_id.is_unique and jpeg.object_id.item() == "J0003.jpg"
     errors = frame[frame.status == "error"]
     assert list(errors.object_id) == ["J0001"] and "no image bytes" in errors.error.iloc[0]
     g10 = frame[frame.source_path.str.contains("Galaxy10_DECals.h5#")].sort_values("source_path")

@@ -15,7 +15,7 @@ import pytest
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, catalog_table, read_catalog
 from galaxy_infer.errors import TRANSIENT_PREFIX
-from galaxy_infer.ingest import EXIT_OK, ChunkWriter, committed_files, held_object_ids, read_ingest_catalog
+from galaxy_infer.ingest import EXIT_OK, ChunkWriter, committed_files, held_objects, read_ingest_catalog
 from tests.ray_procs import descendants, end_processes, wait_for, write_night
 from tests.test_storage import new_bucket, put
 
@@ -43,7 +43,7 @@ def test_ingest_defers_objects_that_cannot_be_read_now_and_does_not_hold_them(tm
     # Catalogs that already hold such rows (written before they were withheld) do not hold those objects.
     storage.write_object_atomic(str(tmp_path / "ingest_date=2026-01-02" / "part-old.parquet"),
                                 lambda s: __import__("pyarrow.parquet").parquet.write_table(table, s))
-    assert held_object_ids(str(tmp_path), "m") == {"b"}
+    assert held_objects(str(tmp_path), "m") == {"b": "b.jpg"}
 
 
 @pytest.mark.ray

@@ -1,0 +1,108 @@
+"""A file that kills the worker decoding it is isolated: one error row, every other object classified.
+
+The scenario runs in its own Python process (``python tests/test_poison_files.py DIR MODEL``) with
+a local Ray whose workers run :func:`exit_on_poison` at start-up: it makes decoding any file named
+``poison*`` end the worker process at once (``os._exit``), as a decoder crash or the OOM killer
+would. The real pipeline, Ray's retries and the ingest do the rest; only Ray's retries of a whole
+chunk are cut from 5 to 1 to keep the test short (each worker death costs seconds here).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+
+from galaxy_infer.ingest import IngestConfig, ingest, read_ingest_catalog  # noqa: E402
+from galaxy_infer.pipeline import RunConfig, classify  # noqa: E402
+from tests.ray_procs import descendants, end_processes, write_night  # noqa: E402
+
+NIGHT = "2026-11-20"
+MB = 1024 * 1024
+
+
+def exit_on_poison() -> None:
+    """Worker set-up hook: decoding a ``poison*`` file ends the worker process without a word."""
+    from galaxy_infer import readers
+
+    real = readers.decode_cutout
+
+    def decode_cutout(data, path, recipe):
+        if os.path.basename(path).startswith("poison"):
+            os._exit(1)
+        return real(data, path, recipe)
+
+    readers.decode_cutout = decode_cutout
+
+
+def scenario(workdir: Path, model: str) -> dict:
+    import ray
+
+    from galaxy_infer import pipeline
+
+    pipeline.TASK_RETRIES = 1
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, num_gpus=1, runtime_env={"worker_process_setup_hook": exit_on_poison})
+    try:
+        sent = write_night(workdir / "inbox", NIGHT, 8, seed=5, size=64)
+        (workdir / "inbox" / NIGHT / "poison.jpg").write_bytes(
+            (workdir / "inbox" / NIGHT / f"{sent[0]}.jpg").read_bytes())
+        config = IngestConfig(inbox=str(workdir / "inbox"), catalog=str(workdir / "catalog"), model=model,
+                              date=NIGHT, device="cpu", batch_size=4, task_rows=4, settle_seconds=0, num_workers=2)
+        started = time.perf_counter()
+        first = ingest(config)
+        seconds = time.perf_counter() - started
+        again = ingest(IngestConfig(**{**config.__dict__, "run_id": "next-night"}))
+        # The GPU layout (decode tasks feeding prediction tasks that hold half a logical GPU), via classify.
+        gpu = classify(RunConfig(inputs=[str(workdir / "inbox")], out=str(workdir / "gpu-catalog"), model=model,
+                                 device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
+        return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
+                "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"],
+                "seconds": round(seconds, 1),
+                "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
+                "gpu_layout_errors": gpu["errors_by_reason"]}
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_classified(tmp_path, tiny_model):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen([sys.executable, __file__, str(tmp_path), str(tiny_model)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        children = descendants(proc.pid)
+        proc.kill()
+        end_processes(children)
+        out, err = proc.communicate()
+        pytest.fail(f"the poison scenario did not finish:\n{err[-4000:]}")
+    assert proc.returncode == 0, err[-4000:]
+    figures = json.loads(out.strip().splitlines()[-1])
+    print("\npoison figures:", json.dumps(figures))
+    table = read_ingest_catalog(tmp_path / "catalog").to_pandas().set_index("object_id")
+    assert len(table) == figures["objects_sent"] == figures["rows"] and table.index.is_unique
+    poison = table.loc["poison"]
+    assert poison.status == "error" and poison.error.startswith("worker died while decoding")
+    assert (table.drop(index="poison").status == "ok").all()
+    assert figures["errors"] == 1 and figures["errors_by_reason"] == {"worker died while decoding": 1}
+    assert figures["rows_next_night"] == 0
+    assert figures["gpu_layout_rows"] == figures["objects_sent"]
+    assert figures["gpu_layout_errors"] == {"worker died while decoding": 1}
+    gpu = pd.read_parquet(tmp_path / "gpu-catalog").set_index("object_id")
+    assert gpu.loc["poison"].status == "error" and (gpu.drop(index="poison").status == "ok").all()
+
+
+if __name__ == "__main__":
+    print(json.dumps(scenario(Path(sys.argv[1]), sys.argv[2])))
