@@ -59,7 +59,7 @@ def start(folder: Path, timeout: float = 90) -> S3Server:
            f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
            "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", f"-s3.port.iceberg={iceberg}",
            f"-s3.port.lance={lance}", f"-iam.port={iam}", f"-s3.config={config}",
-           "-volume.max=50", "-master.volumeSizeLimitMB=64", "-master.telemetry=false"]
+           "-volume.max=1000", "-master.volumeSizeLimitMB=64", "-master.telemetry=false"]
     log = open(folder / "weed.log", "wb")
     process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     endpoint = f"http://127.0.0.1:{s3}"
