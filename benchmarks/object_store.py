@@ -90,7 +90,8 @@ def classify_once(inputs: str, out: Path, model: Path, num_cpus: int, latency: f
     """One ``classify`` on a fresh local Ray (the latency hook in its workers when ``latency``)."""
     import ray
 
-    from galaxy_infer.pipeline import RunConfig, classify, local_ray_guard
+    from galaxy_infer.cluster import local_ray_guard
+    from galaxy_infer.pipeline import RunConfig, classify
 
     shutil.rmtree(out, ignore_errors=True)
     runtime_env = {"env_vars": {LATENCY_ENV: str(latency)}, "worker_process_setup_hook": add_open_latency}

@@ -7,9 +7,10 @@ import os
 import sys
 
 from galaxy_infer.catalog import format_errors
+from galaxy_infer.cluster import GPU_WAIT_SECONDS
 from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, GPU_WAIT_SECONDS, RunConfig, classify
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
 from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import ANONYMOUS_ENV, Locked
 

@@ -39,11 +39,12 @@ import pyarrow.parquet as pq
 
 from galaxy_infer import storage
 from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
+from galaxy_infer.cluster import init_ray
 from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
                                      normalised_path)
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, init_ray, new_run_id, stream_tables
+from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, new_run_id, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.readers import find_inputs, records_table
 from galaxy_infer.shards import ShardFields

@@ -30,7 +30,7 @@ def local_ray():
     """One real local Ray for the session, sized for this 2-core machine; loopback and token as the program's own."""
     import ray
 
-    from galaxy_infer.pipeline import local_ray_guard
+    from galaxy_infer.cluster import local_ray_guard
 
     with local_ray_guard():
         ray.init(address="local", num_cpus=2, object_store_memory=512 * 1024 * 1024, include_dashboard=False,

@@ -177,7 +177,8 @@ def scenario_node_churn(workdir: Path, model: str) -> dict:
     from ray.cluster_utils import Cluster
 
     from galaxy_infer.model import load_model_info
-    from galaxy_infer.pipeline import RunConfig, plan_workers, records_table, stream_tables
+    from galaxy_infer.cluster import plan_workers
+    from galaxy_infer.pipeline import RunConfig, records_table, stream_tables
     from galaxy_infer.workers import WORKER_KEY
 
     cluster = Cluster(initialize_head=True, head_node_args={
@@ -191,7 +192,7 @@ def scenario_node_churn(workdir: Path, model: str) -> dict:
         sent = write_sample(workdir / "cutouts", 48, seed=31, size=96)
         config = RunConfig(inputs=[str(workdir / "cutouts")], out=str(workdir / "unused"), model=model, device="auto",
                            batch_size=4, num_gpus_per_worker=1, task_rows=3, address=cluster.address)
-        plan = plan_workers("auto", config)
+        plan = plan_workers("auto", config.num_gpus_per_worker, config.num_workers)
         nodes = {"first": first.node_id}
         in_flight: list[tuple[str, int]] = [("start", plan.in_flight(ray.cluster_resources()))]
         predicted_on: dict[str, int] = {}

@@ -133,13 +133,14 @@ def node_types() -> dict[str, dict[str, float]]:
 
 @pytest.mark.parametrize("profile", sorted(p.stem for p in (ROOT / "jobs" / "profiles").glob("*.toml")))
 def test_each_profile_asks_before_gpus_exist_and_fits_a_node_type(profile):
-    from galaxy_infer.pipeline import GPU_WAIT_SECONDS, RunConfig, plan_workers
+    from galaxy_infer.cluster import GPU_WAIT_SECONDS, plan_workers
+    from galaxy_infer.pipeline import RunConfig
 
     values = load_job_module().load_profile(profile)
     config = RunConfig(inputs=[], out="unused", device=values["device"], batch_size=values["batch_size"],
                        num_workers=values.get("num_workers"), num_gpus_per_worker=values.get("num_gpus_per_worker"))
     assert values["device"] != "auto" or config.num_gpus_per_worker is not None  # the plan must not depend on the cluster
-    plan = plan_workers(config.device, config)
+    plan = plan_workers(config.device, config.num_gpus_per_worker, config.num_workers)
     head_only = {"CPU": 8.0}
     assert plan.in_flight(head_only) >= 1  # work is submitted on a CPU head alone, so the autoscaler sees a request
     assert values.get("gpu_wait_seconds", GPU_WAIT_SECONDS) >= 300  # time for a GPU node to boot

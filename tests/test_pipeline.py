@@ -11,7 +11,8 @@ import pytest
 
 from galaxy_infer.catalog import SUMMARY_NAME
 from galaxy_infer.cli import main
-from galaxy_infer.pipeline import RunConfig, WorkerPlan, classify
+from galaxy_infer.cluster import WorkerPlan
+from galaxy_infer.pipeline import RunConfig, classify
 from galaxy_infer.schema import GZ2, ODD_FEATURES
 from galaxy_infer.synthetic import write_fits_cutout, write_sample
 from PIL import Image

@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from galaxy_infer.pipeline import local_ray_guard
+from galaxy_infer.cluster import local_ray_guard
 from training.config import Config, override
 from training.train import Prepared, fit, prepare
 
