@@ -7,6 +7,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training import augment as A  # noqa: E402
+from training.compare import paired, verdict  # noqa: E402
 from training.config import SurveyAugment, from_dict  # noqa: E402
 from training.crossval import fold_indices, fold_split, mean_interval, threshold_by_cv  # noqa: E402
 from training.metrics import auc_statistic, bootstrap_ci  # noqa: E402
@@ -118,6 +119,25 @@ def test_stratified_bootstrap_keeps_the_number_of_positives():
     assert bootstrap_ci(positives, 50, y, n_boot=200) == [3.0, 3.0]
     plain = bootstrap_ci(positives, 50, None, n_boot=200)
     assert plain[0] < 3 < plain[1]
+
+
+def test_paired_difference_sees_what_separate_intervals_cannot():
+    # two models ranking the same 80 galaxies, the candidate a little better on each: separate
+    # intervals overlap, the paired interval of the difference does not reach 0
+    rng = np.random.default_rng(1)
+    y = np.arange(80) % 2
+    base = y + rng.normal(0, 1.0, 80)
+    candidate = base + 0.25 * y
+    a, b = (auc_statistic(y, base), 80, y), (auc_statistic(y, candidate), 80, y)
+    lo_a, hi_a = bootstrap_ci(a[0], 80, y, n_boot=300)
+    lo_b, _ = bootstrap_ci(b[0], 80, y, n_boot=300)
+    assert lo_b < hi_a
+    figure = paired(a, b, n_boot=300, seed=0)
+    assert figure["difference"] == pytest.approx(figure["candidate"] - figure["base"]) and figure["difference"] > 0
+    assert figure["ci95"][0] > 0 and verdict("ring_auc", figure) == "better"
+    assert verdict("rmse_ratio", figure) == "worse"  # a larger ratio is worse
+    same = paired(a, a, n_boot=50, seed=0)
+    assert same["ci95"] == [0.0, 0.0] and verdict("ring_auc", same) == "same"
 
 
 def test_folds_partition_the_set_stratified_and_hold_validation_apart():

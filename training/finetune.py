@@ -8,7 +8,7 @@ control arm separates the effect of the augmentation from that of fine-tuning it
 splits are never trained on, so the scores stay held out. The result is not a shippable model:
 ``make train`` would not reproduce it.
 
-``python -m training.finetune --config training/configs/survey.toml --model galaxy_infer/models/default.onnx
+``python -m training.finetune --config training/configs/default.toml --model galaxy_infer/models/default.onnx
 --steps 60 --out runs/finetune``
 """
 from __future__ import annotations

@@ -101,6 +101,17 @@ def set_metrics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarra
 
     ``train_mean`` is the mean unconditional target of gz2 training data (the RMSE baseline).
     """
+    out, stats = set_statistics(labelled, logits, train_mean)
+    figures = _figures(stats, n_boot, seed)
+    rmses = {k.split(".", 1)[1]: figures.pop(k) for k in list(figures) if k.startswith("fraction_rmse.")}
+    if rmses:
+        figures["fraction_rmse"] = rmses
+    return out | figures
+
+
+def set_statistics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarray | None = None
+                   ) -> tuple[dict[str, Any], dict[str, tuple[Statistic, int, np.ndarray | None]]]:
+    """Counts for one set, and its figures as statistics ``(figure of indices, n, strata)`` to resample."""
     c = columns(logits)
     out: dict[str, Any] = {"n": int(len(labelled))}
     stats: dict[str, tuple[Statistic, int, np.ndarray | None]] = {}
@@ -151,11 +162,7 @@ def set_metrics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.ndarra
         simple = (truth[:, featured] > 0.5).astype(int)
         stats["featured_auc"] = (auc_statistic(simple, pred[:, featured]), m, simple)
         out["rmse_n"] = int(m)
-    figures = _figures(stats, n_boot, seed)
-    rmses = {k.split(".", 1)[1]: figures.pop(k) for k in list(figures) if k.startswith("fraction_rmse.")}
-    if rmses:
-        figures["fraction_rmse"] = rmses
-    return out | figures
+    return out, stats
 
 
 def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: float = 0.5) -> tuple[dict[str, float], dict[str, str]]:
