@@ -98,9 +98,20 @@ def test_nightly_ingest_on_s3_killed_mid_run_then_rerun_holds_every_object_exact
 
 @pytest.mark.ray
 @pytest.mark.shared_data
-def test_batch_job_on_a_cluster_with_no_shared_disk_reads_and_writes_only_s3(s3, tmp_path, shared_data, tiny_model):
+def test_batch_job_on_a_cluster_with_no_shared_disk_reads_and_writes_only_s3(s3, tmp_path, shared_data, tiny_model,
+                                                                            monkeypatch):
     from ray.cluster_utils import Cluster
 
+    # This test is about storage; auth is tested in test_auth/test_jobs. The in-process Cluster's
+    # processes and the job's client must agree, and this process's Ray read its auth mode at
+    # import, so both run without auth (a token left by an earlier test's local Ray would hang
+    # the job's client on a cluster it cannot join).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    import ray
+
+    ray.shutdown()  # the session's local Ray, if an earlier test started one, must not meet this cluster
     bucket = new_bucket(s3)
     images = sorted((shared_data / "gz1_sdss" / "images").iterdir())[:24]
     for path in images:
