@@ -143,8 +143,8 @@ def main() -> None:
     with pd.option_context("display.width", 250, "display.max_columns", 20, "display.float_format", "{:.2f}".format,
                            "display.max_colwidth", 34):
         if not real.empty:
-            print(f"\nreal galaxies: the model next to the votes (fractions of volunteers; edge-on is asked of "
-                  f"featured galaxies only)")
+            print("\nreal galaxies: the model next to the votes (fractions of volunteers; edge-on is asked of "
+                  "featured galaxies only)")
             print(compare(real, catalog).to_string(index=False))
         synthetic = catalog[~catalog.object_id.isin(real.get("object_id", []))]
         print("\nsynthetic cutouts (made up, not galaxies: the model is not expected to answer them well)")

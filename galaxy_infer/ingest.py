@@ -44,7 +44,7 @@ from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
                                      normalised_path)
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, new_run_id, stream_tables
+from galaxy_infer.pipeline import RunConfig, new_run_id, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.readers import find_inputs, records_table
 from galaxy_infer.shards import ShardFields

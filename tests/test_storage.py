@@ -8,7 +8,6 @@ import json
 import os
 import time
 import uuid
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -16,7 +15,6 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
-import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
