@@ -5,17 +5,23 @@ name); it ends the processes these tests started, by pid.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import psutil
+import pytest
 
 from galaxy_infer.synthetic import write_sample
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_ports(n: int) -> list[int]:
@@ -121,3 +127,21 @@ def head_command(ray_bin: str, temp_dir: str, num_cpus: int, object_store_bytes:
     else:
         cmd += ["--include-dashboard", "false"]
     return cmd, ports
+
+
+def run_script(args: list[str], env: dict[str, str], timeout: float, what: str) -> dict:
+    """``python *args`` from the repository root in a process of its own (so its Ray never meets
+    the session's); on a timeout every process it started is ended. Returns the JSON object its
+    last line of output prints."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        children = descendants(proc.pid)
+        proc.kill()
+        end_processes(children)
+        out, err = proc.communicate()
+        pytest.fail(f"{what} did not finish in {timeout:.0f} s:\n{err[-4000:]}")
+    assert proc.returncode == 0, err[-4000:]
+    return json.loads(out.strip().splitlines()[-1])

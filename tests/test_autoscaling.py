@@ -28,7 +28,7 @@ from ray.cluster_utils import AutoscalingCluster  # noqa: E402
 
 from galaxy_infer.catalog import SUMMARY_NAME, read_catalog  # noqa: E402
 from galaxy_infer.synthetic import write_sample  # noqa: E402
-from tests.ray_procs import descendants, end_processes, head_command, processes_mentioning, token_file  # noqa: E402
+from tests.ray_procs import end_processes, head_command, processes_mentioning, run_script, token_file  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 MB = 1024 * 1024
@@ -226,18 +226,7 @@ def test_a_node_joins_and_another_leaves_during_a_run(tmp_path, tiny_model):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(24).hex(), RAY_USAGE_STATS_ENABLED="0",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
-    proc = subprocess.Popen([sys.executable, __file__, "node-churn", str(tmp_path), str(tiny_model)], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        children = descendants(proc.pid)
-        proc.kill()
-        end_processes(children)
-        out, err = proc.communicate()
-        pytest.fail(f"node-churn did not finish:\n{err[-4000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    f = json.loads(out.strip().splitlines()[-1])
+    f = run_script([__file__, "node-churn", str(tmp_path), str(tiny_model)], env, 300, "node-churn")
     print("\nnode churn figures:", json.dumps(f))
     assert f["rows"] == f["objects_sent"] and f["first_removed"]
     assert f["rows_on_first"] > 0 and f["rows_on_second"] > 0

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ if __name__ == "__main__":
     sys.path.insert(0, str(ROOT))
 
 from galaxy_infer.ingest import IngestConfig, ingest, read_ingest_catalog  # noqa: E402
-from tests.ray_procs import descendants, end_processes, write_night  # noqa: E402
+from tests.ray_procs import descendants, run_script, write_night  # noqa: E402
 
 BUSY_MARKS = ("ray::classify_chunk", "ray::predict_chunk")  # a worker process titles itself by its task
 NIGHT = "2026-11-20"
@@ -113,18 +112,7 @@ def scenario_node_loss(workdir: Path, model: str) -> dict:
 
 def run_scenario(name: str, workdir: Path, model: Path, timeout: float = 420) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    proc = subprocess.Popen([sys.executable, __file__, name, str(workdir), str(model)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        children = descendants(proc.pid)
-        proc.kill()
-        end_processes(children)
-        out, err = proc.communicate()
-        pytest.fail(f"{name} did not finish in {timeout} s:\n{err[-4000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    figures = json.loads(out.strip().splitlines()[-1])
+    figures = run_script([__file__, name, str(workdir), str(model)], env, timeout, name)
     table = read_ingest_catalog(workdir / "catalog")
     ids = table.column("object_id").to_pylist()
     expected = {p.name.split(".")[0] for p in (workdir / "inbox" / NIGHT).iterdir()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ if __name__ == "__main__":
 
 from galaxy_infer.ingest import IngestConfig, ingest, read_ingest_catalog  # noqa: E402
 from galaxy_infer.pipeline import RunConfig, classify  # noqa: E402
-from tests.ray_procs import descendants, end_processes, write_night  # noqa: E402
+from tests.ray_procs import run_script, write_night  # noqa: E402
 
 NIGHT = "2026-11-20"
 MB = 1024 * 1024
@@ -78,18 +77,7 @@ def scenario(workdir: Path, model: str) -> dict:
 def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_classified(tmp_path, tiny_model):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.Popen([sys.executable, __file__, str(tmp_path), str(tiny_model)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        out, err = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        children = descendants(proc.pid)
-        proc.kill()
-        end_processes(children)
-        out, err = proc.communicate()
-        pytest.fail(f"the poison scenario did not finish:\n{err[-4000:]}")
-    assert proc.returncode == 0, err[-4000:]
-    figures = json.loads(out.strip().splitlines()[-1])
+    figures = run_script([__file__, str(tmp_path), str(tiny_model)], env, 300, "the poison scenario")
     print("\npoison figures:", json.dumps(figures))
     table = read_ingest_catalog(tmp_path / "catalog").to_pandas().set_index("object_id")
     assert len(table) == figures["objects_sent"] == figures["rows"] and table.index.is_unique
