@@ -17,6 +17,10 @@ class DataConfig:
     """Repeat a (small) set's training images this many times per epoch."""
     negation_weights: dict[str, float] = field(default_factory=dict)
     """Scale a set's negated-event loss (e.g. a noisy 'not X' label)."""
+    odd_rates: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Sets whose labels never say 'odd = no': ``{set: {stratum: gz2_votes simple class}}``; their
+    galaxies of each stratum are held, on average, to that class's volunteer 'odd = yes' rate
+    (:mod:`training.priors`)."""
     limit: int = 0
     """Use at most this many images per set (0 = all): for tests and quick trials."""
     seed: int = 0
@@ -50,6 +54,8 @@ class TrainConfig:
     exact_fraction: float = 0.0
     """Share of samples augmented by right-angle rotations and flips only (no resampling blur)."""
     negation_weight: float = 1.0
+    odd_rate_weight: float = 1.0
+    """Weight of the batch-mean 'odd = yes' rate loss of ``data.odd_rates``."""
     threads: int = 2
     seed: int = 0
     max_minutes: float = 0.0
