@@ -46,7 +46,7 @@ def test_class_labels_map_onto_the_tree_with_masks_and_negations():
     assert t[3, IDX("odd", "yes")] == 1 and t[3, IDX("odd_feature", "merger")] == 1
     assert np.isnan(t[3, GZ2.slices["smooth_or_featured"]]).all()
     assert np.isnan(t[4]).all() and not neg[4].any()
-    assert neg[0, IDX("odd", "yes")] == 1 and neg[0, IDX("odd_feature", "merger")] == 1 and neg[0].sum() == 2
+    assert neg[0, IDX("odd_feature", "merger")] == 1 and neg[0].sum() == 1  # 'not a merger', odd or not
     assert not neg[3].any()
 
 
@@ -88,6 +88,7 @@ def test_shared_sets_read_as_their_readme_says(shared_data):
     ring = rings.table["ring"].to_numpy() == 1
     assert (rings.targets[ring][:, IDX("odd_feature", "ring")] == 1).all()
     assert np.isnan(rings.targets[~ring][:, GZ2.slices["odd_feature"]]).all()
+    assert (rings.negated[~ring][:, IDX("odd_feature", "ring")] == 1).all() and (rings.negated[~ring].sum(1) == 1).all()
     np.testing.assert_allclose(rings.targets[:, IDX("smooth_or_featured", "featured_or_disk")],
                                rings.table["smooth-or-featured_featured-or-disk_fraction"], rtol=1e-6)
 

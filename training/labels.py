@@ -4,7 +4,7 @@ Every reader returns a :class:`LabelledSet`: file paths, an ``(n, 37)`` matrix o
 vote fractions in :data:`GZ2.answer_columns` order where NaN marks a question the sample says
 nothing about, and an ``(n, 37)`` 0/1 matrix of *negated events*: a sample whose row is not all
 zero is known NOT to have the conjunction of the marked answers (e.g. GZ1 'elliptical' says
-"not (odd = yes and odd feature = merger)", because merger was a competing GZ1 choice).
+"not (odd feature = merger)", because merger was a competing GZ1 choice).
 
 Label forms: class labels / partial answers (a mapping class -> {question: answer}), Hart+16
 columns (optionally ``_debiased``), Kaggle ``Class1.1`` (unconditional) columns and our own
@@ -163,6 +163,11 @@ FEATURED = {"smooth_or_featured": "featured_or_disk"}
 FACE_ON_SPIRAL = {**FEATURED, "disk_edge_on": "no", "has_spiral_arms": "yes"}
 MERGER = {"odd": "yes", "odd_feature": "merger"}
 RING = {"odd": "yes", "odd_feature": "ring"}
+# "not a merger" / "not a ring" as negated events on the odd feature alone: whether or not the
+# galaxy is odd, a ring or merger is not what makes it so. Negating "odd and ring" instead could be
+# met by lowering 'odd = yes', which the population rates of training.priors now keep honest.
+NOT_MERGER = {"odd_feature": "merger"}
+NOT_RING = {"odd_feature": "ring"}
 
 GZ1_CLASSES: dict[str, Answers] = {
     "elliptical": {"smooth_or_featured": "smooth"},
@@ -173,7 +178,7 @@ GZ1_CLASSES: dict[str, Answers] = {
 }
 # GZ1 offered 'merger' beside the other classes, so a galaxy the volunteers put in another class
 # is known not to be a merger; it says nothing about other odd features, hence a negated event.
-GZ1_NEGATIONS: dict[str, Answers] = {c: MERGER for c in ("elliptical", "spiral_clockwise",
+GZ1_NEGATIONS: dict[str, Answers] = {c: NOT_MERGER for c in ("elliptical", "spiral_clockwise",
                                                           "spiral_anticlockwise", "edge_on")}
 KAGGLE_SPIRAL = {**FACE_ON_SPIRAL, "odd": "yes"}
 
@@ -209,14 +214,14 @@ def read_gz2_votes(folder: Path) -> LabelledSet:
 
 
 def read_decals_rings(folder: Path) -> LabelledSet:
-    """GZ DECaLS rings: ring = 1 -> odd = yes, feature = ring; ring = 0 -> not (odd and ring).
+    """GZ DECaLS rings: ring = 1 -> odd = yes, feature = ring; ring = 0 -> odd feature not ring.
 
     The three DECaLS fractions are conditional answers of questions 1, 2 and 4. DECaLS's first
     question has an artifact answer we are not given, so it is taken as 0 there.
     """
     table = pd.read_csv(folder / "labels.csv")
     n = len(table)
-    targets, negated = targets_from_classes(table["ring"].astype(int).astype(str), {"1": RING}, {"0": RING})
+    targets, negated = targets_from_classes(table["ring"].astype(int).astype(str), {"1": RING}, {"0": NOT_RING})
     featured = table["smooth-or-featured_featured-or-disk_fraction"].to_numpy(np.float32)
     face_on = table["disk-edge-on_no_fraction"].to_numpy(np.float32)
     no_arms = table["has-spiral-arms_no_fraction"].to_numpy(np.float32)
