@@ -28,7 +28,8 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from training.config import Config, load_config, override
 from training.data import SplitSet, cached_inputs, split_indices
-from training.metrics import auc_statistic, best_f1_threshold, bootstrap_ci, columns, set_metrics
+from training.metrics import (auc_statistic, best_f1_threshold, bootstrap_ci, columns, prevalence_weights, set_metrics,
+                              survey_prevalence)
 
 CV_SETS = ("gzdecals_rings", "gz2_votes")
 FIGURES = {"gzdecals_rings": ["ring_auc"], "gz2_votes": ["rmse_ratio", "rmse_unconditional", "featured_auc"],
@@ -58,17 +59,24 @@ def mean_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
             "folds": len(v)}
 
 
-def threshold_by_cv(y: np.ndarray, score: np.ndarray, fold: np.ndarray) -> dict[str, Any]:
-    """Threshold chosen on all out-of-fold scores, and per fold the F1 of one chosen on the other folds."""
-    threshold, f1 = best_f1_threshold(y, score)
+def threshold_by_cv(y: np.ndarray, score: np.ndarray, fold: np.ndarray, prevalence: float | None = None) -> dict[str, Any]:
+    """Threshold chosen on all out-of-fold scores, and per fold the F1 of one chosen on the other folds.
+
+    With ``prevalence`` every F1 is weighted to that survey rate of positives (:func:`prevalence_weights`).
+    """
+    threshold, f1 = best_f1_threshold(y, score, prevalence_weights(y, prevalence))
     nested = []
     for i in np.unique(fold):
-        t, _ = best_f1_threshold(y[fold != i], score[fold != i])
-        nested.append(float(f1_score(y[fold == i], score[fold == i] >= t)))
-    return {"threshold": threshold, "f1_pooled": f1, "f1_nested_by_fold": nested, "f1_nested": mean_interval(nested)}
+        t, _ = best_f1_threshold(y[fold != i], score[fold != i], prevalence_weights(y[fold != i], prevalence))
+        held = fold == i
+        nested.append(float(f1_score(y[held], score[held] >= t, sample_weight=prevalence_weights(y[held], prevalence),
+                                     zero_division=0.0)))
+    return {"threshold": threshold, "f1_pooled": f1, "f1_nested_by_fold": nested, "f1_nested": mean_interval(nested),
+            "prevalence": prevalence}
 
 
-def summarise(per_fold: list[dict[str, dict[str, Any]]], oof: dict[str, dict[str, np.ndarray]], n_boot: int) -> dict[str, Any]:
+def summarise(per_fold: list[dict[str, dict[str, Any]]], oof: dict[str, dict[str, np.ndarray]], n_boot: int,
+              ring_prevalence: float | None = None) -> dict[str, Any]:
     """Mean and interval over folds of each figure; pooled out-of-fold AUCs; the CV ring threshold."""
     out: dict[str, Any] = {"over_folds": {}, "pooled_out_of_fold": {}}
     for name, keys in FIGURES.items():
@@ -82,7 +90,7 @@ def summarise(per_fold: list[dict[str, dict[str, Any]]], oof: dict[str, dict[str
         out["pooled_out_of_fold"]["gzdecals_rings.ring_auc"] = {
             "value": stat(np.arange(len(y))), "ci95": bootstrap_ci(stat, len(y), y, n_boot), "n": int(len(y)),
             "n_positive": int(y.sum())}
-        out["ring_threshold"] = threshold_by_cv(y, score, fold)
+        out["ring_threshold"] = threshold_by_cv(y, score, fold, ring_prevalence)
     return out
 
 
@@ -98,6 +106,7 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
     held = {s.name: fold_indices(s.strata, folds, d.seed) for s in sets if s.name in cv_sets}
     run = Path(config.output.run_dir)
     per_fold, oof = [], {name: {"y": [], "score": [], "fold": []} for name in held}
+    ring_prevalence = None
     for i in range(folds):
         if only is not None and i not in only:
             continue
@@ -110,6 +119,8 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
             for split, rows in idx.items():
                 splits[split].append(SplitSet(labelled.subset(rows), images[rows]))
         prepared = Prepared(splits)
+        train_gz2 = prepared.by_name("train").get("gz2_votes")
+        ring_prevalence = survey_prevalence(train_gz2.labelled if train_gz2 is not None else None).get("ring")
         fold_config = override(config, output={"run_dir": str(run / f"fold{i}"), "onnx": "", "int8_onnx": ""})
         info = fit(fold_config, prepared)
         model = load_checkpoint(fold_config, info["checkpoint"])
@@ -128,7 +139,8 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
         logging.warning("fold %d: %s", i, {f"{n}.{k}": figures.get(n, {}).get(k) for n, ks in FIGURES.items() for k in ks})
     pooled = {name: {k: np.concatenate(v) for k, v in parts.items()} for name, parts in oof.items() if parts["y"]}
     result = {"folds": folds, "cv_sets": list(held), "per_fold": per_fold, "config": config.to_dict(),
-              **summarise(per_fold, pooled, n_boot)}
+              "out_of_fold": {name: {k: v.tolist() for k, v in parts.items()} for name, parts in pooled.items()},
+              **summarise(per_fold, pooled, n_boot, ring_prevalence)}
     run.mkdir(parents=True, exist_ok=True)
     (run / "cv.json").write_text(json.dumps(result, indent=1))
     return result

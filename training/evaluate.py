@@ -17,7 +17,8 @@ from galaxy_infer.schema import GZ2
 from training import plots
 from training.labels import SHARED_SETS
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
-                              roc_points, set_metrics, spiral_probability, three_way_scores)
+                              roc_points, set_metrics, spiral_probability, survey_prevalence,
+                              three_way_scores)
 from training.train import Prepared, predict
 from training.tree_metrics import add_catalog_metrics, tree_score
 
@@ -57,23 +58,33 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
     for split, parts in prepared.splits.items():
         result["splits"][split] = {p.name: set_metrics(p.labelled, logits[split][p.name], mean) for p in parts}
     val = {p.name: (p.labelled, logits["val"][p.name]) for p in prepared.splits["val"]}
-    result["thresholds"], result["threshold_choice"] = choose_thresholds(val)
+    train_gz2 = prepared.by_name("train").get("gz2_votes")
+    prevalence = survey_prevalence(train_gz2.labelled if train_gz2 is not None else None)
+    result["survey_prevalence"] = prevalence
+    thresholds, how = choose_thresholds(val, prevalence=prevalence)
     result["floors_on_test"] = check_floors(result["splits"]["test"])
-    rings = ring_check(prepared, logits)
+    rings = ring_check(prepared, logits, prevalence=prevalence.get("ring"))
     if rings is not None:
         result["ring_check_val_test"] = rings
+        chosen = rings["threshold"]
+        thresholds["ring"] = chosen["threshold"]
+        nested = chosen["f1_nested"]
+        how["ring"] = (f"max F1 over the {rings['n']} held-out ring-set galaxies, cross-validated in {rings['folds']} folds"
+                       + (f", reweighted to a survey prevalence of {chosen['prevalence']:.3f}" if chosen["prevalence"] else "")
+                       + f": F1 of a threshold chosen on the other folds {nested['mean']:.3f} {nested['ci95']}")
+    result["thresholds"], result["threshold_choice"] = thresholds, how
     add_catalog_metrics(result, labelled, logits, GZ2, set(SHARED_SETS))
     return result
 
 
 def ring_check(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]], folds: int = 5,
-               seed: int = 0) -> dict[str, Any] | None:
+               seed: int = 0, prevalence: float | None = None) -> dict[str, Any] | None:
     """Ring AUC and flag threshold by k-fold CV over every ring galaxy the model never trained on.
 
     The validation and test rings pooled (validation only chose the epoch) are cut into stratified
     folds: the AUC per fold (mean with a t interval) and pooled (bootstrap interval), and the F1
-    of a threshold chosen on the other folds, scored on each fold. The model's flag threshold
-    itself stays the one chosen on validation alone.
+    of a threshold chosen on the other folds, scored on each fold; with ``prevalence`` the F1s are
+    weighted to that survey rate of rings. :func:`score` ships the threshold chosen this way.
     """
     from training.crossval import fold_indices, mean_interval, threshold_by_cv
 
@@ -93,7 +104,7 @@ def ring_check(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]], fol
     return {"n": int(len(y)), "n_positive": int(y.sum()), "folds": folds,
             "auc_pooled": stat(np.arange(len(y))), "auc_pooled_ci95": bootstrap_ci(stat, len(y), y),
             "auc_over_folds": mean_interval([stat(np.flatnonzero(fold == i)) for i in range(folds)]),
-            "threshold": threshold_by_cv(y, score_, fold)}
+            "threshold": threshold_by_cv(y, score_, fold, prevalence)}
 
 
 def evaluate(model: torch.nn.Module, prepared: Prepared, run_dir: Path, pictures: bool = True) -> dict[str, Any]:

@@ -165,13 +165,44 @@ def set_statistics(labelled: LabelledSet, logits: np.ndarray, train_mean: np.nda
     return out, stats
 
 
-def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: float = 0.5) -> tuple[dict[str, float], dict[str, str]]:
+def survey_prevalence(train_gz2: LabelledSet | None, minimum: int = 3) -> dict[str, float]:
+    """Per odd feature, the share of gz2_votes training galaxies whose volunteers' unconditional
+    vote for it is >= 0.5: how common the feature is in an ordinary survey population. Features
+    with fewer than ``minimum`` such galaxies are left out (no estimate)."""
+    if train_gz2 is None:
+        return {}
+    truth = unconditional_targets(train_gz2.targets)
+    out = {}
+    for f in ODD_FEATURES:
+        positive = truth[:, GZ2.answer_index("odd_feature", f)] >= 0.5
+        if positive.sum() >= minimum:
+            out[f] = float(positive.mean())
+    return out
+
+
+def prevalence_weights(y: np.ndarray, prevalence: float | None) -> np.ndarray | None:
+    """Sample weights that make positives ``prevalence`` of the weighted total (None: as labelled).
+
+    The validation sets with labelled positives are positive-rich (the ring set is half rings);
+    F1 on them rewards a threshold that would flag most of a survey. Reweighted to the survey's
+    prevalence, F1 weighs each false positive as often as one would turn up there.
+    """
+    if prevalence is None or not 0 < y.mean() < 1:
+        return None
+    return np.where(y, prevalence / y.mean(), (1 - prevalence) / (1 - y.mean()))
+
+
+def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: float = 0.5,
+                      prevalence: dict[str, float] | None = None) -> tuple[dict[str, float], dict[str, str]]:
     """Per odd feature, the threshold on ``odd_{f}_prob`` that maximises F1 on validation labels.
 
     Labels: merger from gz1 (class merger vs the rest), ring from GZ DECaLS rings, any feature
-    from gz2 votes (positive where the unconditional vote fraction is >= 0.5). Features with
-    fewer than 3 positives keep ``default``. Returns thresholds and how each was chosen.
+    from gz2 votes (positive where the unconditional vote fraction is >= 0.5). Where ``prevalence``
+    gives a feature's survey rate, F1 is computed with the validation galaxies reweighted to it
+    (:func:`prevalence_weights`). Features with fewer than 3 positives keep ``default``.
+    Returns thresholds and how each was chosen.
     """
+    prevalence = prevalence or {}
     scores: dict[str, list[np.ndarray]] = {f: [] for f in ODD_FEATURES}
     labels: dict[str, list[np.ndarray]] = {f: [] for f in ODD_FEATURES}
     for name, (labelled, logits) in val.items():
@@ -193,15 +224,17 @@ def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: f
         if y.sum() < 3:
             thresholds[f], how[f] = default, f"default {default} (fewer than 3 labelled positives in validation)"
             continue
-        thresholds[f], f1 = best_f1_threshold(y, np.concatenate(scores[f]))
-        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}): F1={f1:.3f}"
+        rate = prevalence.get(f)
+        thresholds[f], f1 = best_f1_threshold(y, np.concatenate(scores[f]), prevalence_weights(y, rate))
+        weighting = "" if rate is None else f" reweighted to a survey prevalence of {rate:.3f}"
+        how[f] = f"max F1 on validation ({int(y.sum())} positives of {len(y)}){weighting}: F1={f1:.3f}"
     return thresholds, how
 
 
-def best_f1_threshold(y: np.ndarray, score: np.ndarray) -> tuple[float, float]:
-    """The threshold on ``score`` with the highest F1 (candidates: score quantiles), and that F1."""
+def best_f1_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, float]:
+    """The threshold on ``score`` with the highest (weighted) F1 (candidates: score quantiles), and that F1."""
     candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
-    f1 = [f1_score(y, score >= t) for t in candidates]
+    f1 = [f1_score(y, score >= t, sample_weight=weight, zero_division=0.0) for t in candidates]
     best = int(np.argmax(f1))
     return float(candidates[best]), float(f1[best])
 
