@@ -28,8 +28,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from training.config import Config, load_config, override
 from training.data import SplitSet, cached_inputs, split_indices
-from training.metrics import (auc_statistic, best_f1_threshold, bootstrap_ci, columns, prevalence_weights, set_metrics,
-                              survey_prevalence)
+from training.metrics import auc_statistic, best_f1_threshold, bootstrap_ci, columns, prevalence_weights, set_metrics
 
 CV_SETS = ("gzdecals_rings", "gz2_votes")
 FIGURES = {"gzdecals_rings": ["ring_auc"], "gz2_votes": ["rmse_ratio", "rmse_unconditional", "featured_auc"],
@@ -119,8 +118,7 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
             for split, rows in idx.items():
                 splits[split].append(SplitSet(labelled.subset(rows), images[rows]))
         prepared = Prepared(splits)
-        train_gz2 = prepared.by_name("train").get("gz2_votes")
-        ring_prevalence = survey_prevalence(train_gz2.labelled if train_gz2 is not None else None).get("ring")
+        ring_prevalence = prepared.survey_prevalence().get("ring")
         fold_config = override(config, output={"run_dir": str(run / f"fold{i}"), "onnx": "", "int8_onnx": ""})
         info = fit(fold_config, prepared)
         model = load_checkpoint(fold_config, info["checkpoint"])

@@ -17,8 +17,7 @@ from galaxy_infer.schema import GZ2
 from training import plots
 from training.labels import SHARED_SETS
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
-                              roc_points, set_metrics, spiral_probability, survey_prevalence,
-                              three_way_scores)
+                              roc_points, set_metrics, spiral_probability, three_way_scores)
 from training.train import Prepared, predict
 from training.tree_metrics import add_catalog_metrics, tree_score
 
@@ -58,8 +57,7 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
     for split, parts in prepared.splits.items():
         result["splits"][split] = {p.name: set_metrics(p.labelled, logits[split][p.name], mean) for p in parts}
     val = {p.name: (p.labelled, logits["val"][p.name]) for p in prepared.splits["val"]}
-    train_gz2 = prepared.by_name("train").get("gz2_votes")
-    prevalence = survey_prevalence(train_gz2.labelled if train_gz2 is not None else None)
+    prevalence = prepared.survey_prevalence()
     result["survey_prevalence"] = prevalence
     thresholds, how = choose_thresholds(val, prevalence=prevalence)
     result["floors_on_test"] = check_floors(result["splits"]["test"])

@@ -25,7 +25,7 @@ from training.config import Config
 from training.data import SplitSet, cached_inputs, split_sets
 from training.labels import TREE_SETS, LabelledSet, read_vote_catalog
 from training.loss import tree_loss
-from training.metrics import unconditional_targets
+from training.metrics import survey_prevalence, unconditional_targets
 from training.models import build_model
 from training.priors import proportion_loss, sample_rates
 
@@ -46,6 +46,11 @@ class Prepared:
         """Mean Kaggle-style target of the gz2 votes training images (the RMSE baseline)."""
         gz2 = self.by_name("train").get("gz2_votes")
         return None if gz2 is None else unconditional_targets(gz2.labelled.targets).mean(axis=0)
+
+    def survey_prevalence(self) -> dict[str, float]:
+        """How common each odd feature is among the gz2 votes training galaxies (:func:`survey_prevalence`)."""
+        gz2 = self.by_name("train").get("gz2_votes")
+        return survey_prevalence(gz2.labelled if gz2 is not None else None)
 
 
 def read_sets(config: Config) -> list[LabelledSet]:
