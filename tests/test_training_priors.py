@@ -37,6 +37,8 @@ def test_each_mapped_class_gets_the_volunteers_mean_odd_rate_of_its_gz2_class():
         sample_rates([gz1, gz2], {"gz1_sdss": {"elliptical": "X"}})
     with pytest.raises(ValueError, match="gz2_votes"):
         sample_rates([gz1], {"gz1_sdss": {"elliptical": "E"}})
+    with pytest.raises(ValueError, match="gz1_sdss has no stratum 'spiral'"):
+        sample_rates([gz1, gz2], {"gz1_sdss": {"spiral": "S"}})
 
 
 def test_the_proportion_loss_moves_the_mean_not_each_galaxy_to_the_rate():

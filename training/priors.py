@@ -3,7 +3,8 @@
 Every label on the 424-pixel SDSS and DECaLS sets that touches the odd question says 'odd = yes'
 (GZ1 mergers, Kaggle spirals, rings); no galaxy there is ever labelled 'odd = no'. Trained on that,
 the model answers 'odd = yes' with probability 0.99 for every GZ1 elliptical, where GZ2
-volunteers say yes about one time in seven. The Galaxy Zoo 2 vote fractions give the missing
+volunteers say yes about one time in seven, and 1.00 for every DECaLS-rendered cutout (the ring
+set's non-rings, featured face-on disks, included). The Galaxy Zoo 2 vote fractions give the missing
 information as a rate rather than per galaxy: the mean 'odd = yes' fraction of the gz2_votes
 training galaxies of each simple class (E, S). A set's galaxies of a class get that rate, and the
 loss asks the mean prediction over them in each batch to match it (learning from label
@@ -49,7 +50,11 @@ def sample_rates(parts: list[SplitSet], mapping: Mapping[str, Mapping[str, str]]
             if source_stratum not in rates:
                 raise ValueError(f"data.odd_rates: {RATE_SOURCE} has no stratum {source_stratum!r} "
                                  f"(has {sorted(rates)})")
-            rate[part.labelled.strata == stratum] = rates[source_stratum]
+            matched = part.labelled.strata == stratum
+            if not matched.any():
+                raise ValueError(f"data.odd_rates: {part.name} has no stratum {stratum!r} "
+                                 f"(has {sorted(map(str, np.unique(part.labelled.strata)))})")
+            rate[matched] = rates[source_stratum]
     return out
 
 
