@@ -1,6 +1,8 @@
 """Volunteer population rates for 'odd' and flag thresholds weighted to a survey's prevalence."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -12,7 +14,7 @@ from training.crossval import threshold_by_cv  # noqa: E402
 from training.data import SplitSet  # noqa: E402
 from training.labels import LabelledSet, empty_targets  # noqa: E402
 from training.metrics import best_f1_threshold, prevalence_weights  # noqa: E402
-from training.priors import ODD_YES, proportion_loss, sample_rates  # noqa: E402
+from training.priors import ODD_YES, odd_answers, proportion_loss, sample_rates  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -30,9 +32,10 @@ def _part(name: str, strata: list[str], odd_yes: list[float] | None = None) -> S
 def test_each_mapped_class_gets_the_volunteers_mean_odd_rate_of_its_gz2_class():
     gz2 = _part("gz2_votes", ["E", "E", "S", "S"], [0.1, 0.3, 0.5, 0.3])
     gz1 = _part("gz1_sdss", ["elliptical", "edge_on", "merger"])
-    rates = sample_rates([gz1, gz2], {"gz1_sdss": {"elliptical": "E", "edge_on": "S"}})
+    rates, groups = sample_rates([gz1, gz2], {"gz1_sdss": {"elliptical": "E", "edge_on": "S"}})
     np.testing.assert_allclose(rates[0][:2], [0.2, 0.4], rtol=1e-6)
     assert np.isnan(rates[0][2]) and np.isnan(rates[1]).all()
+    assert list(groups[0]) == [0, 1, -1] and (groups[1] == -1).all()
     with pytest.raises(ValueError, match="no stratum 'X'"):
         sample_rates([gz1, gz2], {"gz1_sdss": {"elliptical": "X"}})
     with pytest.raises(ValueError, match="gz2_votes"):
@@ -41,23 +44,52 @@ def test_each_mapped_class_gets_the_volunteers_mean_odd_rate_of_its_gz2_class():
         sample_rates([gz1, gz2], {"gz1_sdss": {"spiral": "S"}})
 
 
-def test_the_proportion_loss_moves_the_mean_not_each_galaxy_to_the_rate():
-    torch.manual_seed(0)
-    logits = torch.zeros(64, GZ2.n_answers)
-    logits[:, GZ2.slices["odd"].start] = torch.linspace(4.0, 6.0, 64)  # every galaxy 'odd' at > 0.98
+def test_the_ring_sets_non_rings_get_the_featured_rate_and_its_rings_none():
+    """The ring set's strata are its 0/1 labels; the shipped config holds its non-rings (featured
+    face-on disks) to the GZ2 'S' rate, while its rings keep their own 'odd = yes' label."""
+    from training.config import load_config
+
+    mapping = load_config(Path(__file__).parents[1] / "training/configs/default.toml").data.odd_rates
+    gz2 = _part("gz2_votes", ["E", "S", "S"], [0.1, 0.5, 0.3])
+    rings = _part("gzdecals_rings", ["0", "1", "0"])
+    rates, groups = sample_rates([rings, gz2], {"gzdecals_rings": mapping["gzdecals_rings"]})
+    np.testing.assert_allclose(rates[0][[0, 2]], 0.4, rtol=1e-6)
+    assert np.isnan(rates[0][1]) and list(groups[0]) == [0, -1, 0]
+
+
+def _fit_odd(logits: torch.Tensor, rates: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     logits.requires_grad_(True)
-    rates = torch.full((64,), 0.2)
-    rates[:8] = float("nan")
     optimiser = torch.optim.SGD([logits], lr=50.0)
     for _ in range(300):
         optimiser.zero_grad()
-        proportion_loss(logits, rates).backward()
+        proportion_loss(logits, rates, groups).backward()
         optimiser.step()
-    odd = torch.softmax(logits[8:, GZ2.slices["odd"]], dim=1)[:, 0].detach()
-    assert odd.mean().item() == pytest.approx(0.2, abs=0.01)
-    assert torch.all(odd[1:] >= odd[:-1])  # the ranking inside the set is kept
+    return torch.softmax(logits[:, GZ2.slices["odd"]], dim=1)[:, 0].detach()
+
+
+def test_the_proportion_loss_moves_the_mean_not_each_galaxy_to_the_rate():
+    logits = torch.zeros(64, GZ2.n_answers)
+    logits[:, GZ2.slices["odd"].start] = torch.linspace(4.0, 6.0, 64)  # every galaxy 'odd' at > 0.98
+    rates, groups = torch.full((64,), 0.2), torch.zeros(64, dtype=torch.long)
+    rates[:8], groups[:8] = float("nan"), -1
+    odd = _fit_odd(logits, rates, groups)
+    assert odd[8:].mean().item() == pytest.approx(0.2, abs=0.01)
+    assert torch.all(odd[9:] >= odd[8:-1])  # the ranking inside the set is kept
     assert logits.grad[:8].abs().sum() == 0
-    assert proportion_loss(logits, torch.full((64,), float("nan"))).item() == 0
+    assert proportion_loss(logits, torch.full((64,), float("nan")), torch.full((64,), -1)).item() == 0
+
+
+def test_each_group_reaches_its_own_rate_not_the_pooled_one():
+    """With one pooled mean, disks far above their rate could be paid for by ellipticals below
+    theirs; per group, each class is held to its own rate."""
+    logits = torch.zeros(64, GZ2.n_answers)
+    logits[:32, GZ2.slices["odd"].start] = 3.0  # group 0 starts at P(odd) 0.95, its rate 0.34
+    logits[32:, GZ2.slices["odd"].start] = -3.0  # group 1 starts at 0.05, its rate 0.18
+    rates = torch.cat([torch.full((32,), 0.34), torch.full((32,), 0.18)])
+    groups = torch.cat([torch.zeros(32, dtype=torch.long), torch.ones(32, dtype=torch.long)])
+    odd = _fit_odd(logits, rates, groups)
+    assert odd[:32].mean().item() == pytest.approx(0.34, abs=0.01)
+    assert odd[32:].mean().item() == pytest.approx(0.18, abs=0.01)
 
 
 def test_prevalence_weights_make_positives_the_survey_share():
@@ -79,3 +111,20 @@ def test_a_rare_feature_gets_a_purer_threshold_than_a_balanced_validation_set_su
     chosen = threshold_by_cv(y.astype(int), score, np.arange(400) % 5, prevalence=0.04)
     assert chosen["prevalence"] == 0.04 and chosen["threshold"] > balanced + 0.15
     assert 0 < chosen["f1_nested"]["mean"] < chosen["f1_pooled"] + 0.1
+
+
+def test_odd_answers_are_reported_per_stratum_beside_the_volunteers_rate():
+    from training.train import Prepared
+
+    gz2 = _part("gz2_votes", ["E", "S"], [0.2, 0.4])
+    rings = _part("gzdecals_rings", ["0", "0", "1"])
+    prepared = Prepared({"train": [gz2], "val": [rings], "test": [rings]})
+    logits = np.zeros((3, GZ2.n_answers), np.float32)
+    logits[:, GZ2.slices["odd"].start] = [-4.0, 4.0, 4.0]  # P(odd = yes) 0.018, 0.982, 0.982
+    answers = odd_answers(prepared, {"val": {"gzdecals_rings": logits}, "test": {"gzdecals_rings": logits}},
+                          {"ring": 0.5, "merger": 0.5, "dust_lane": 0.5})
+    assert answers["volunteer_rates"] == pytest.approx({"E": 0.2, "S": 0.4})
+    non_rings, ring = answers["sets"]["gzdecals_rings"]["0"], answers["sets"]["gzdecals_rings"]["1"]
+    assert non_rings["n"] == 4 and ring["n"] == 2
+    assert non_rings["p_odd"] == pytest.approx(0.5, abs=0.01) and ring["p_odd"] > 0.98
+    assert set(ring) == {"n", "p_odd", "ring_flag", "merger_flag"}

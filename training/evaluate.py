@@ -16,6 +16,7 @@ import torch
 from galaxy_infer.schema import GZ2
 from training import plots
 from training.labels import SHARED_SETS
+from training.priors import odd_answers
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
                               roc_points, set_metrics, spiral_probability, three_way_scores)
 from training.train import Prepared, predict
@@ -71,6 +72,7 @@ def score(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]]) -> dict[
                        + (f", reweighted to a survey prevalence of {chosen['prevalence']:.3f}" if chosen["prevalence"] else "")
                        + f": F1 of a threshold chosen on the other folds {nested['mean']:.3f} {nested['ci95']}")
     result["thresholds"], result["threshold_choice"] = thresholds, how
+    result["odd_answers"] = odd_answers(prepared, logits, thresholds)
     add_catalog_metrics(result, labelled, logits, GZ2, set(SHARED_SETS))
     return result
 
