@@ -48,7 +48,6 @@ from galaxy_infer.pipeline import RunConfig, new_run_id, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.readers import find_inputs, records_table
 from galaxy_infer.shards import ShardFields
-from galaxy_infer.storage import Locked
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
 """0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);

@@ -30,9 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from galaxy_infer.cli import add_shard_field_options, shard_fields_from_args  # noqa: E402
 from galaxy_infer.errors import ModelError, StorageError  # noqa: E402
 from galaxy_infer.ingest import (EXIT_FAILED, EXIT_LOCKED, EXIT_OK, EXIT_TOO_MANY_ERRORS,  # noqa: E402
-                                 IngestConfig, IngestUsageError, Locked, format_ingest_summary, ingest)
+                                 IngestConfig, IngestUsageError, format_ingest_summary, ingest)
 from galaxy_infer.model import DEVICES  # noqa: E402
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION  # noqa: E402
+from galaxy_infer.storage import Locked  # noqa: E402
 from galaxy_infer import storage  # noqa: E402
 from galaxy_infer.storage import ANONYMOUS_ENV  # noqa: E402
 from galaxy_infer.summary import format_summary, summarize  # noqa: E402
