@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from training import augment as A  # noqa: E402
 from training.compare import paired, verdict  # noqa: E402
 from training.config import SurveyAugment, from_dict  # noqa: E402
-from training.crossval import fold_indices, fold_split, mean_interval, threshold_by_cv  # noqa: E402
+from training.crossval import fold_indices, fold_split, mean_interval, paired_out_of_fold, threshold_by_cv  # noqa: E402
 from training.metrics import auc_statistic, bootstrap_ci  # noqa: E402
 from training.robustness import SHIFTS  # noqa: E402
 
@@ -138,6 +138,21 @@ def test_paired_difference_sees_what_separate_intervals_cannot():
     assert verdict("rmse_ratio", figure) == "worse"  # a larger ratio is worse
     same = paired(a, a, n_boot=50, seed=0)
     assert same["ci95"] == [0.0, 0.0] and verdict("ring_auc", same) == "same"
+
+
+def test_two_cross_validations_are_paired_on_the_same_out_of_fold_galaxies():
+    rng = np.random.default_rng(1)
+    y = (np.arange(120) % 2).tolist()
+    fold = (np.arange(120) % 3).tolist()
+    base_score = np.asarray(y) + rng.normal(0, 1.0, 120)
+    base = {"out_of_fold": {"gzdecals_rings": {"y": y, "fold": fold, "score": base_score.tolist()}}}
+    better = {"out_of_fold": {"gzdecals_rings": {"y": y, "fold": fold,
+                                                 "score": (base_score + 0.5 * np.asarray(y)).tolist()}}}
+    figure = paired_out_of_fold(base, better, n_boot=200)
+    assert figure["n"] == 120 and figure["difference"] > 0 and figure["ci95"][0] > 0
+    other_folds = {"out_of_fold": {"gzdecals_rings": {**better["out_of_fold"]["gzdecals_rings"], "fold": fold[::-1]}}}
+    with pytest.raises(ValueError, match="different galaxies"):
+        paired_out_of_fold(base, other_folds)
 
 
 def test_folds_partition_the_set_stratified_and_hold_validation_apart():

@@ -11,7 +11,9 @@ with its bootstrap interval.
 The ring flag's threshold is chosen on the pooled out-of-fold ring probabilities (maximum F1),
 and its F1 is estimated honestly by choosing it on the other folds and scoring it on each fold.
 
-``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] --run-dir runs/cv``
+``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] --run-dir runs/cv``;
+``python -m training.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
+out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference.
 """
 from __future__ import annotations
 
@@ -144,14 +146,34 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
     return result
 
 
+def paired_out_of_fold(base: dict[str, Any], candidate: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
+    """Ring AUC of two cross-validations on the same out-of-fold galaxies and their paired difference."""
+    from training.compare import paired
+
+    a, b = base["out_of_fold"]["gzdecals_rings"], candidate["out_of_fold"]["gzdecals_rings"]
+    if a["y"] != b["y"] or a["fold"] != b["fold"]:
+        raise ValueError("the two runs held out different galaxies (another data seed or fold count)")
+    y = np.asarray(a["y"])
+    return paired((auc_statistic(y, np.asarray(a["score"])), len(y), y),
+                  (auc_statistic(y, np.asarray(b["score"])), len(y), y), n_boot, seed=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.crossval", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", required=True)
+    parser.add_argument("--config")
+    parser.add_argument("--paired", nargs=2, type=Path, metavar=("BASE", "CANDIDATE"),
+                        help="two cv.json files: their out-of-fold ring AUCs and the paired difference")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, help="override train.epochs (and patience) for cheaper folds")
     parser.add_argument("--limit", type=int, help="at most this many images per set (the big sets)")
     parser.add_argument("--run-dir", default="runs/cv")
     args = parser.parse_args(argv)
+    if args.paired:
+        base, candidate = (json.loads(p.read_text()) for p in args.paired)
+        print(json.dumps(paired_out_of_fold(base, candidate), indent=1))
+        return 0
+    if not args.config:
+        parser.error("--config is required (or --paired)")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     config = load_config(args.config)
     changes: dict[str, dict[str, Any]] = {"output": {"run_dir": args.run_dir}}
