@@ -56,7 +56,7 @@ def fine_tune(model: CompactCNN, config: Config, prepared, steps: int, lr: float
     """``steps`` AdamW steps on the training splits; BatchNorm stays fixed (eval mode)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    images, targets, negated, *_ = stack(prepared.splits["train"], config.data.oversample, config.data.negation_weights)
+    images, targets, negated, _ = stack(prepared.splits["train"], config.data.oversample, config.data.negation_weights)
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=config.train.weight_decay)
     model.train()
     for m in model.modules():

@@ -31,52 +31,41 @@ def class_rates(source: SplitSet) -> dict[str, float]:
     return {str(k): float(np.nanmean(odd[strata == k])) for k in np.unique(strata)}
 
 
-def sample_rates(parts: list[SplitSet], mapping: Mapping[str, Mapping[str, str]]
-                 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    """Per part, each sample's population rate (NaN where none applies) and rate group (-1 where none).
+def sample_rates(parts: list[SplitSet], mapping: Mapping[str, Mapping[str, str]]) -> list[np.ndarray]:
+    """Per part, each sample's population rate (NaN where none applies).
 
     ``mapping[set][stratum]`` names the source stratum whose rate a sample of that set and stratum
     gets, e.g. ``{"gz1_sdss": {"elliptical": "E", "edge_on": "S"}}``; rates come from the
-    ``gz2_votes`` part among ``parts`` (the training split, so no held-out vote is used). A group is
-    one set's samples of one source stratum (GZ1's disks, the ring set's non-rings): each group's
-    mean is held to its rate on its own, so one survey's or class's excess cannot pay for another's
-    deficit.
+    ``gz2_votes`` part among ``parts`` (the training split, so no held-out vote is used).
     """
-    rates = [np.full(len(p.labelled), np.nan, np.float32) for p in parts]
-    groups = [np.full(len(p.labelled), -1, np.int64) for p in parts]
+    out = [np.full(len(p.labelled), np.nan, np.float32) for p in parts]
     if not mapping:
-        return rates, groups
+        return out
     source = next((p for p in parts if p.name == RATE_SOURCE), None)
     if source is None:
         raise ValueError(f"data.odd_rates needs the {RATE_SOURCE} set among the training sets")
-    source_rates = class_rates(source)
-    group_ids: dict[tuple[str, str], int] = {}
-    for part, rate, group in zip(parts, rates, groups):
+    rates = class_rates(source)
+    for part, rate in zip(parts, out):
         for stratum, source_stratum in mapping.get(part.name, {}).items():
-            if source_stratum not in source_rates:
+            if source_stratum not in rates:
                 raise ValueError(f"data.odd_rates: {RATE_SOURCE} has no stratum {source_stratum!r} "
-                                 f"(has {sorted(source_rates)})")
+                                 f"(has {sorted(rates)})")
             matched = part.labelled.strata == stratum
             if not matched.any():
                 raise ValueError(f"data.odd_rates: {part.name} has no stratum {stratum!r} "
                                  f"(has {sorted(map(str, np.unique(part.labelled.strata)))})")
-            rate[matched] = source_rates[source_stratum]
-            group[matched] = group_ids.setdefault((part.name, source_stratum), len(group_ids))
-    return rates, groups
+            rate[matched] = rates[source_stratum]
+    return out
 
 
-def proportion_loss(logits: torch.Tensor, rates: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Binary cross-entropy of each group's mean predicted 'odd = yes' in the batch against its rate,
-    averaged over the batch's rated samples."""
-    has = groups >= 0
+def proportion_loss(logits: torch.Tensor, rates: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the batch's mean predicted 'odd = yes' against its samples' mean rate."""
+    has = ~torch.isnan(rates)
     if not bool(has.any()):
         return logits.new_zeros(())
-    odd = torch.softmax(logits[has][:, GZ2.slices["odd"]], dim=1)[:, 0]
-    _, inverse, counts = torch.unique(groups[has], return_inverse=True, return_counts=True)
-    mean = (odd.new_zeros(len(counts)).index_add(0, inverse, odd) / counts).clamp(1e-6, 1 - 1e-6)
-    target = odd.new_zeros(len(counts)).index_add(0, inverse, rates[has]) / counts
-    bce = -(target * torch.log(mean) + (1 - target) * torch.log1p(-mean))
-    return (bce * counts).sum() / counts.sum()
+    odd = torch.softmax(logits[has][:, GZ2.slices["odd"]], dim=1)[:, 0].mean().clamp(1e-6, 1 - 1e-6)
+    target = rates[has].mean()
+    return -(target * torch.log(odd) + (1 - target) * torch.log1p(-odd))
 
 
 def odd_answers(prepared, logits: dict[str, dict[str, np.ndarray]], thresholds: Mapping[str, float],

@@ -90,23 +90,20 @@ def prepare(config: Config) -> Prepared:
 def stack(parts: list[SplitSet], oversample: dict[str, int] | None = None,
           negation_weights: dict[str, float] | None = None,
           odd_rates: dict[str, dict[str, str]] | None = None) -> tuple[torch.Tensor, ...]:
-    """Concatenate sets into (images, targets, negated, odd rates, odd rate groups), repeating oversampled ones.
+    """Concatenate sets into (images, targets, negated, odd rates), repeating oversampled ones.
 
     A set's negated events are scaled by its ``negation_weights`` entry (the loss reads the weight
-    from the event row); odd rates are NaN and groups -1 except where ``odd_rates`` gives one
-    (:mod:`training.priors`).
+    from the event row); odd rates are NaN except where ``odd_rates`` gives one (:mod:`training.priors`).
     """
     oversample, negation_weights = oversample or {}, negation_weights or {}
     reps = [max(1, int(oversample.get(p.name, 1))) for p in parts]
-    rates, groups = sample_rates(parts, odd_rates or {})
+    rates = sample_rates(parts, odd_rates or {})
     images = np.concatenate([np.repeat(p.images, r, axis=0) for p, r in zip(parts, reps)])
     targets = np.concatenate([np.repeat(p.labelled.targets, r, axis=0) for p, r in zip(parts, reps)])
     negated = np.concatenate([np.repeat(p.labelled.negated * np.float32(negation_weights.get(p.name, 1.0)), r, axis=0)
                               for p, r in zip(parts, reps)])
     odd = np.concatenate([np.repeat(rate, r) for rate, r in zip(rates, reps)])
-    group = np.concatenate([np.repeat(g, r) for g, r in zip(groups, reps)])
-    return (torch.from_numpy(images), torch.from_numpy(targets), torch.from_numpy(negated), torch.from_numpy(odd),
-            torch.from_numpy(group))
+    return torch.from_numpy(images), torch.from_numpy(targets), torch.from_numpy(negated), torch.from_numpy(odd)
 
 
 def seed_everything(seed: int) -> None:
@@ -168,8 +165,8 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
     seed_everything(t.seed)
     run = Path(config.output.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    images, targets, negated, odd_rates, odd_groups = stack(prepared.splits["train"], config.data.oversample,
-                                                            config.data.negation_weights, config.data.odd_rates)
+    images, targets, negated, odd_rates = stack(prepared.splits["train"], config.data.oversample,
+                                                config.data.negation_weights, config.data.odd_rates)
     model = make_model(config)
     optimiser = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     steps_per_epoch = max(1, int(np.ceil(len(images) / t.batch_size)))
@@ -202,7 +199,7 @@ def fit(config: Config, prepared: Prepared, resume: bool = False,
             logits = model(x)
             loss = tree_loss(logits, targets[idx], negated[idx], t.negation_weight, prepared.tree)
             if config.data.odd_rates:
-                loss = loss + t.odd_rate_weight * proportion_loss(logits, odd_rates[idx], odd_groups[idx])
+                loss = loss + t.odd_rate_weight * proportion_loss(logits, odd_rates[idx])
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
