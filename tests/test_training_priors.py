@@ -44,11 +44,11 @@ def test_each_mapped_class_gets_the_volunteers_mean_odd_rate_of_its_gz2_class():
 
 
 def test_the_ring_sets_non_rings_get_the_featured_rate_and_its_rings_none():
-    """The ring set's strata are its 0/1 labels; the shipped config holds its non-rings (featured
-    face-on disks) to the GZ2 'S' rate, while its rings keep their own 'odd = yes' label."""
+    """The ring set's strata are its 0/1 labels; the odd-decals candidate holds its non-rings
+    (featured face-on disks) to the GZ2 'S' rate, while its rings keep their own 'odd = yes' label."""
     from training.config import load_config
 
-    mapping = load_config(Path(__file__).parents[1] / "training/configs/default.toml").data.odd_rates
+    mapping = load_config(Path(__file__).parents[1] / "training/configs/odd-decals.toml").data.odd_rates
     gz2 = _part("gz2_votes", ["E", "S", "S"], [0.1, 0.5, 0.3])
     rings = _part("gzdecals_rings", ["0", "1", "0"])
     rates = sample_rates([rings, gz2], {"gzdecals_rings": mapping["gzdecals_rings"]})
