@@ -270,6 +270,19 @@ def test_config_rejects_unknown_keys(tmp_path):
     assert load_config(Path(__file__).parents[1] / "training/configs/default.toml").output.onnx.endswith("default.onnx")
 
 
+def test_a_config_with_a_base_changes_only_the_keys_it_names(tmp_path):
+    from training.config import load_config
+
+    (tmp_path / "base.toml").write_text('[data]\nseed = 3\nsets = ["gz1_sdss"]\n[train]\nlr = 0.5\nepochs = 7\n')
+    (tmp_path / "candidate.toml").write_text('base = "base.toml"\n[train]\nlr = 0.25\n')
+    config = load_config(tmp_path / "candidate.toml")
+    assert (config.data.seed, config.data.sets, config.train.lr, config.train.epochs) == (3, ["gz1_sdss"], 0.25, 7)
+    configs = Path(__file__).parents[1] / "training/configs"
+    default, candidate = load_config(configs / "default.toml"), load_config(configs / "odd-decals.toml")
+    assert candidate.data.odd_rates == {**default.data.odd_rates, "gzdecals_rings": {"0": "S"}}
+    assert (candidate.model, candidate.recipe, candidate.augment) == (default.model, default.recipe, default.augment)
+
+
 def test_zoobot_style_counts_and_fractions_become_targets_on_any_tree():
     from galaxy_infer.trees import GZ_DESI
     from training.labels import targets_from_zoobot_columns

@@ -133,9 +133,24 @@ def from_dict(raw: dict[str, Any]) -> Config:
     )
 
 
-def load_config(path: str | Path) -> Config:
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A config file's sections; ``base = "other.toml"`` (relative to the file) starts from that
+    file's sections and replaces only the keys given here, so a candidate config states only how it
+    differs from the recipe it varies."""
+    path = Path(path)
     with open(path, "rb") as f:
-        return from_dict(tomllib.load(f))
+        raw = tomllib.load(f)
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    merged = read_toml(path.parent / base)
+    for name, values in raw.items():
+        merged[name] = {**merged.get(name, {}), **values}
+    return merged
+
+
+def load_config(path: str | Path) -> Config:
+    return from_dict(read_toml(path))
 
 
 def override(config: Config, **sections: dict[str, Any]) -> Config:
