@@ -259,6 +259,29 @@ def test_mini_train_evaluate_export_round_trip(shared_data, tmp_path):
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
 
 
+@pytest.mark.shared_data
+def test_mini_cross_validation_and_its_test_time_rescoring(shared_data, tmp_path):
+    """Every ring is held out once; rescoring the saved fold models rebuilds the same folds."""
+    from training.crossval import main as crossval
+
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'
+                      f'sets = ["gz1_sdss", "gz2_votes", "gzdecals_rings"]\n[train]\nepochs = 1\nbatch_size = 32\n')
+    run = tmp_path / "cv"
+    assert crossval(["--config", str(config), "--folds", "2", "--run-dir", str(run)]) == 0
+    import json
+    result = json.loads((run / "cv.json").read_text())
+    rings = result["out_of_fold"]["gzdecals_rings"]
+    assert len(rings["y"]) == 60 and sorted(set(rings["fold"])) == [0, 1]
+    assert {"gzdecals_rings.ring_auc", "gz2_votes.rmse_ratio"} <= set(result["over_folds"])
+    from training.config import load_config, override
+    from training.crossval import rescore_with_tta
+
+    rescored = rescore_with_tta(override(load_config(config), output={"run_dir": str(run)}), folds=2, n_boot=50)
+    assert rescored["base"] == pytest.approx(result["pooled_out_of_fold"]["gzdecals_rings.ring_auc"]["value"])
+    assert 0 <= rescored["candidate"] <= 1 and rescored["n"] == 60
+
+
 def test_config_rejects_unknown_keys(tmp_path):
     from training.config import load_config
 

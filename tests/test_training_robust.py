@@ -9,7 +9,8 @@ torch = pytest.importorskip("torch")
 from training import augment as A  # noqa: E402
 from training.compare import paired, verdict  # noqa: E402
 from training.config import SurveyAugment, from_dict  # noqa: E402
-from training.crossval import fold_indices, fold_split, mean_interval, paired_out_of_fold, threshold_by_cv  # noqa: E402
+from training.crossval import (dihedral_ring_score, fold_indices, fold_split, mean_interval,  # noqa: E402
+                               paired_out_of_fold, threshold_by_cv)
 from training.metrics import auc_statistic, bootstrap_ci  # noqa: E402
 from training.robustness import SHIFTS  # noqa: E402
 
@@ -153,6 +154,19 @@ def test_two_cross_validations_are_paired_on_the_same_out_of_fold_galaxies():
     other_folds = {"out_of_fold": {"gzdecals_rings": {**better["out_of_fold"]["gzdecals_rings"], "fold": fold[::-1]}}}
     with pytest.raises(ValueError, match="different galaxies"):
         paired_out_of_fold(base, other_folds)
+
+
+def test_the_test_time_average_is_the_same_for_any_rotation_or_flip_of_the_input():
+    from training.config import Config
+    from training.train import make_model
+
+    torch.manual_seed(0)
+    model = make_model(Config()).eval()
+    x = np.random.default_rng(0).random((4, 3, 32, 32), dtype=np.float32)
+    score = dihedral_ring_score(model, x)
+    assert score.shape == (4,) and np.all((score >= 0) & (score <= 1))
+    for turned in (np.rot90(x, 1, axes=(2, 3)), x[..., ::-1], np.rot90(x[..., ::-1], 3, axes=(2, 3))):
+        np.testing.assert_allclose(dihedral_ring_score(model, np.ascontiguousarray(turned)), score, rtol=1e-4, atol=1e-6)
 
 
 def test_folds_partition_the_set_stratified_and_hold_validation_apart():

@@ -13,7 +13,9 @@ and its F1 is estimated honestly by choosing it on the other folds and scoring i
 
 ``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] --run-dir runs/cv``;
 ``python -m training.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
-out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference.
+out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference;
+``... --config C --folds K --run-dir D --tta`` scores the fold models saved in D again, with the 8
+rotations and flips of each held-out ring averaged, paired against the plain scores.
 """
 from __future__ import annotations
 
@@ -95,31 +97,49 @@ def summarise(per_fold: list[dict[str, dict[str, Any]]], oof: dict[str, dict[str
     return out
 
 
-def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_SETS, n_boot: int = 1000,
-                  only: list[int] | None = None) -> dict[str, Any]:
-    """Train one model per fold; returns per-fold figures, the summary, and writes ``cv.json``."""
-    from training.train import Prepared, fit, load_checkpoint, predict, read_sets
+def fold_data(config: Config, folds: int, cv_sets: tuple[str, ...] = CV_SETS):
+    """The sets, their cached inputs and each cross-validated set's held-out indices per fold."""
+    from training.train import read_sets
 
     sets = read_sets(config)
     cache = Path(config.data.cache_dir) if config.data.cache_dir else None
     inputs = [cached_inputs(s, config.recipe, cache) for s in sets]
+    held = {s.name: fold_indices(s.strata, folds, config.data.seed) for s in sets if s.name in cv_sets}
+    return sets, inputs, held
+
+
+def fold_prepared(config: Config, data, folds: int, i: int):
+    """Fold ``i``: its held-out part of each cross-validated set as the test split, the rest split
+    into training and validation; the other sets on their standard splits."""
+    from training.train import Prepared
+
+    sets, inputs, held = data
     d = config.data
-    held = {s.name: fold_indices(s.strata, folds, d.seed) for s in sets if s.name in cv_sets}
+    splits: dict[str, list[SplitSet]] = {"train": [], "val": [], "test": []}
+    for labelled, images in zip(sets, inputs):
+        if labelled.name in held:
+            idx = fold_split(labelled.strata, held[labelled.name][i], d.seed, d.val_fraction / (1 - 1 / folds))
+        else:
+            idx = split_indices(labelled.strata, d.seed, d.val_fraction, d.test_fraction)
+        for split, rows in idx.items():
+            splits[split].append(SplitSet(labelled.subset(rows), images[rows]))
+    return Prepared(splits)
+
+
+def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_SETS, n_boot: int = 1000,
+                  only: list[int] | None = None) -> dict[str, Any]:
+    """Train one model per fold; returns per-fold figures, the summary, and writes ``cv.json``."""
+    from training.train import fit, load_checkpoint, predict
+
+    data = fold_data(config, folds, cv_sets)
+    held = data[2]
     run = Path(config.output.run_dir)
     per_fold, oof = [], {name: {"y": [], "score": [], "fold": []} for name in held}
     ring_prevalence = None
     for i in range(folds):
         if only is not None and i not in only:
             continue
-        splits: dict[str, list[SplitSet]] = {"train": [], "val": [], "test": []}
-        for labelled, images in zip(sets, inputs):
-            if labelled.name in held:
-                idx = fold_split(labelled.strata, held[labelled.name][i], d.seed, d.val_fraction / (1 - 1 / folds))
-            else:
-                idx = split_indices(labelled.strata, d.seed, d.val_fraction, d.test_fraction)
-            for split, rows in idx.items():
-                splits[split].append(SplitSet(labelled.subset(rows), images[rows]))
-        prepared = Prepared(splits)
+        prepared = fold_prepared(config, data, folds, i)
         ring_prevalence = prepared.survey_prevalence().get("ring")
         fold_config = override(config, output={"run_dir": str(run / f"fold{i}"), "onnx": "", "int8_onnx": ""})
         info = fit(fold_config, prepared)
@@ -146,6 +166,37 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
     return result
 
 
+def dihedral_ring_score(model, images: np.ndarray) -> np.ndarray:
+    """``odd_ring_prob`` averaged over the 8 right-angle rotations and flips of each image
+    (test-time augmentation: a ring has no preferred orientation)."""
+    from training.train import predict
+
+    scores = [columns(predict(model, np.ascontiguousarray(np.rot90(images[..., ::-1] if flip else images, k,
+                                                                   axes=(2, 3)))))["odd_ring_prob"]
+              for k in range(4) for flip in (False, True)]
+    return np.mean(scores, axis=0)
+
+
+def rescore_with_tta(config: Config, folds: int, n_boot: int = 1000) -> dict[str, Any]:
+    """The saved fold models of a finished cross-validation (``output.run_dir``), scored again on
+    their held-out rings with and without test-time augmentation; paired out-of-fold ring AUCs."""
+    from training.compare import paired
+    from training.train import load_checkpoint, predict
+
+    data = fold_data(config, folds)
+    run = Path(config.output.run_dir)
+    y, plain, tta = [], [], []
+    for i in range(folds):
+        part = fold_prepared(config, data, folds, i).by_name("test")["gzdecals_rings"]
+        model = load_checkpoint(config, run / f"fold{i}" / "best.pt")
+        y.append(part.labelled.table["ring"].to_numpy(int))
+        plain.append(columns(predict(model, part.images))["odd_ring_prob"])
+        tta.append(dihedral_ring_score(model, part.images))
+    y_all = np.concatenate(y)
+    return paired((auc_statistic(y_all, np.concatenate(plain)), len(y_all), y_all),
+                  (auc_statistic(y_all, np.concatenate(tta)), len(y_all), y_all), n_boot, seed=0)
+
+
 def paired_out_of_fold(base: dict[str, Any], candidate: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
     """Ring AUC of two cross-validations on the same out-of-fold galaxies and their paired difference."""
     from training.compare import paired
@@ -167,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, help="override train.epochs (and patience) for cheaper folds")
     parser.add_argument("--limit", type=int, help="at most this many images per set (the big sets)")
     parser.add_argument("--run-dir", default="runs/cv")
+    parser.add_argument("--tta", action="store_true",
+                        help="do not train: score the fold models saved in --run-dir on their held-out rings, "
+                             "without (base) and with (candidate) the 8 rotations and flips averaged")
     args = parser.parse_args(argv)
     if args.paired:
         base, candidate = (json.loads(p.read_text()) for p in args.paired)
@@ -181,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
         changes["train"] = {"epochs": args.epochs, "patience": args.epochs}
     if args.limit:
         changes["data"] = {"limit": args.limit}
+    if args.tta:
+        print(json.dumps(rescore_with_tta(override(config, **changes), args.folds), indent=1))
+        return 0
     result = crossvalidate(override(config, **changes), folds=args.folds)
     print(json.dumps({"over_folds": {k: {m: v[m] for m in ("mean", "ci95")} for k, v in result["over_folds"].items()},
                       "pooled_out_of_fold": result["pooled_out_of_fold"],
