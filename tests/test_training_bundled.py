@@ -13,6 +13,14 @@ from galaxy_infer.schema import ODD_FEATURES
 pytestmark = pytest.mark.skipif(not bundled_model_path().exists(), reason="no bundled model")
 
 
+def _catalog_columns(folder, files) -> dict[str, np.ndarray]:
+    """The bundled model's catalog columns for the cutouts ``folder / f``, through the inference path."""
+    predictor = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
+    recipe = predictor.info.recipe
+    x = np.stack([preprocess(read_cutout(str(folder / f), recipe).pixels, recipe) for f in files])
+    return postprocess(predictor.predict(x), predictor.info.thresholds)
+
+
 def test_bundled_model_is_small_and_describes_itself():
     assert bundled_model_path().stat().st_size < 5_000_000
     info = load_model_info(bundled_model_path())
@@ -29,10 +37,7 @@ def test_bundled_model_tells_ellipticals_from_edge_on_disks(shared_data):
 
     labels = pd.read_csv(shared_data / "gz1_sdss" / "labels.csv")
     picks = pd.concat([labels[labels.class_name == c].head(20) for c in ("elliptical", "edge_on")])
-    predictor = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
-    recipe = predictor.info.recipe
-    x = np.stack([preprocess(read_cutout(str(shared_data / "gz1_sdss" / f), recipe).pixels, recipe) for f in picks.file])
-    c = postprocess(predictor.predict(x), predictor.info.thresholds)
+    c = _catalog_columns(shared_data / "gz1_sdss", picks.file)
     edge = c["smooth_or_featured_featured_or_disk_fraction"] * c["disk_edge_on_yes_fraction"]
     is_edge = (picks.class_name == "edge_on").to_numpy()
     assert edge[is_edge].mean() > edge[~is_edge].mean() + 0.3
@@ -45,10 +50,7 @@ def test_bundled_model_does_not_call_every_sdss_galaxy_odd(shared_data):
     import pandas as pd
 
     labels = pd.read_csv(shared_data / "gz1_sdss" / "labels.csv").sample(200, random_state=0)
-    predictor = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
-    recipe = predictor.info.recipe
-    x = np.stack([preprocess(read_cutout(str(shared_data / "gz1_sdss" / f), recipe).pixels, recipe) for f in labels.file])
-    c = postprocess(predictor.predict(x), predictor.info.thresholds)
+    c = _catalog_columns(shared_data / "gz1_sdss", labels.file)
     elliptical = (labels.class_name == "elliptical").to_numpy()
     assert c["odd_yes_fraction"][elliptical].mean() < 0.3
     for feature in ODD_FEATURES:
@@ -65,11 +67,7 @@ def test_bundled_model_does_not_call_every_decals_disk_odd(shared_data):
 
     labels = pd.read_csv(shared_data / "gzdecals_rings" / "labels.csv")
     picks = pd.concat([labels[labels.ring == r].sample(60, random_state=0) for r in (0, 1)])
-    predictor = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
-    recipe = predictor.info.recipe
-    x = np.stack([preprocess(read_cutout(str(shared_data / "gzdecals_rings" / f), recipe).pixels, recipe)
-                  for f in picks.file])
-    c = postprocess(predictor.predict(x), predictor.info.thresholds)
+    c = _catalog_columns(shared_data / "gzdecals_rings", picks.file)
     ring = (picks.ring == 1).to_numpy()
     assert c["odd_yes_fraction"][~ring].mean() < 0.8
     assert c["odd_yes_fraction"][ring].mean() > c["odd_yes_fraction"][~ring].mean() + 0.1

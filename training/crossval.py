@@ -166,47 +166,53 @@ def crossvalidate(config: Config, folds: int = 5, cv_sets: tuple[str, ...] = CV_
     return result
 
 
+def dihedral_ring_scores(model, images: np.ndarray) -> np.ndarray:
+    """``(8, n)`` ``odd_ring_prob`` of each image under the 8 right-angle rotations and flips, the
+    image as given first."""
+    from training.train import predict
+
+    return np.stack([columns(predict(model, np.ascontiguousarray(np.rot90(images[..., ::-1] if flip else images, k,
+                                                                          axes=(2, 3)))))["odd_ring_prob"]
+                     for k in range(4) for flip in (False, True)])
+
+
 def dihedral_ring_score(model, images: np.ndarray) -> np.ndarray:
     """``odd_ring_prob`` averaged over the 8 right-angle rotations and flips of each image
     (test-time augmentation: a ring has no preferred orientation)."""
-    from training.train import predict
+    return dihedral_ring_scores(model, images).mean(axis=0)
 
-    scores = [columns(predict(model, np.ascontiguousarray(np.rot90(images[..., ::-1] if flip else images, k,
-                                                                   axes=(2, 3)))))["odd_ring_prob"]
-              for k in range(4) for flip in (False, True)]
-    return np.mean(scores, axis=0)
+
+def paired_ring_auc(y: np.ndarray, base: np.ndarray, candidate: np.ndarray, n_boot: int) -> dict[str, Any]:
+    """Ring AUC of two scores of the same galaxies and their paired bootstrap difference."""
+    from training.compare import paired
+
+    return paired((auc_statistic(y, base), len(y), y), (auc_statistic(y, candidate), len(y), y), n_boot, seed=0)
 
 
 def rescore_with_tta(config: Config, folds: int, n_boot: int = 1000) -> dict[str, Any]:
     """The saved fold models of a finished cross-validation (``output.run_dir``), scored again on
     their held-out rings with and without test-time augmentation; paired out-of-fold ring AUCs."""
-    from training.compare import paired
-    from training.train import load_checkpoint, predict
+    from training.train import load_checkpoint
 
-    data = fold_data(config, folds)
+    # a ring set's folds depend on it alone: the other sets' images need not be loaded
+    rings_only = override(config, data={"sets": ["gzdecals_rings"]})
+    data = fold_data(rings_only, folds)
     run = Path(config.output.run_dir)
-    y, plain, tta = [], [], []
+    y, views = [], []
     for i in range(folds):
-        part = fold_prepared(config, data, folds, i).by_name("test")["gzdecals_rings"]
-        model = load_checkpoint(config, run / f"fold{i}" / "best.pt")
+        part = fold_prepared(rings_only, data, folds, i).by_name("test")["gzdecals_rings"]
         y.append(part.labelled.table["ring"].to_numpy(int))
-        plain.append(columns(predict(model, part.images))["odd_ring_prob"])
-        tta.append(dihedral_ring_score(model, part.images))
-    y_all = np.concatenate(y)
-    return paired((auc_statistic(y_all, np.concatenate(plain)), len(y_all), y_all),
-                  (auc_statistic(y_all, np.concatenate(tta)), len(y_all), y_all), n_boot, seed=0)
+        views.append(dihedral_ring_scores(load_checkpoint(config, run / f"fold{i}" / "best.pt"), part.images))
+    scores = np.concatenate(views, axis=1)
+    return paired_ring_auc(np.concatenate(y), scores[0], scores.mean(axis=0), n_boot)
 
 
 def paired_out_of_fold(base: dict[str, Any], candidate: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
     """Ring AUC of two cross-validations on the same out-of-fold galaxies and their paired difference."""
-    from training.compare import paired
-
     a, b = base["out_of_fold"]["gzdecals_rings"], candidate["out_of_fold"]["gzdecals_rings"]
     if a["y"] != b["y"] or a["fold"] != b["fold"]:
         raise ValueError("the two runs held out different galaxies (another data seed or fold count)")
-    y = np.asarray(a["y"])
-    return paired((auc_statistic(y, np.asarray(a["score"])), len(y), y),
-                  (auc_statistic(y, np.asarray(b["score"])), len(y), y), n_boot, seed=0)
+    return paired_ring_auc(np.asarray(a["y"]), np.asarray(a["score"]), np.asarray(b["score"]), n_boot)
 
 
 def main(argv: list[str] | None = None) -> int:

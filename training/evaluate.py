@@ -16,9 +16,9 @@ import torch
 from galaxy_infer.schema import GZ2
 from training import plots
 from training.labels import SHARED_SETS
-from training.priors import odd_answers
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
                               roc_points, set_metrics, spiral_probability, three_way_scores)
+from training.priors import odd_answers
 from training.train import Prepared, predict
 from training.tree_metrics import add_catalog_metrics, tree_score
 

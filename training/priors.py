@@ -19,6 +19,7 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training.data import SplitSet
+from training.metrics import columns
 
 RATE_SOURCE = "gz2_votes"
 ODD_YES = GZ2.answer_index("odd", "yes")
@@ -77,14 +78,11 @@ def odd_answers(prepared, logits: dict[str, dict[str, np.ndarray]], thresholds: 
     ellipticals too plain), which is why the figures are per stratum. ``prepared`` is a
     :class:`training.train.Prepared`; thresholds are the ones the model ships.
     """
-    from training.metrics import columns
-
     source = prepared.by_name("train").get(RATE_SOURCE)
     rates = class_rates(source) if source is not None else {}
     out: dict[str, Any] = {"splits": list(splits), "volunteer_rates": rates, "sets": {}}
     for name in {p.name for split in splits for p in prepared.splits[split]}:
-        parts = [(prepared.by_name(split)[name], logits[split][name]) for split in splits
-                 if name in prepared.by_name(split)]
+        parts = [(p, logits[split][name]) for split in splits for p in prepared.splits[split] if p.name == name]
         strata = np.concatenate([p.labelled.strata for p, _ in parts]).astype(str)
         c = columns(np.concatenate([x for _, x in parts]))
         out["sets"][name] = {
