@@ -234,6 +234,21 @@ def test_training_and_inference_preprocess_identically(cutouts, tmp_path):
     assert np.array_equal(training_path, inference["pixels"]) and np.array_equal(again, training_path)
 
 
+def test_runs_sharing_a_cache_fill_it_at_once(cutouts, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    recipe = Recipe()
+    labelled = L.LabelledSet("x", cutouts, L.empty_targets(len(cutouts)), np.zeros((len(cutouts), 37), np.float32),
+                             np.zeros(len(cutouts), str), pd.DataFrame({"file": cutouts}))
+    for attempt in range(5):  # writers finishing together collided on one temporary file name
+        cache = tmp_path / str(attempt)
+        with ThreadPoolExecutor(8) as pool:
+            filled = list(pool.map(lambda _: cached_inputs(labelled, recipe, cache), range(8)))
+        assert all(np.array_equal(f, filled[0]) for f in filled)
+        assert len(list(cache.iterdir())) == 1
+        assert np.array_equal(cached_inputs(labelled, recipe, cache), filled[0])
+
+
 @pytest.mark.shared_data
 def test_mini_train_evaluate_export_round_trip(shared_data, tmp_path):
     from training.cli import main

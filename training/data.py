@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +39,10 @@ def cached_inputs(labelled: LabelledSet, recipe: Recipe, cache_dir: Path | None)
         out[i] = load_input(path, recipe)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp.npy")
-        np.save(tmp, out)
-        tmp.replace(file)
+        fd, tmp = tempfile.mkstemp(suffix=".tmp.npy", dir=file.parent)  # one per writer: runs may share a cache
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, out)
+        os.replace(tmp, file)
     return out
 
 
