@@ -1,4 +1,4 @@
-"""The model-free ring baseline: profile features on synthetic rings, the probe on the real ring set."""
+"""The model-free ring baseline: profile and colour features on synthetic rings, the probe on the real ring set."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ pytest.importorskip("torch")
 
 from training.config import load_config, override  # noqa: E402
 from training.crossval import fold_indices  # noqa: E402
-from training.ring_probe import RING_SET, probe, profile_features  # noqa: E402
+from training.ring_probe import RING_SET, colour_features, probe, profile_features  # noqa: E402
 
 pytestmark = pytest.mark.torch
 
@@ -38,6 +38,15 @@ def test_a_ring_is_a_rise_in_the_profile_and_a_lopsided_blob_a_scatter_between_s
     assert lopsided[scatter][ring_annulus] > 10 * ringed[scatter][ring_annulus]
 
 
+def test_colour_features_are_each_annulus_band_ratios():
+    image = _galaxy()
+    image[0] *= 2  # first band twice the second everywhere: log 2 in every annulus
+    colours = colour_features(image, ANNULI)
+    assert colours.shape == (2 * ANNULI,)
+    np.testing.assert_allclose(colours[ANNULI:], 0, atol=1e-6)
+    assert (colours[:ANNULI] > 0).all() and abs(colours[0] - np.log(2)) < 0.01
+
+
 def test_the_probe_finds_ring_signal_and_stacks_out_of_fold_scores_in_row_order(shared_data, tmp_path):
     config = override(load_config(Path(__file__).parents[1] / "training/configs/default.toml"),
                       data={"root": str(shared_data)})
@@ -52,4 +61,5 @@ def test_the_probe_finds_ring_signal_and_stacks_out_of_fold_scores_in_row_order(
     assert result["n"] == 370 and result["n_positive"] == 185
     assert result["cnn_out_of_fold"]["auc"] == 1.0
     assert 0.65 < result["profile"]["auc"] < 0.9
-    assert result["profile+cnn"]["auc"] > 0.95
+    assert 0.65 < result["colour"]["auc"] < 0.9
+    assert result["profile+cnn"]["auc"] > 0.95 and result["profile+colour+cnn"]["auc"] > 0.95

@@ -3,7 +3,8 @@
 A ring is an azimuthally symmetric excess of light around the centre, so the azimuthal mean
 profile (log flux against the centre's) and each annulus' scatter between sectors carry most of
 what the pixels say about it. A logistic regression on those, cross-validated over the ring set,
-says how much ring AUC these labels give to a simple, resolution-independent description; stacked
+says how much ring AUC these labels give to a simple, resolution-independent description; the
+same regression on each annulus' colours says how much of the labels colour alone gives; stacked
 on a ``training.crossval`` run's out-of-fold CNN scores it says whether the two see different things.
 
 ``python -m training.ring_probe --config C [--cv runs/cv/cv.json] [--input-size 128] [--folds 5]``
@@ -51,6 +52,19 @@ def profile_features(image: np.ndarray, annuli: int = 16, sectors: int = 16) -> 
     return np.concatenate([log_profile - log_profile[0], np.diff(log_profile), np.nanstd(cells, axis=1) / (profile + 1e-3)])
 
 
+def colour_features(image: np.ndarray, annuli: int = 16) -> np.ndarray:
+    """Each annulus' colours, log band ratios (first/second, second/third), of a 3-band input.
+
+    Absolute colours: they describe one survey's rendering, so what they add to the ring AUC here
+    says how much the ring set's labels go with colour rather than with shape.
+    """
+    size = image.shape[-1]
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    annulus = np.minimum((np.hypot(yy, xx) / (size / 2) * annuli).astype(int), annuli)
+    bands = np.log(np.stack([ndimage.mean(band, annulus, np.arange(annuli)) for band in image]) + 1e-3)
+    return np.concatenate([bands[0] - bands[1], bands[1] - bands[2]])
+
+
 def _scored(y: np.ndarray, score: np.ndarray, n_boot: int) -> dict[str, Any]:
     stat = auc_statistic(y, score)
     return {"auc": stat(np.arange(len(y))), "ci95": bootstrap_ci(stat, len(y), y, n_boot), "n": int(len(y))}
@@ -74,13 +88,17 @@ def probe(config: Config, cv_json: Path | None = None, input_size: int = 128, fo
     rings = next(s for s in read_sets(config) if s.name == RING_SET)
     y = rings.table["ring"].to_numpy(int)
     recipe = dataclasses.replace(config.recipe, input_size=input_size)
-    features = np.stack([profile_features(x) for x in cached_inputs(rings, recipe, None)])
+    images = cached_inputs(rings, recipe, None)
+    features = np.stack([profile_features(x) for x in images])
+    colours = np.stack([colour_features(x) for x in images])
     model = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=5000))
-    columns = {"profile": features}
+    columns = {"profile": features, "colour": colours, "profile+colour": np.column_stack([features, colours])}
     if cv_json is not None:
         cnn = _cnn_out_of_fold(cv_json, rings.strata, config.data.seed)
         clipped = np.clip(cnn, 1e-4, 1 - 1e-4)
-        columns["profile+cnn"] = np.column_stack([features, np.log(clipped / (1 - clipped))])
+        logit = np.log(clipped / (1 - clipped))
+        columns["profile+cnn"] = np.column_stack([features, logit])
+        columns["profile+colour+cnn"] = np.column_stack([features, colours, logit])
     out: dict[str, Any] = {"n": int(len(y)), "n_positive": int(y.sum()), "input_size": input_size, "folds": folds}
     if cv_json is not None:
         out["cnn_out_of_fold"] = _scored(y, cnn, n_boot)
