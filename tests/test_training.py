@@ -283,9 +283,10 @@ def test_mini_cross_validation_and_its_test_time_rescoring(shared_data, tmp_path
     config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'
                       f'sets = ["gz1_sdss", "gz2_votes", "gzdecals_rings"]\n[train]\nepochs = 1\nbatch_size = 32\n')
     run = tmp_path / "cv"
-    assert crossval(["--config", str(config), "--folds", "2", "--run-dir", str(run)]) == 0
+    assert crossval(["--config", str(config), "--folds", "2", "--seed", "3", "--threads", "1", "--run-dir", str(run)]) == 0
     import json
     result = json.loads((run / "cv.json").read_text())
+    assert (result["config"]["train"]["seed"], result["config"]["train"]["threads"]) == (3, 1)
     rings = result["out_of_fold"]["gzdecals_rings"]
     assert len(rings["y"]) == 60 and sorted(set(rings["fold"])) == [0, 1]
     assert {"gzdecals_rings.ring_auc", "gz2_votes.rmse_ratio"} <= set(result["over_folds"])
@@ -309,6 +310,8 @@ def test_config_rejects_unknown_keys(tmp_path):
 
 
 def test_a_config_with_a_base_changes_only_the_keys_it_names(tmp_path):
+    from dataclasses import replace
+
     from training.config import load_config
 
     (tmp_path / "base.toml").write_text('[data]\nseed = 3\nsets = ["gz1_sdss"]\n[train]\nlr = 0.5\nepochs = 7\n')
@@ -319,6 +322,9 @@ def test_a_config_with_a_base_changes_only_the_keys_it_names(tmp_path):
     default, candidate = load_config(configs / "default.toml"), load_config(configs / "odd-decals.toml")
     assert candidate.data.odd_rates == {**default.data.odd_rates, "gzdecals_rings": {"0": "S"}}
     assert (candidate.model, candidate.recipe, candidate.augment) == (default.model, default.recipe, default.augment)
+    no_colour = load_config(configs / "no-colour-aug.toml")
+    assert (no_colour.data, no_colour.train, no_colour.model) == (default.data, default.train, default.model)
+    assert no_colour.augment == replace(default.augment, grey=0.0, colour=0.0)
 
 
 def test_zoobot_style_counts_and_fractions_become_targets_on_any_tree():

@@ -11,7 +11,7 @@ with its bootstrap interval.
 The ring flag's threshold is chosen on the pooled out-of-fold ring probabilities (maximum F1),
 and its F1 is estimated honestly by choosing it on the other folds and scoring it on each fold.
 
-``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] --run-dir runs/cv``;
+``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] [--seed N] [--threads N] --run-dir runs/cv``;
 ``python -m training.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
 out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference;
 ``... --config C --folds K --run-dir D --tta`` scores the fold models saved in D again, with the 8
@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--epochs", type=int, help="override train.epochs (and patience) for cheaper folds")
     parser.add_argument("--limit", type=int, help="at most this many images per set (the big sets)")
+    parser.add_argument("--seed", type=int, help="override train.seed (the weights' and batches' seed; the folds keep data.seed)")
+    parser.add_argument("--threads", type=int, help="override train.threads (1 lets two recipes run side by side)")
     parser.add_argument("--run-dir", default="runs/cv")
     parser.add_argument("--tta", action="store_true",
                         help="do not train: score the fold models saved in --run-dir on their held-out rings, "
@@ -237,8 +239,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     config = load_config(args.config)
     changes: dict[str, dict[str, Any]] = {"output": {"run_dir": args.run_dir}}
+    train = {"seed": args.seed, "threads": args.threads}
     if args.epochs:
-        changes["train"] = {"epochs": args.epochs, "patience": args.epochs}
+        train |= {"epochs": args.epochs, "patience": args.epochs}
+    changes["train"] = {k: v for k, v in train.items() if v is not None}
     if args.limit:
         changes["data"] = {"limit": args.limit}
     if args.tta:
