@@ -63,3 +63,5 @@ def test_the_probe_finds_ring_signal_and_stacks_out_of_fold_scores_in_row_order(
     assert 0.65 < result["profile"]["auc"] < 0.9
     assert 0.65 < result["colour"]["auc"] < 0.9
     assert result["profile+cnn"]["auc"] > 0.95 and result["profile+colour+cnn"]["auc"] > 0.95
+    paired = result["profile"]["paired_with_cnn"]
+    assert paired["base"] == 1.0 and paired["difference"] == pytest.approx(result["profile"]["auc"] - 1.0)

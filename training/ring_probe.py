@@ -5,7 +5,8 @@ profile (log flux against the centre's) and each annulus' scatter between sector
 what the pixels say about it. A logistic regression on those, cross-validated over the ring set,
 says how much ring AUC these labels give to a simple, resolution-independent description; the
 same regression on each annulus' colours says how much of the labels colour alone gives; stacked
-on a ``training.crossval`` run's out-of-fold CNN scores it says whether the two see different things.
+on a ``training.crossval`` run's out-of-fold CNN scores it says whether the two see different things,
+and each description is paired with those CNN scores on the same galaxies.
 
 ``python -m training.ring_probe --config C [--cv runs/cv/cv.json] [--input-size 128] [--folds 5]``
 """
@@ -26,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 
 from galaxy_infer.preprocess import LUMA
 from training.config import Config, load_config
-from training.crossval import fold_indices
+from training.crossval import fold_indices, paired_ring_auc
 from training.data import cached_inputs
 from training.metrics import auc_statistic, bootstrap_ci
 
@@ -106,6 +107,8 @@ def probe(config: Config, cv_json: Path | None = None, input_size: int = 128, fo
         runs = [cross_val_predict(model, x, y, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
                                   method="predict_proba")[:, 1] for seed in range(repeats)]
         out[name] = _scored(y, runs[0], n_boot) | {"auc_by_repeat": [auc_statistic(y, r)(np.arange(len(y))) for r in runs]}
+        if cv_json is not None:
+            out[name]["paired_with_cnn"] = paired_ring_auc(y, cnn, runs[0], n_boot)
     return out
 
 
