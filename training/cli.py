@@ -47,18 +47,19 @@ def quantize_run(config: Config, prepared, fp32: Path, out: Path) -> dict[str, A
     return result
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def train_and_export(config: Config, resume: bool = False, pictures: bool = True) -> dict[str, Any]:
+    """Train, evaluate and export as the config says (``output.onnx`` and its int8 copy when set);
+    writes ``fit.json`` in the run folder and returns the test floors and timings."""
     from training.evaluate import evaluate
     from training.train import fit, load_checkpoint, prepare
 
-    config = _config(args)
     started = time.perf_counter()
     prepared = prepare(config)
     prep_s = time.perf_counter() - started
-    info = fit(config, prepared, resume=args.resume)
+    info = fit(config, prepared, resume=resume)
     info["prepare_s"] = prep_s
     model = load_checkpoint(config, info["checkpoint"])
-    result = evaluate(model, prepared, Path(config.output.run_dir), pictures=not args.no_pictures)
+    result = evaluate(model, prepared, Path(config.output.run_dir), pictures=pictures)
     if config.output.onnx:
         path = export_run(config, model, prepared, result, info, Path(config.output.onnx))
         print(f"exported {path} ({path.stat().st_size / 1e6:.2f} MB)")
@@ -66,8 +67,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             quantize_run(config, prepared, path, Path(config.output.int8_onnx))
     info["total_wall_s"] = time.perf_counter() - started
     (Path(config.output.run_dir) / "fit.json").write_text(json.dumps({k: v for k, v in info.items() if k != "history"}, indent=1))
-    print(json.dumps({"floors_on_test": result["floors_on_test"], "best_epoch": info["best_epoch"],
-                      "train_wall_s": round(info["wall_s"], 1), "total_wall_s": round(info["total_wall_s"], 1)}, indent=1))
+    return {"floors_on_test": result["floors_on_test"], "best_epoch": info["best_epoch"],
+            "train_wall_s": round(info["wall_s"], 1), "total_wall_s": round(info["total_wall_s"], 1)}
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    print(json.dumps(train_and_export(_config(args), resume=args.resume, pictures=not args.no_pictures), indent=1))
     return 0
 
 
