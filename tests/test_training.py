@@ -370,3 +370,6 @@ def test_an_ablation_trains_without_one_operation_and_pairs_it_with_the_recipe(s
     assert variant.version.endswith("-no-grey")
     assert variant.extra["training"]["config"]["augment"]["grey"] == 0.0
     assert variant.extra["training"]["config"]["train"]["threads"] == 1
+    from training.ablate import summary
+
+    assert [r.split(" | ")[0] for r in summary(root).splitlines()[2:]] == ["| grey"]

@@ -67,7 +67,8 @@ def run_op(config: Config, op: str, run_root: Path, base: Path, threads: int | N
 
 def summary(run_root: Path) -> str:
     """Markdown: per finished op, the figures that moved beyond the paired interval when it was off."""
-    rows = ["| op off | worse without it (it helped) | better without it (it cost) |", "|---|---|---|"]
+    rows = ["| op off | worse / better | worse without it (it helped) | better without it (it cost) |",
+            "|---|---|---|---|"]
     for op in OFF:
         file = Path(run_root) / f"no-{op}" / "compare.json"
         if not file.exists():
@@ -77,7 +78,8 @@ def summary(run_root: Path) -> str:
             for key, f in figures.items():
                 if f["verdict"] in moved:
                     moved[f["verdict"]].append(f"{shift} {key} {f['base']:.3f} → {f['candidate']:.3f}")
-        rows.append(f"| {op} | {'<br>'.join(moved['worse']) or '-'} | {'<br>'.join(moved['better']) or '-'} |")
+        rows.append(f"| {op} | {len(moved['worse'])} / {len(moved['better'])} | {'<br>'.join(moved['worse']) or '-'} | "
+                    f"{'<br>'.join(moved['better']) or '-'} |")
     return "\n".join(rows)
 
 
