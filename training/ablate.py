@@ -66,7 +66,8 @@ def run_op(config: Config, op: str, run_root: Path, base: Path, threads: int | N
 
 
 def summary(run_root: Path) -> str:
-    """Markdown: per finished op, the figures that moved beyond the paired interval when it was off."""
+    """Markdown: per finished op, the figures that moved beyond the paired interval when it was off
+    (sample size, shipped → without, the 95% paired interval of the difference)."""
     rows = ["| op off | worse / better | worse without it (it helped) | better without it (it cost) |",
             "|---|---|---|---|"]
     for op in OFF:
@@ -77,7 +78,9 @@ def summary(run_root: Path) -> str:
         for shift, figures in json.loads(file.read_text())["shifts"].items():
             for key, f in figures.items():
                 if f["verdict"] in moved:
-                    moved[f["verdict"]].append(f"{shift} {key} {f['base']:.3f} → {f['candidate']:.3f}")
+                    lo, hi = f["ci95"]
+                    moved[f["verdict"]].append(f"{shift} {key} ({f['n']}) {f['base']:.3f} → {f['candidate']:.3f} "
+                                               f"[{lo:+.3f}, {hi:+.3f}]")
         rows.append(f"| {op} | {len(moved['worse'])} / {len(moved['better'])} | {'<br>'.join(moved['worse']) or '-'} | "
                     f"{'<br>'.join(moved['better']) or '-'} |")
     return "\n".join(rows)
