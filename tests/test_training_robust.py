@@ -151,6 +151,9 @@ def test_two_cross_validations_are_paired_on_the_same_out_of_fold_galaxies():
                                                  "score": (base_score + 0.5 * np.asarray(y)).tolist()}}}
     figure = paired_out_of_fold(base, better, n_boot=200)
     assert figure["n"] == 120 and figure["difference"] > 0 and figure["ci95"][0] > 0
+    assert figure["ensemble"]["base"] == figure["base"] and figure["ensemble"]["difference"] > 0
+    alone = paired_out_of_fold(base, base, n_boot=50)["ensemble"]
+    assert alone["difference"] == pytest.approx(0)
     other_folds = {"out_of_fold": {"gzdecals_rings": {**better["out_of_fold"]["gzdecals_rings"], "fold": fold[::-1]}}}
     with pytest.raises(ValueError, match="different galaxies"):
         paired_out_of_fold(base, other_folds)

@@ -13,7 +13,8 @@ and its F1 is estimated honestly by choosing it on the other folds and scoring i
 
 ``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] [--seed N] [--threads N] --run-dir runs/cv``;
 ``python -m training.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
-out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference;
+out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference,
+and the two averaged as an ensemble;
 ``... --config C --folds K --run-dir D --tta`` scores the fold models saved in D again, with the 8
 rotations and flips of each held-out ring averaged, paired against the plain scores.
 """
@@ -208,11 +209,14 @@ def rescore_with_tta(config: Config, folds: int, n_boot: int = 1000) -> dict[str
 
 
 def paired_out_of_fold(base: dict[str, Any], candidate: dict[str, Any], n_boot: int = 1000) -> dict[str, Any]:
-    """Ring AUC of two cross-validations on the same out-of-fold galaxies and their paired difference."""
+    """Ring AUC of two cross-validations on the same out-of-fold galaxies and their paired difference;
+    ``ensemble``: the two models' ranks averaged (a two-model ensemble), paired with the base."""
     a, b = base["out_of_fold"]["gzdecals_rings"], candidate["out_of_fold"]["gzdecals_rings"]
     if a["y"] != b["y"] or a["fold"] != b["fold"]:
         raise ValueError("the two runs held out different galaxies (another data seed or fold count)")
-    return paired_ring_auc(np.asarray(a["y"]), np.asarray(a["score"]), np.asarray(b["score"]), n_boot)
+    y, score_a, score_b = np.asarray(a["y"]), np.asarray(a["score"]), np.asarray(b["score"])
+    mean_rank = (stats.rankdata(score_a) + stats.rankdata(score_b)) / 2
+    return paired_ring_auc(y, score_a, score_b, n_boot) | {"ensemble": paired_ring_auc(y, score_a, mean_rank, n_boot)}
 
 
 def main(argv: list[str] | None = None) -> int:
