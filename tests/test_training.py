@@ -346,15 +346,17 @@ def test_zoobot_style_counts_and_fractions_become_targets_on_any_tree():
 @pytest.mark.shared_data
 def test_an_ablation_trains_without_one_operation_and_pairs_it_with_the_recipe(shared_data, tmp_path):
     """The variant writes only under its run folder; its comparison covers every shift."""
+    import json
+
     from training.ablate import main as ablate
+    from training.ablate import summary
+    from training.cli import main as cli
     from training.robustness import SHIFTS
 
     config = tmp_path / "c.toml"
     config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'
                       f'sets = ["gz1_sdss", "gz2_votes", "gzdecals_rings"]\n[train]\nepochs = 1\nbatch_size = 32\n'
                       f'[output]\nonnx = "{tmp_path / "shipped.onnx"}"\n[augment]\ngrey = 0.2\n')
-    from training.cli import main as cli
-
     assert cli(["train", "--config", str(config), "--run-dir", str(tmp_path / "full"), "--no-pictures"]) == 0
     base = tmp_path / "shipped.onnx"
     shipped = base.read_bytes()
@@ -362,14 +364,10 @@ def test_an_ablation_trains_without_one_operation_and_pairs_it_with_the_recipe(s
     assert ablate(["--config", str(config), "--base", str(base), "--op", "grey", "--threads", "1",
                    "--run-root", str(root), "--n-boot", "20"]) == 0
     assert base.read_bytes() == shipped
-    import json
-
     result = json.loads((root / "no-grey" / "compare.json").read_text())
     assert result["off"] == {"grey": 0.0} and set(result["shifts"]) == set(SHIFTS)
     variant = load_model_info(root / "no-grey" / "model.onnx")
     assert variant.version.endswith("-no-grey")
     assert variant.extra["training"]["config"]["augment"]["grey"] == 0.0
     assert variant.extra["training"]["config"]["train"]["threads"] == 1
-    from training.ablate import summary
-
     assert [r.split(" | ")[0] for r in summary(root).splitlines()[2:]] == ["| grey"]

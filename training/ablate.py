@@ -43,24 +43,24 @@ def ablated(config: Config, op: str, run_root: Path, threads: int | None = None)
                             "version": f"{config.output.version}-no-{op}"})
 
 
-def run_op(config: Config, op: str, run_root: Path, base: Path, threads: int | None, n_boot: int) -> dict[str, Any]:
-    """Train (unless done) and compare one ablation; returns and writes the paired figures."""
+def run_op(config: Config, prepared, op: str, run_root: Path, base: Path, threads: int | None,
+           n_boot: int) -> dict[str, Any]:
+    """Train (unless done) and compare one ablation on ``prepared``, the config's inputs and splits
+    (an ablation changes neither); returns and writes the paired figures."""
     from galaxy_infer.model import Predictor
     from training.cli import train_and_export
     from training.compare import compare
     from training.robustness import SHIFTS
-    from training.train import prepare
 
     variant = ablated(config, op, run_root, threads)
     model = Path(variant.output.onnx)
     if not model.exists():
-        train_and_export(variant, pictures=False)
+        train_and_export(variant, pictures=False, prepared=prepared)
     n_threads = variant.train.threads
     results = compare(Predictor(base, batch_size=256, num_threads=n_threads).predict,
                       Predictor(model, batch_size=256, num_threads=n_threads).predict,
-                      prepare(variant), SHIFTS, n_boot)
-    out = {"op": op, "off": {k: list(v) if isinstance(v, tuple) else v for k, v in OFF[op].items()},
-           "base": str(base), "candidate": str(model), "shifts": results}
+                      prepared, SHIFTS, n_boot)
+    out = {"op": op, "off": OFF[op], "base": str(base), "candidate": str(model), "shifts": results}
     (model.parent / "compare.json").write_text(json.dumps(out, indent=1))
     return out
 
@@ -100,9 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.summary:
         if not args.op:
             parser.error("name at least one --op (or --summary)")
+        from training.train import prepare
+
         config = load_config(args.config)
+        prepared = prepare(config)
         for op in args.op:
-            run_op(config, op, args.run_root, args.base, args.threads, args.n_boot)
+            run_op(config, prepared, op, args.run_root, args.base, args.threads, args.n_boot)
     print(summary(args.run_root))
     return 0
 

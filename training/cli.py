@@ -47,14 +47,15 @@ def quantize_run(config: Config, prepared, fp32: Path, out: Path) -> dict[str, A
     return result
 
 
-def train_and_export(config: Config, resume: bool = False, pictures: bool = True) -> dict[str, Any]:
+def train_and_export(config: Config, resume: bool = False, pictures: bool = True, prepared=None) -> dict[str, Any]:
     """Train, evaluate and export as the config says (``output.onnx`` and its int8 copy when set);
-    writes ``fit.json`` in the run folder and returns the test floors and timings."""
+    writes ``fit.json`` in the run folder and returns the test floors and timings. ``prepared``:
+    the config's inputs and splits when the caller already holds them."""
     from training.evaluate import evaluate
     from training.train import fit, load_checkpoint, prepare
 
     started = time.perf_counter()
-    prepared = prepare(config)
+    prepared = prepared or prepare(config)
     prep_s = time.perf_counter() - started
     info = fit(config, prepared, resume=resume)
     info["prepare_s"] = prep_s

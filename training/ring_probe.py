@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any
@@ -34,16 +35,22 @@ from training.metrics import auc_statistic, bootstrap_ci
 RING_SET = "gzdecals_rings"
 
 
+@functools.lru_cache(maxsize=8)
+def _cells(size: int, annuli: int, sectors: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's annulus about the centre (corners: label ``annuli``) and sector; one map per size."""
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    annulus = np.minimum((np.hypot(yy, xx) / (size / 2) * annuli).astype(int), annuli)
+    sector = ((np.arctan2(yy, xx) + np.pi) / (2 * np.pi) * sectors).astype(int) % sectors
+    return annulus, sector
+
+
 def profile_features(image: np.ndarray, annuli: int = 16, sectors: int = 16) -> np.ndarray:
     """Log azimuthal-mean profile relative to the centre, its slope, and each annulus' sector scatter.
 
     ``image`` is one preprocessed ``(channels, size, size)`` input; its luminance is used.
     """
     grey = np.tensordot(LUMA, image, axes=1) if image.shape[0] == 3 else image[0]
-    size = grey.shape[0]
-    yy, xx = np.indices(grey.shape) - (size - 1) / 2
-    annulus = np.minimum((np.hypot(yy, xx) / (size / 2) * annuli).astype(int), annuli)  # corners: label `annuli`
-    sector = ((np.arctan2(yy, xx) + np.pi) / (2 * np.pi) * sectors).astype(int) % sectors
+    annulus, sector = _cells(grey.shape[0], annuli, sectors)
     index = np.arange(annuli)
     profile = np.asarray(ndimage.mean(grey, annulus, index))
     with np.errstate(invalid="ignore"):  # central cells can hold no pixel: NaN, left out of the scatter
@@ -59,9 +66,7 @@ def colour_features(image: np.ndarray, annuli: int = 16) -> np.ndarray:
     Absolute colours: they describe one survey's rendering, so what they add to the ring AUC here
     says how much the ring set's labels go with colour rather than with shape.
     """
-    size = image.shape[-1]
-    yy, xx = np.indices((size, size)) - (size - 1) / 2
-    annulus = np.minimum((np.hypot(yy, xx) / (size / 2) * annuli).astype(int), annuli)
+    annulus, _ = _cells(image.shape[-1], annuli, 1)
     bands = np.log(np.stack([ndimage.mean(band, annulus, np.arange(annuli)) for band in image]) + 1e-3)
     return np.concatenate([bands[0] - bands[1], bands[1] - bands[2]])
 
