@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from galaxy_infer import __version__, storage
+from galaxy_infer.environment import versions
 from galaxy_infer.errors import TRANSIENT_PREFIX, is_transient
 from galaxy_infer.model import ModelInfo
 from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
@@ -38,6 +39,7 @@ TREE_KEY = "galaxy_infer.tree"
 FLAGS_KEY = "galaxy_infer.flags"
 OUTPUT_KIND_KEY = "galaxy_infer.output_kind"
 INTERVALS_KEY = "galaxy_infer.dirichlet_intervals"
+VERSIONS_KEY = "galaxy_infer.versions"
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,7 @@ def file_metadata(model: ModelInfo, run_id: str, intervals: bool = False) -> dic
         "galaxy_infer.recipe": model.recipe.to_json(),
         "galaxy_infer.thresholds": json.dumps(model.thresholds, sort_keys=True),
         "galaxy_infer.code_version": __version__,
+        VERSIONS_KEY: json.dumps(versions(), sort_keys=True),
         "galaxy_infer.run_id": run_id,
         "galaxy_infer.created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         OUTPUT_KIND_KEY: model.output_kind,
@@ -204,6 +207,7 @@ class RunStats:
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "versions": versions(),
             **self.workers.summary(),
             **extra,
         }

@@ -7,6 +7,7 @@ import os
 import sys
 
 from galaxy_infer.catalog import format_errors
+from galaxy_infer.environment import int8_kernels, versions
 from galaxy_infer.cluster import GPU_WAIT_SECONDS
 from galaxy_infer.errors import ModelError, StorageError
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         except ModelError as exc:
             print(f"galaxy-infer: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
-        description = info.describe()
+        description = {**info.describe(), "this_machine": {"int8_kernels": int8_kernels(), "versions": versions()}}
         if args.json:
             print(json.dumps(description, indent=2, default=str))
         else:

@@ -25,7 +25,7 @@ METADATA_PREFIX = "galaxy_infer."
 PARTITION_KEY = "ingest_date"
 """The nightly ingest's partition folders (``ingest_date=YYYY-MM-DD/``)."""
 RUN_KEYS = ("run_id", "model_id", "model_sha256", "created_utc", "code_version", "schema_version", "recipe",
-            "thresholds")
+            "thresholds", "versions")
 
 
 def open_catalog(source: str | os.PathLike | list[str]) -> ds.Dataset:
@@ -98,7 +98,7 @@ def summarize(source: str | os.PathLike | list[str], top_reasons: int = TOP_REAS
     summary["runs"] = []
     for meta in file_metadata(dataset):
         run = {k: meta[k] for k in RUN_KEYS if k in meta}
-        for k in ("recipe", "thresholds"):
+        for k in ("recipe", "thresholds", "versions"):
             if k in run:
                 run[k] = json.loads(run[k])
         run["rows"] = run_rows.get(run.get("run_id"), 0)

@@ -2,13 +2,16 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from galaxy_infer.model import Predictor, bundled_model_path, load_model_info
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import preprocess
 from galaxy_infer.readers import read_cutout
 from galaxy_infer.schema import ODD_FEATURES
+from training.quantize import WEIGHT_RANGE
 
 pytestmark = pytest.mark.skipif(not bundled_model_path().exists(), reason="no bundled model")
 
@@ -89,8 +92,21 @@ def test_bundled_int8_model_is_the_quantized_default_and_scores_like_it():
         assert on_the_floor or quantized["pass"] == floor["pass"]
 
 
+def test_bundled_int8_weights_leave_no_kernel_room_to_saturate():
+    """7-bit weights: a pair of uint8 x int8 products stays within 16 bits, so AVX2-only CPUs sum
+    exactly like VNNI ones and the int8 copy gives the same numbers on every x86 node (issue 26)."""
+    model = onnx.load(str(bundled_model_path("int8")))
+    weights = {n.input[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    int8 = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name in weights and i.data_type == onnx.TensorProto.INT8]
+    low, high = WEIGHT_RANGE
+    assert int8 and all(w.min() >= low and w.max() <= high for w in int8)
+    assert 2 * 255 * max(-low, high) <= np.iinfo(np.int16).max
+
+
 @pytest.mark.shared_data
 def test_bundled_int8_model_agrees_with_the_float_model_on_real_cutouts(shared_data):
+    """Measured on a VNNI CPU (mean 0.0048, max 0.058); the weight-range test above makes the same hold
+    without VNNI. The bounds fail a bad copy: full-range weights gave a max of 0.29 on AVX2-only CPUs."""
     files = sorted((shared_data / "gz1_sdss" / "images").glob("*.jpg"))[:32] + \
         sorted((shared_data / "gzdecals_rings" / "images").glob("*.jpg"))[:16]
     fp32 = Predictor(bundled_model_path(), batch_size=64, num_threads=1)
@@ -99,4 +115,4 @@ def test_bundled_int8_model_agrees_with_the_float_model_on_real_cutouts(shared_d
     x = np.stack([preprocess(read_cutout(str(f), recipe).pixels, recipe) for f in files])
     a, b = postprocess(fp32.predict(x), fp32.info.thresholds), postprocess(int8.predict(x), int8.info.thresholds)
     diff = np.stack([np.abs(a[k] - b[k]) for k in a if k.endswith(("_fraction", "_prob"))])
-    assert diff.mean() < 0.01 and diff.max() < 0.15
+    assert diff.mean() < 0.01 and diff.max() < 0.1
