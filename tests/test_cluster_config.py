@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -35,10 +36,34 @@ def test_cluster_has_cpu_head_and_gpu_workers_from_zero(cluster_config):
     assert gpu_types and all(t["min_workers"] == 0 and t["max_workers"] >= 1 for t in gpu_types)
 
 
-def test_setup_installs_the_gpu_extra_and_never_both_onnxruntime_wheels(cluster_config):
+def locked(lock: str) -> dict[str, str]:
+    """Package -> version pinned in ``requirements/<lock>``."""
+    text = (ROOT / "requirements" / lock).read_text()
+    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, flags=re.M))
+
+
+def test_setup_installs_the_gpu_lock_and_never_both_onnxruntime_wheels(cluster_config):
     setup = "\n".join(cluster_config["setup_commands"])
-    assert 'pip install --quiet ".[gpu]"' in setup
+    assert "pip install --quiet --require-hashes -r requirements/gpu.txt" in setup
+    assert "pip install --quiet --no-deps ." in setup
     assert ".[cpu" not in setup and "install onnxruntime" not in setup and "onnxruntime-gpu" not in setup
+    gpu = locked("gpu.txt")
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu and "torch" not in gpu
+
+
+def test_images_run_the_locked_ray(cluster_config):
+    """Head, workers and the KubeRay image start from the Ray release the locks pin (no mixed versions)."""
+    ray = locked("gpu.txt")["ray"]
+    assert locked("cpu.txt")["ray"] == locked("test.txt")["ray"] == ray
+    images = [cluster_config["docker"]["head_image"], cluster_config["docker"]["worker_image"],
+              (ROOT / "k8s" / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]]
+    assert all(image.startswith(f"rayproject/ray:{ray}-py311") for image in images)
+
+
+def test_locks_agree_on_every_package_they_share():
+    cpu, gpu, test = locked("cpu.txt"), locked("gpu.txt"), locked("test.txt")
+    assert all(test[name] == version for name, version in cpu.items())
+    assert all(test.get(name, version) == version for name, version in gpu.items())
 
 
 def test_rayjob_manifest_essentials():
@@ -55,7 +80,7 @@ def test_rayjob_manifest_essentials():
     worker = gpu_group["template"]["spec"]["containers"][0]
     assert worker["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert worker["image"] == head["image"]
-    assert '".[gpu]"' in (ROOT / "k8s" / "Dockerfile").read_text() or '[gpu]"' in (ROOT / "k8s" / "Dockerfile").read_text()
+    assert "--require-hashes -r /app/requirements/gpu.txt" in (ROOT / "k8s" / "Dockerfile").read_text()
 
 
 def test_job_upload_skips_the_virtualenv_and_git():
