@@ -23,13 +23,14 @@ $(VENV)/.installed-train: $(VENV)/.installed requirements/test.txt
 	$(PIP) --no-deps -e .
 	touch $@
 
-# Refresh the locks after changing a range in pyproject.toml (or to take new releases); commit them.
+# Refresh the locks after changing a range in pyproject.toml (versions already locked are kept;
+# `make lock UPGRADE=--upgrade` takes every new release); commit them.
 # test.txt first: cpu.txt and gpu.txt take its versions for every package they share.
 # zoobot pulls lightning and timm; constraints.txt keeps torch and torchvision at the train extra's pins.
 UV_COMPILE = uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
 	--python-platform x86_64-manylinux_2_28 --custom-compile-command "make lock" --quiet
 lock: install-train
-	$(VENV)/bin/$(UV_COMPILE) --upgrade --extra cpu --extra dev --extra train --extra zoobot --extra lsdb \
+	$(VENV)/bin/$(UV_COMPILE) $(UPGRADE) --extra cpu --extra dev --extra train --extra zoobot --extra lsdb \
 		-c constraints.txt -o requirements/test.txt
 	$(VENV)/bin/$(UV_COMPILE) --extra cpu -c requirements/test.txt -o requirements/cpu.txt
 	$(VENV)/bin/$(UV_COMPILE) --extra gpu -c requirements/test.txt -o requirements/gpu.txt

@@ -75,11 +75,8 @@ class ModelInfo:
 
     @cached_property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
         with open(self.path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-        return digest.hexdigest()
+            return hashlib.file_digest(f, "sha256").hexdigest()
 
     def describe(self) -> dict[str, Any]:
         return {

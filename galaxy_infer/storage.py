@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pyarrow.fs as pafs
+from fsspec.implementations.arrow import ArrowFSWrapper
 
 from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
 
@@ -195,52 +196,18 @@ def has_magic(pattern: str) -> bool:
 
 
 def glob(pattern: str) -> list[str]:
-    """Paths matching ``pattern`` (``*``, ``?``, ``[..]`` within a name, ``**`` across folders), sorted."""
+    """Files matching ``pattern`` (``*``, ``?``, ``[..]`` within a name, ``**`` across folders), sorted.
+
+    Local paths use Python's glob; object stores fsspec's, over the same pyarrow filesystem. As
+    local glob does, a pattern never matches a name starting with a dot.
+    """
     if not is_remote(pattern):
         return sorted(local_glob.glob(_local_path(pattern), recursive=True))
-    scheme, rest = pattern.split("://", 1)
-    parts = rest.split("/")
-    fixed = []
-    for part in parts:
-        if has_magic(part):
-            break
-        fixed.append(part)
-    regex = _glob_regex("/".join(parts[len(fixed):]))
-    base = "/".join(fixed)
-    matched = []
-    for file_info in list_files(f"{scheme}://{base}"):
-        relative = file_info.path[len(base):].lstrip("/")
-        hidden = any(p.startswith(".") for p in relative.split("/"))  # as local glob: * never matches a dot name
-        if regex.fullmatch(relative) and not hidden:
-            matched.append(f"{scheme}://{file_info.path}")
-    return matched
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    """glob -> regex with ``**`` spanning folders; Python 3.11 has no ``glob.translate`` (3.13 does)."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:[^/]*/)*")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[" and "]" in pattern[i + 1:]:
-            end = pattern.index("]", i + 1)
-            body = pattern[i + 1:end]
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out))
+    scheme = pattern.split("://", 1)[0]
+    filesystem, path = resolve(pattern)
+    found = ArrowFSWrapper(filesystem).glob(path, detail=True)
+    return sorted(f"{scheme}://{name}" for name, entry in found.items()
+                  if entry["type"] == "file" and not any(part.startswith(".") for part in name.split("/")))
 
 
 # ---- reading ---------------------------------------------------------------------------------

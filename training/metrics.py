@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, roc_auc_score, roc_curve
+from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_curve, roc_auc_score, roc_curve
 
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.schema import GZ2, ODD_FEATURES
@@ -232,11 +232,18 @@ def choose_thresholds(val: dict[str, tuple[LabelledSet, np.ndarray]], default: f
 
 
 def best_f1_threshold(y: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None) -> tuple[float, float]:
-    """The threshold on ``score`` with the highest (weighted) F1 (candidates: score quantiles), and that F1."""
-    candidates = np.unique(np.quantile(score, np.linspace(0.01, 0.99, 197)))
-    f1 = [f1_score(y, score >= t, sample_weight=weight, zero_division=0.0) for t in candidates]
+    """The threshold on ``score`` with the highest (weighted) F1, and that F1.
+
+    Candidates are the scores between the 1st and 99th percentile, so one extreme galaxy cannot set a flag.
+    """
+    precision, recall, thresholds = precision_recall_curve(y, score, sample_weight=weight)
+    precision, recall = precision[:-1], recall[:-1]
+    total = precision + recall
+    f1 = np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+    low, high = np.quantile(score, [0.01, 0.99])
+    f1 = np.where((thresholds >= low) & (thresholds <= high), f1, -1.0)
     best = int(np.argmax(f1))
-    return float(candidates[best]), float(f1[best])
+    return float(thresholds[best]), float(f1[best])
 
 
 def roc_points(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
