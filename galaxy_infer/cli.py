@@ -3,107 +3,115 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from galaxy_infer import storage
 from galaxy_infer.catalog import format_errors
 from galaxy_infer.environment import int8_kernels, versions
-from galaxy_infer.cluster import GPU_WAIT_SECONDS
 from galaxy_infer.errors import ModelError, StorageError
-from galaxy_infer.model import DEVICES, load_model_info, resolve_model
-from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
-from galaxy_infer.shards import ShardFields
-from galaxy_infer.storage import ANONYMOUS_ENV, Locked
+from galaxy_infer.ingest import IngestConfig, IngestUsageError, format_ingest_summary, ingest
+from galaxy_infer.model import load_model_info, resolve_model
+from galaxy_infer.options import RunOptions, add_run_options, options_from_args
+from galaxy_infer.pipeline import RunConfig, classify
+from galaxy_infer.storage import Locked
+from galaxy_infer.summary import format_summary as format_catalog_summary, summarize
 
-EXIT_OK, EXIT_FAILED, EXIT_TOO_MANY_ERRORS = 0, 1, 3
-"""0: catalog written; 1: failed before writing one (bad model or input argument, existing output);
-3: catalog written, but more than --max-error-fraction of its rows are errors, or object ids collided."""
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
+"""The exit policy of ``classify``, ``ingest`` and the jobs (for cron and CI): 0 done (or nothing to do);
+1 failed before anything was committed (bad model or input, existing output; committed ingest chunks
+stay, rerun to finish); 2 bad options; 3 written, but more than --max-error-fraction of the objects
+tried are errors, or object ids collided; 75 (EX_TEMPFAIL) another run holds the output's lock."""
+
+FAILURES = (ModelError, StorageError, IngestUsageError, FileNotFoundError, FileExistsError, ValueError, RuntimeError)
+"""Errors that mean a run could not start or finish, reported in one line without a traceback."""
 
 
 def add_classify_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by ``galaxy-infer classify`` and the Ray batch job."""
-    parser.add_argument("--model", default="default",
-                        help="ONNX file exported by galaxy-infer training, or a bundled model: 'default' "
-                             "(float32) or 'int8' (quantized: same test metrics, faster on CPU) (default: default)")
-    parser.add_argument("--device", choices=DEVICES, default="auto",
-                        help="where onnxruntime runs: cuda fails unless the GPU is really used; "
-                             "auto takes cuda when available, else cpu (default: auto)")
-    parser.add_argument("--batch-size", type=int, default=None,
-                        help="images per prediction batch; the last batch is zero-padded (default: the "
-                             "model's preference, else 256)")
-    parser.add_argument("--dirichlet-intervals", action="store_true",
-                        help="for models that predict Dirichlet concentrations (Zoobot), also write each "
-                             "answer's concentration and a 90%% interval of its fraction")
-    parser.add_argument("--num-cpus", type=int, default=None,
-                        help="CPUs for the local Ray started when no cluster is given (default: all)")
-    parser.add_argument("--num-workers", type=int, default=None,
-                        help="chunks classified at once (default: one per CPU, or one per GPU with cuda)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address; default: RAY_ADDRESS if set, else a local Ray")
-    parser.add_argument("--gpu-wait-seconds", type=float, default=GPU_WAIT_SECONDS,
-                        help="on a cluster, fail when no node can run a prediction task (GPU nodes scaling from "
-                             f"zero) for this long (default: {GPU_WAIT_SECONDS:.0f})")
+    """Options of ``galaxy-infer classify`` and the Ray batch job: every :class:`RunOptions` field, and --overwrite."""
+    add_run_options(parser)
     parser.add_argument("--overwrite", action="store_true",
                         help="replace an existing catalog at the output folder (atomically)")
-    parser.add_argument("--id-keyword", default=None, metavar="KEY",
-                        help="take each FITS file's object id from header keyword KEY (e.g. OBJID); other files "
-                             "keep the file-name rule (default: manifest object_id, else the file name)")
-    parser.add_argument("--anonymous", action="store_true",
-                        help="read s3:// inputs unsigned (public buckets); credentials otherwise come from the "
-                             "AWS chain: AWS_* variables, AWS_PROFILE, instance or pod roles. AWS_ENDPOINT_URL "
-                             "selects an S3-compatible store")
-    parser.add_argument("--no-progress", action="store_true",
-                        help="no progress (default: a bar on a terminal, else a plain line every 30 s)")
-    parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
-                        help="exit with status 3 when more than this share of rows are errors; the catalog "
-                             f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
-    add_shard_field_options(parser)
 
 
-def add_shard_field_options(parser: argparse.ArgumentParser) -> None:
-    """Field names for shards (HDF5, Parquet, tar, npz) whose layout detection is ambiguous."""
-    g = parser.add_argument_group("shards", "fields of HDF5/Parquet/npz shards and WebDataset JSON, when detection "
-                                            "is ambiguous (default: detected)")
-    g.add_argument("--image-field", default=None, help="the image stack or image-bytes column")
-    g.add_argument("--id-field", default=None,
-                   help="the object id field (default: object_id, id_str, iauname or dr8_id; else <shard>#<row>)")
-    g.add_argument("--ra-field", default=None, help="the right ascension field (default: ra)")
-    g.add_argument("--dec-field", default=None, help="the declination field (default: dec)")
-
-
-def shard_fields_from_args(args: argparse.Namespace) -> ShardFields:
-    return ShardFields(image=args.image_field, id=args.id_field, ra=args.ra_field, dec=args.dec_field)
-
-
-def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> RunConfig:
-    if args.anonymous:
-        os.environ[ANONYMOUS_ENV] = "1"  # read by every filesystem this process and its Ray workers open
-    return RunConfig(inputs=inputs, out=out, model=args.model, device=args.device, batch_size=args.batch_size,
-                     num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
-                     gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite, id_keyword=args.id_keyword,
-                     dirichlet_intervals=args.dirichlet_intervals, shard_fields=shard_fields_from_args(args),
-                     progress=False if args.no_progress else None)
-
-
-def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
-    """Run, print the summary, and turn the error share into an exit status."""
-    try:
-        summary = classify(config)
-    except (ModelError, StorageError, FileNotFoundError, FileExistsError, ValueError, RuntimeError, Locked) as exc:
-        print(f"galaxy-infer: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    print(format_summary(summary))
+def exit_status(summary: dict[str, Any], options: RunOptions, prog: str, collided: str) -> int:
+    """The exit policy for a finished run: object id collisions (``collided`` says what became of them)
+    or an error share over ``--max-error-fraction`` give 3. Objects unreadable now count as tried."""
     status = EXIT_OK
     if summary["id_collisions"]:
-        print(f"galaxy-infer: {summary['id_collisions']} inputs share an object id with another input; they are "
-              "error rows naming each other (see 'object id collision')", file=sys.stderr)
+        print(f"{prog}: {summary['id_collisions']} {collided}", file=sys.stderr)
         status = EXIT_TOO_MANY_ERRORS
-    share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
-    if share > max_error_fraction:
-        print(f"galaxy-infer: {share:.1%} of rows are errors, over --max-error-fraction "
-              f"{max_error_fraction:.1%}", file=sys.stderr)
+    tried = summary["rows"] + summary.get("retry_next_run", 0)
+    share = summary["errors"] / tried if tried else 0.0
+    if share > options.max_error_fraction:
+        print(f"{prog}: {share:.1%} of the objects tried are errors or unreadable now, over "
+              f"--max-error-fraction {options.max_error_fraction:.1%}", file=sys.stderr)
         status = EXIT_TOO_MANY_ERRORS
     return status
+
+
+def guarded(run: Callable[[], dict[str, Any]], prog: str) -> dict[str, Any] | int:
+    """``run()``'s summary, or the exit status its failure maps to (the reason printed on one line)."""
+    try:
+        return run()
+    except Locked as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return EXIT_LOCKED
+    except FAILURES as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as exc:  # noqa: BLE001 - Ray errors too: cron must see 1 and the traceback
+        traceback.print_exc(file=sys.stderr)
+        print(f"{prog}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def run_classify(config: RunConfig, prog: str = "galaxy-infer") -> int:
+    """Classify, print the summary, and apply the exit policy."""
+    summary = guarded(lambda: classify(config), prog)
+    if isinstance(summary, int):
+        return summary
+    print(format_summary(summary))
+    return exit_status(summary, config, prog, "inputs share an object id with another input; they are error rows "
+                                              "naming each other (see 'object id collision')")
+
+
+def add_ingest_options(parser: argparse.ArgumentParser) -> None:
+    """Options of ``galaxy-infer ingest`` and ``jobs/nightly_ingest.py``."""
+    parser.add_argument("--inbox", required=True,
+                        help="folder or s3:// prefix of incoming cutouts (searched recursively)")
+    parser.add_argument("--catalog", required=True,
+                        help="catalog root (folder or s3:// prefix) holding ingest_date=*/ partitions")
+    parser.add_argument("--date", default=None, help="partition to write new rows into (default: today, UTC)")
+    parser.add_argument("--chunk-rows", type=int, default=5000,
+                        help="rows per committed Parquet file; a crash loses at most one chunk of work (default: 5000)")
+    parser.add_argument("--settle-seconds", type=float, default=60.0,
+                        help="leave files modified more recently than this for the next run (default: 60)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    add_run_options(parser)
+
+
+def run_ingest(args: argparse.Namespace, prog: str = "galaxy-infer") -> int:
+    """One night of ingest from parsed options: summary, rows added, exit policy."""
+    config = IngestConfig(inbox=args.inbox, catalog=args.catalog, chunk_rows=args.chunk_rows,
+                          settle_seconds=args.settle_seconds, **options_from_args(args))
+    if args.date:
+        config.date = args.date
+    summary = guarded(lambda: ingest(config), prog)
+    if isinstance(summary, int):
+        return summary
+    added = summarize([storage.join(config.catalog, f) for f in summary["files"]]) if summary["files"] else None
+    if args.json:
+        print(json.dumps({**summary, "added": added}, indent=2))
+    else:
+        print(format_ingest_summary(summary))
+        if added:
+            print(f"\nthe {added['rows']:,} rows added:\n{format_catalog_summary(added)}")
+    return exit_status(summary, config, prog, "inbox files were not classified because their object id is already "
+                                              "used; they are retried every run until the ids differ")
 
 
 def format_summary(summary: dict) -> str:
@@ -133,6 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--out", required=True, help="catalog folder or object-store prefix (s3://bucket/catalogs/run-1) "
                                                 "to create: part-*.parquet + _run_summary.json")
     add_classify_options(c)
+    n = sub.add_parser("ingest", help="one night of incremental ingest: classify the inbox files the catalog "
+                                      "does not hold yet, exactly once",
+                       description="Classify the inbox cutouts that the catalog does not hold yet into "
+                                   "CATALOG/ingest_date=DATE/part-*.parquet. Safe to rerun at any time and after a "
+                                   "crash at any point: committed chunks are the ledger. Objects that could not be "
+                                   "read this time are retried by the next run. Exit status: 0 done or nothing to "
+                                   "do, 1 failed (rerun to finish), 2 bad options, 3 too many errors or id "
+                                   "collisions, 75 another ingest holds the catalog's lock.")
+    add_ingest_options(n)
     i = sub.add_parser("info", help="describe a model: tree, input shape, recipe, flags, metrics")
     i.add_argument("model", nargs="?", default="default", help="ONNX file or bundled model name (default: default)")
     i.add_argument("--json", action="store_true", help="print one JSON object")
@@ -196,8 +213,6 @@ def run_catalog_command(args: argparse.Namespace) -> int:
                                           view=args.view, root=args.root)
         print(f"{len(chosen.rows)} of {chosen.matched} rows: {png}  {page}")
     elif args.command == "summary":
-        from galaxy_infer.summary import format_summary as format_catalog_summary, summarize
-
         summary = summarize(args.catalog)
         print(json.dumps(summary, indent=2) if args.json else format_catalog_summary(summary))
     elif args.command == "crossmatch":
@@ -239,7 +254,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in description.items():
                 print(f"{key}: {json.dumps(value, default=str) if isinstance(value, (dict, list)) else value}")
         return EXIT_OK
-    return run_and_report(config_from_args(args.inputs, args.out, args), args.max_error_fraction)
+    if args.command == "ingest":
+        return run_ingest(args)
+    return run_classify(RunConfig(inputs=args.inputs, out=args.out, overwrite=args.overwrite,
+                                  **options_from_args(args)))
 
 
 if __name__ == "__main__":

@@ -41,17 +41,13 @@ from galaxy_infer import storage
 from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.errors import TRANSIENT_PREFIX
-from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
+from galaxy_infer.model import check_device, load_model_info, resolve_model
 from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
                                      normalised_path)
-from galaxy_infer.pipeline import RunConfig, new_run_id, stream_tables
+from galaxy_infer.options import RunOptions
+from galaxy_infer.pipeline import stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.readers import find_inputs, records_table
-from galaxy_infer.shards import ShardFields
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_TOO_MANY_ERRORS, EXIT_LOCKED = 0, 1, 2, 3, 75
-"""0: done or nothing to do; 1: failed (nothing half-written, rerun); 2: bad options (argparse);
-3: rows written but the error share is over the limit; 75 (EX_TEMPFAIL): another ingest holds the lock."""
 
 LOCK_NAME = ".ingest.lock"
 RUNS_DIR = "_ingest_runs"
@@ -64,31 +60,17 @@ class IngestUsageError(ValueError):
     """Options that cannot work (a bad date, no inbox): reported without a traceback."""
 
 
-@dataclass
-class IngestConfig:
+@dataclass(kw_only=True)
+class IngestConfig(RunOptions):
+    """One night: the inbox to take new cutouts from, the catalog to add them to, and how to classify them."""
+
     inbox: str
     catalog: str
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d"))
-    model: str = field(default_factory=lambda: str(bundled_model_path()))
-    device: str = "auto"
-    batch_size: int | None = None
-    """Images per onnxruntime call (None: the model's preference, else 256; as :class:`RunConfig`)."""
     chunk_rows: int = 5000
-    task_rows: int | None = None
-    """Cutouts per Ray task (None: the model's preference, else bounded by its input size; as :class:`RunConfig`)."""
+    """Rows per committed Parquet file; a crash loses at most one chunk of work."""
     settle_seconds: float = 60.0
-    num_cpus: int | None = None
-    num_workers: int | None = None
-    num_gpus_per_worker: float | None = None
-    address: str | None = None
-    run_id: str = field(default_factory=new_run_id)
-    progress: bool | None = None
-    object_store_mb: int | None = None
-    id_keyword: str | None = None
-    shard_fields: ShardFields = field(default_factory=ShardFields)
-
-    def __post_init__(self) -> None:
-        self.model = resolve_model(self.model)
+    """Files modified more recently than this are left for the next run (still being copied in)."""
 
 
 def partition_dir(catalog: str, date: str) -> str:
@@ -237,6 +219,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         datetime.strptime(config.date, "%Y-%m-%d")
     except ValueError as exc:
         raise IngestUsageError(f"--date {config.date}: {exc}") from None
+    config.apply_storage()
     storage.check_reachable(config.inbox)
     storage.check_reachable(config.catalog)
     if not storage.is_dir(config.inbox):
@@ -259,15 +242,12 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
                     "wall_seconds": round(time.perf_counter() - started, 3)}
         device = check_device(config.device)
         init_ray(config.address, config.num_cpus, config.object_store_mb)
-        run = RunConfig(inputs=[config.inbox], out=str(catalog), model=config.model, device=device,
-                        batch_size=config.batch_size, num_cpus=config.num_cpus, num_workers=config.num_workers,
-                        num_gpus_per_worker=config.num_gpus_per_worker, task_rows=config.task_rows,
-                        address=config.address, run_id=config.run_id, progress=config.progress)
-        writer = ChunkWriter(partition_dir(catalog, config.date), file_metadata(info, config.run_id),
+        metadata = file_metadata(info, config.run_id, config.dirichlet_intervals)
+        writer = ChunkWriter(partition_dir(catalog, config.date), metadata,
                              config.run_id, config.chunk_rows, lock)
         stats = RunStats()
         with Progress(table.num_rows, config.progress, what="ingested") as progress:
-            for batch in progress.track(stream_tables(table, info, device, run)):
+            for batch in progress.track(stream_tables(table, info, device, config)):
                 stats.add(batch)
                 writer.add(batch)
                 if on_batch is not None:

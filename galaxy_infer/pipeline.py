@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +24,12 @@ import pyarrow.fs as pafs
 
 from galaxy_infer import storage
 from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalog_table, file_metadata
-from galaxy_infer.cluster import (GPU_WAIT_SECONDS, ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
+from galaxy_infer.cluster import (ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
                                   wait_for_one)
 from galaxy_infer.errors import InputError
-from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, check_device, load_model_info,
-                                resolve_model)
+from galaxy_infer.model import ModelInfo, Predictor, check_device, load_model_info
 from galaxy_infer.object_ids import COLLISION
+from galaxy_infer.options import RunOptions
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
@@ -42,7 +40,6 @@ from galaxy_infer.workers import WORKER_KEY
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
-DEFAULT_MAX_ERROR_FRACTION = 0.1
 TASK_RETRIES = 5
 SPLIT_RETRIES = 1
 """Retries of a single file cut out of a chunk whose worker kept dying (larger pieces are split again at once)."""
@@ -55,7 +52,7 @@ TASK_PIXEL_BYTES = 64 << 20
 224-pixel one, so that a worker's memory does not grow with the model's input size."""
 
 
-def run_sizes(info: ModelInfo, config: RunConfig) -> tuple[int, int]:
+def run_sizes(info: ModelInfo, config: RunOptions) -> tuple[int, int]:
     """Batch size and task rows: the user's, else the model's preference, else the defaults (tasks
     bounded by :data:`TASK_PIXEL_BYTES`); a batch never exceeds a task, so padding stays small."""
     image_bytes = 4 * info.recipe.channels * info.recipe.input_size ** 2
@@ -64,47 +61,13 @@ def run_sizes(info: ModelInfo, config: RunConfig) -> tuple[int, int]:
     return (batch if config.batch_size else min(batch, rows)), rows
 
 
-@dataclass
-class RunConfig:
-    """Everything one classification run needs; the CLI and the Ray jobs fill it from options."""
+@dataclass(kw_only=True)
+class RunConfig(RunOptions):
+    """One classification run: its inputs, its output, and how to classify them."""
 
     inputs: list[str]
     out: str
-    model: str = field(default_factory=lambda: str(bundled_model_path()))
-    device: str = "auto"
-    batch_size: int | None = None
-    """Images per onnxruntime call (None: the model's preference, else 256)."""
-    num_cpus: int | None = None
-    num_workers: int | None = None
-    """Chunks predicted at once (default: one per CPU, or one per ``num_gpus_per_worker`` of the GPUs)."""
-    num_gpus_per_worker: float | None = None
-    """GPUs each prediction task reserves: None means 1 with cuda and 0 with cpu; a value with
-    cpu reserves logical GPUs while onnxruntime runs on CPU (GPU scheduling in tests)."""
-    task_rows: int | None = None
-    """Cutouts per Ray task: large enough that Ray's per-task cost vanishes, small enough to balance
-    (None: the model's preference, else as many as fit :data:`TASK_PIXEL_BYTES`, at most 1,024)."""
-    address: str | None = None
-    gpu_wait_seconds: float = GPU_WAIT_SECONDS
-    """Prediction tasks wait this long for a node that can run them (autoscaling) before the run fails."""
     overwrite: bool = False
-    id_keyword: str | None = None
-    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
-    object_store_mb: int | None = None
-    """Object store of the local Ray started when no cluster is given (default: 1 GiB)."""
-    run_id: str = field(default_factory=lambda: new_run_id())
-    progress: bool | None = None
-    """False: no progress; otherwise a bar on a terminal, else a plain line every 30 s (see galaxy_infer.progress)."""
-    dirichlet_intervals: bool = False
-    """For Dirichlet models, also write each answer's concentration and 90% interval."""
-    shard_fields: ShardFields = field(default_factory=ShardFields)
-    """Image/id/ra/dec field names for shards whose layout is ambiguous."""
-
-    def __post_init__(self) -> None:
-        self.model = resolve_model(self.model)
-
-
-def new_run_id() -> str:
-    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:8]
 
 
 def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
@@ -263,7 +226,7 @@ def error_rows(records: pa.Table, errors: list[str], info: ModelInfo, run_id: st
                          run_id, layout)
 
 
-def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunConfig,
+def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunOptions,
                   on_progress: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Classify ``table``'s records in chunks on Ray and yield one catalog table per chunk as it finishes.
 
@@ -373,6 +336,7 @@ def worker_died(exc: BaseException) -> bool:
 def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary."""
     started = time.perf_counter()
+    config.apply_storage()
     info = load_model_info(config.model)
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):

@@ -12,7 +12,8 @@ import pandas as pd
 
 from galaxy_infer.catalog import CatalogWriter, file_metadata
 from galaxy_infer.model import Predictor, bundled_model_path, load_model_info
-from galaxy_infer.pipeline import new_run_id, predict_and_postprocess, read_and_preprocess
+from galaxy_infer.options import new_run_id
+from galaxy_infer.pipeline import predict_and_postprocess, read_and_preprocess
 
 
 def gz2_manifest(shared_data: Path, n: int, folder: Path, extra: list[dict] | None = None) -> Path:

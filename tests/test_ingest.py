@@ -21,7 +21,8 @@ import pyarrow.parquet as pq
 import pytest
 from astropy.io import fits
 
-from galaxy_infer.ingest import (EXIT_LOCKED, EXIT_OK, LOCK_NAME, IngestConfig, committed_files, ingest,
+from galaxy_infer.cli import EXIT_LOCKED, EXIT_OK
+from galaxy_infer.ingest import (LOCK_NAME, IngestConfig, committed_files, ingest,
                                  read_ingest_catalog)
 from tests.ray_procs import descendants, end_processes, wait_for, write_night
 
@@ -245,8 +246,8 @@ def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(t
 
 def test_an_unexpected_exception_logs_its_traceback_for_cron(tmp_path, tiny_model):
     (tmp_path / "inbox").mkdir()
-    (tmp_path / "catalog").write_text("a file where the catalog folder should be\n")
-    done = run_job("--inbox", str(tmp_path / "inbox"), "--catalog", str(tmp_path / "catalog"),
+    (tmp_path / "blocker").write_text("a file where a folder above the catalog should be\n")
+    done = run_job("--inbox", str(tmp_path / "inbox"), "--catalog", str(tmp_path / "blocker" / "catalog"),
                    "--model", str(tiny_model))
     assert done.returncode == 1
     assert "Traceback (most recent call last)" in done.stderr and "nightly_ingest: error:" in done.stderr

@@ -15,7 +15,8 @@ import pytest
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, catalog_table, read_catalog
 from galaxy_infer.errors import TRANSIENT_PREFIX
-from galaxy_infer.ingest import EXIT_OK, ChunkWriter, committed_files, held_objects, read_ingest_catalog
+from galaxy_infer.cli import EXIT_OK
+from galaxy_infer.ingest import ChunkWriter, committed_files, held_objects, read_ingest_catalog
 from tests.ray_procs import descendants, end_processes, wait_for, write_night
 from tests.test_storage import new_bucket, put
 
