@@ -216,12 +216,12 @@ def run_catalog_command(args: argparse.Namespace) -> int:
         summary = summarize(args.catalog)
         print(json.dumps(summary, indent=2) if args.json else format_catalog_summary(summary))
     elif args.command == "crossmatch":
-        from galaxy_infer.crossmatch import crossmatch
+        from galaxy_infer.crossmatch import crossmatch, write_table
 
         matches = crossmatch(args.catalog, args.other, args.radius_arcsec, other_ra=args.other_ra,
                              other_dec=args.other_dec)
         if args.out:
-            (matches.to_csv if args.out.lower().endswith(".csv") else matches.to_parquet)(args.out, index=False)
+            write_table(matches, args.out)
         print(f"{len(matches)} matches within {args.radius_arcsec} arcsec" + (f": {args.out}" if args.out else ""))
         if not args.out and len(matches):
             other = [c for c in matches.columns if c not in pd_columns(args.catalog)]

@@ -13,30 +13,50 @@ coordinates) cannot be matched and are left out.
 """
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from galaxy_infer import storage
+from galaxy_infer.errors import InputError
 from galaxy_infer.summary import open_catalog
 
 SEPARATION = "separation_arcsec"
 
 
 def read_table(source: str | os.PathLike | pd.DataFrame) -> pd.DataFrame:
-    """A galaxy-infer catalog folder, or a CSV, Parquet or FITS table, as a DataFrame."""
+    """A galaxy-infer catalog folder, or a CSV, Parquet or FITS table (a local path or object-store URI), as a DataFrame."""
     if isinstance(source, pd.DataFrame):
         return source
     path = str(source)
     name = path.lower()
     if name.endswith(".csv"):
-        return pd.read_csv(path)
+        return pd.read_csv(io.BytesIO(_read(path)))
     if name.endswith((".fits", ".fit", ".fits.gz")):
         from astropy.table import Table
 
-        return Table.read(path).to_pandas()
+        return Table.read(io.BytesIO(_read(path)), format="fits").to_pandas()
     return open_catalog(path).to_table().to_pandas()
+
+
+def _read(path: str) -> bytes:
+    try:
+        return storage.read_bytes(path)
+    except InputError as exc:
+        raise OSError(f"cannot read {path}: {exc}") from None
+
+
+def write_table(frame: pd.DataFrame, out: str) -> None:
+    """``frame`` as ``out``: CSV if the name ends in .csv, else Parquet; a local path or an object-store URI."""
+    buffer = io.BytesIO()
+    if out.lower().endswith(".csv"):
+        frame.to_csv(buffer, index=False)
+    else:
+        frame.to_parquet(buffer, index=False)
+    storage.write_bytes(out, buffer.getvalue())
 
 
 def _positioned(frame: pd.DataFrame, ra: str, dec: str) -> pd.DataFrame:

@@ -19,12 +19,12 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image, ImageDraw, ImageFont
 
+from galaxy_infer import storage
 from galaxy_infer.galaxy10 import add_galaxy10, rule_columns
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.readers import read_cutout
@@ -250,17 +250,18 @@ def html_page(selection: Selection, size: int = 256, view: str = "full", root: s
 def write_gallery(catalog: str | os.PathLike | pd.DataFrame, out: str | os.PathLike, sort: str | None = None,
                   where: str | None = None, top: int = 100, ascending: bool = False, size: int = TILE,
                   columns: int = COLUMNS, view: str = "full",
-                  root: str | os.PathLike | None = None) -> tuple[Path, Path, Selection]:
-    """Write ``out.png`` (the mosaic) and ``out.html`` (the page); returns both paths and the selection.
+                  root: str | os.PathLike | None = None) -> tuple[str, str, Selection]:
+    """Write ``out.png`` (the mosaic) and ``out.html`` (the page), locally or to an object store;
+    returns both paths and the selection.
 
     ``root``: the folder relative ``source_path`` values are taken from (default: the current one).
     """
     selection = select(catalog, sort, where, top, ascending)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    png, page = out.with_name(out.name + ".png"), out.with_name(out.name + ".html")
+    png, page = f"{out}.png", f"{out}.html"
     page_size = max(size, 256)
     rendered = tiles(selection, page_size, view, root)
-    mosaic(selection, size, columns, view, root, rendered).save(png)
-    page.write_text(html_page(selection, page_size, view, root, rendered), encoding="utf-8")
+    picture = io.BytesIO()
+    mosaic(selection, size, columns, view, root, rendered).save(picture, "PNG")
+    storage.write_bytes(png, picture.getvalue())
+    storage.write_bytes(page, html_page(selection, page_size, view, root, rendered).encode("utf-8"))
     return png, page, selection

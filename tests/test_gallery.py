@@ -64,7 +64,7 @@ def test_png_html_and_array(catalog, tmp_path):
     assert len(chosen.rows) == 26  # 24 positioned galaxies + the missing file; the FITS has a WCS position
     image = Image.open(png)
     assert image.size[0] == 6 * (96 + 6) + 6 and image.mode == "RGB"
-    text = page.read_text()
+    text = Path(page).read_text()
     thumbnails = re.findall(r'src="data:image/jpeg;base64,([^"]+)"', text)
     assert len(thumbnails) == 26 and "http" not in text.split("<main>")[1]
     assert Image.open(io.BytesIO(base64.b64decode(thumbnails[0]))).size == (256, 256)
