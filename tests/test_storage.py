@@ -291,3 +291,17 @@ def test_local_replace_killed_between_its_renames_puts_the_old_catalog_back(tmp_
     with pytest.raises(FileExistsError, match="already exists"):
         CatalogWriter(out, {}, "r2")
     assert read_catalog(out).num_rows == 2 and not (tmp_path / ".cat.old-dead").exists()
+
+
+def test_a_model_on_object_storage_is_fetched_once_into_the_cache(s3, tmp_path, tiny_model, monkeypatch):
+    from galaxy_infer.errors import ModelError
+    from galaxy_infer.model import load_model_info, resolve_model
+
+    monkeypatch.setenv("GALAXY_INFER_CACHE", str(tmp_path / "cache"))
+    bucket = new_bucket(s3)
+    put(s3, f"{bucket}/models/tiny.onnx", tiny_model.read_bytes())
+    local = resolve_model(f"s3://{bucket}/models/tiny.onnx")
+    assert local.startswith(str(tmp_path / "cache")) and load_model_info(local).sha256 == load_model_info(tiny_model).sha256
+    assert resolve_model(f"s3://{bucket}/models/tiny.onnx") == local
+    with pytest.raises(ModelError, match="cannot read the model"):
+        resolve_model(f"s3://{bucket}/models/missing.onnx")
