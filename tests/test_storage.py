@@ -297,3 +297,14 @@ def test_local_replace_killed_between_its_renames_puts_the_old_catalog_back(tmp_
     with pytest.raises(FileExistsError, match="already exists"):
         CatalogWriter(out, {}, "r2")
     assert read_catalog(out).num_rows == 2 and not (tmp_path / ".cat.old-dead").exists()
+
+
+def test_a_catalog_named_without_a_folder_is_published_and_replaced_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run, replace in (("1", False), ("2", True)):
+        stage = tmp_path / f".cat.tmp-{run}"
+        stage.mkdir()
+        (stage / SUMMARY_NAME).write_text(run)
+        storage.publish_folder(str(stage.name), "cat", SUMMARY_NAME, replace=replace)
+        assert (tmp_path / "cat" / SUMMARY_NAME).read_text() == run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]
