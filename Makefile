@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: install install-train demo test train bench lock clean
+.PHONY: install install-train demo test docs train bench lock clean
 
 install: $(VENV)/.installed
 install-train: $(VENV)/.installed-train
@@ -44,6 +44,10 @@ demo: install
 test: install-train
 	$(PY) -m pytest
 
+# The docs site (docs/, mkdocs.yml) into site/; `$(VENV)/bin/mkdocs serve` to browse it while editing
+docs: install-train
+	$(VENV)/bin/mkdocs build --strict
+
 train: install-train
 	$(PY) -m training train --config training/configs/default.toml
 
@@ -52,4 +56,4 @@ bench: install-train
 	$(PY) -m benchmarks.shards
 
 clean:
-	rm -rf $(VENV) demo-output bench-results
+	rm -rf $(VENV) demo-output bench-results site

@@ -432,7 +432,7 @@ def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> No
     ``out``) finishes the publish, so the killed run's catalog is not lost.
     """
     if not is_remote(out):
-        out_path = _local_path(out)
+        out_path = os.path.abspath(_local_path(out))  # a bare name ('cat') has no folder to fsync or rename aside into
         if os.path.lexists(out_path):
             if not replace:
                 raise FileExistsError(f"{out} appeared while this run was writing (another run?); "

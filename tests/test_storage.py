@@ -305,3 +305,14 @@ def test_a_model_on_object_storage_is_fetched_once_into_the_cache(s3, tmp_path, 
     assert resolve_model(f"s3://{bucket}/models/tiny.onnx") == local
     with pytest.raises(ModelError, match="cannot read the model"):
         resolve_model(f"s3://{bucket}/models/missing.onnx")
+
+
+def test_a_catalog_named_without_a_folder_is_published_and_replaced_in_the_current_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for run, replace in (("1", False), ("2", True)):
+        stage = tmp_path / f".cat.tmp-{run}"
+        stage.mkdir()
+        (stage / SUMMARY_NAME).write_text(run)
+        storage.publish_folder(str(stage.name), "cat", SUMMARY_NAME, replace=replace)
+        assert (tmp_path / "cat" / SUMMARY_NAME).read_text() == run
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cat"]

@@ -277,7 +277,7 @@ def test_mini_train_evaluate_export_round_trip(shared_data, tmp_path):
 @pytest.mark.shared_data
 def test_mini_cross_validation_and_its_test_time_rescoring(shared_data, tmp_path):
     """Every ring is held out once; rescoring the saved fold models rebuilds the same folds."""
-    from training.crossval import main as crossval
+    from training.experiments.crossval import main as crossval
 
     config = tmp_path / "c.toml"
     config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'
@@ -291,7 +291,7 @@ def test_mini_cross_validation_and_its_test_time_rescoring(shared_data, tmp_path
     assert len(rings["y"]) == 60 and sorted(set(rings["fold"])) == [0, 1]
     assert {"gzdecals_rings.ring_auc", "gz2_votes.rmse_ratio"} <= set(result["over_folds"])
     from training.config import load_config, override
-    from training.crossval import rescore_with_tta
+    from training.experiments.crossval import rescore_with_tta
 
     rescored = rescore_with_tta(override(load_config(config), output={"run_dir": str(run)}), folds=2, n_boot=50)
     assert rescored["base"] == pytest.approx(result["pooled_out_of_fold"]["gzdecals_rings.ring_auc"]["value"])
@@ -348,10 +348,10 @@ def test_an_ablation_trains_without_one_operation_and_pairs_it_with_the_recipe(s
     """The variant writes only under its run folder; its comparison covers every shift."""
     import json
 
-    from training.ablate import main as ablate
-    from training.ablate import summary
+    from training.experiments.ablate import main as ablate
+    from training.experiments.ablate import summary
     from training.cli import main as cli
-    from training.robustness import SHIFTS
+    from training.experiments.robustness import SHIFTS
 
     config = tmp_path / "c.toml"
     config.write_text(f'[data]\nroot = "{shared_data}"\nlimit = 60\ncache_dir = ""\n'

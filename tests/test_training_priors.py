@@ -10,8 +10,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from galaxy_infer.schema import GZ2  # noqa: E402
-from training.crossval import threshold_by_cv  # noqa: E402
 from training.data import SplitSet  # noqa: E402
+from training.folds import threshold_by_cv  # noqa: E402
 from training.labels import LabelledSet, empty_targets  # noqa: E402
 from training.metrics import best_f1_threshold, prevalence_weights  # noqa: E402
 from training.priors import ODD_YES, odd_answers, proportion_loss, sample_rates  # noqa: E402

@@ -10,8 +10,8 @@ import pytest
 pytest.importorskip("torch")
 
 from training.config import load_config, override  # noqa: E402
-from training.crossval import fold_indices  # noqa: E402
-from training.ring_probe import RING_SET, colour_features, probe, profile_features  # noqa: E402
+from training.experiments.ring_probe import RING_SET, colour_features, probe, profile_features  # noqa: E402
+from training.folds import fold_indices  # noqa: E402
 
 pytestmark = pytest.mark.torch
 

@@ -7,12 +7,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from training import augment as A  # noqa: E402
-from training.compare import paired, verdict  # noqa: E402
 from training.config import SurveyAugment, from_dict  # noqa: E402
-from training.crossval import (dihedral_ring_score, fold_indices, fold_split, mean_interval,  # noqa: E402
-                               paired_out_of_fold, threshold_by_cv)
+from training.experiments.compare import paired, verdict  # noqa: E402
+from training.experiments.crossval import dihedral_ring_score, fold_split, paired_out_of_fold  # noqa: E402
+from training.experiments.robustness import SHIFTS  # noqa: E402
+from training.folds import fold_indices, mean_interval, threshold_by_cv  # noqa: E402
 from training.metrics import auc_statistic, bootstrap_ci  # noqa: E402
-from training.robustness import SHIFTS  # noqa: E402
 
 pytestmark = pytest.mark.torch
 torch.set_num_threads(2)
@@ -200,7 +200,7 @@ def test_an_exported_compact_model_loads_back_for_fine_tuning(tmp_path):
     from galaxy_infer.schema import ODD_FEATURES
     from training.config import Config
     from training.export import export_onnx
-    from training.finetune import load_exported_compact
+    from training.experiments.finetune import load_exported_compact
     from training.models import build_model
     from training.train import predict
 

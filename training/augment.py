@@ -13,7 +13,7 @@ Surveys also differ in bands and colour balance, PSF, depth and surface brightne
 physical effects, not forward models: grey renderings of one band (or a mix) as every channel,
 per-band gains, Gaussian PSF blur, Gaussian sky noise, and flux dimming towards the background.
 Each operation takes explicit per-sample parameters, so the same functions serve training (random
-parameters) and the fixed survey shifts of :mod:`training.robustness`.
+parameters) and the fixed survey shifts of :mod:`training.experiments.robustness`.
 """
 from __future__ import annotations
 

@@ -166,7 +166,8 @@ def _config(args: argparse.Namespace) -> Config:
     return override(config, **changes) if changes else config
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``python -m training`` parser (also read by the docs' command reference)."""
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -226,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="cutouts (folders, globs, files) on which ONNX must match PyTorch (default: random images)")
     p.add_argument("--check-limit", type=int, default=16, help="at most this many check images (default 16)")
     p.set_defaults(func=cmd_import_zoobot)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s")
     return args.func(args)

@@ -15,6 +15,7 @@ import torch
 
 from galaxy_infer.schema import GZ2
 from training import plots
+from training.folds import fold_indices, mean_interval, threshold_by_cv
 from training.labels import SHARED_SETS
 from training.metrics import (GZ1_THREE_WAY, THREE_WAY, auc_statistic, bootstrap_ci, choose_thresholds, columns,
                               roc_points, set_metrics, spiral_probability, three_way_scores)
@@ -86,8 +87,6 @@ def ring_check(prepared: Prepared, logits: dict[str, dict[str, np.ndarray]], fol
     of a threshold chosen on the other folds, scored on each fold; with ``prevalence`` the F1s are
     weighted to that survey rate of rings. :func:`score` ships the threshold chosen this way.
     """
-    from training.crossval import fold_indices, mean_interval, threshold_by_cv
-
     y, score_ = [], []
     for split in ("val", "test"):
         part = prepared.by_name(split).get("gzdecals_rings")

@@ -11,8 +11,8 @@ with its bootstrap interval.
 The ring flag's threshold is chosen on the pooled out-of-fold ring probabilities (maximum F1),
 and its F1 is estimated honestly by choosing it on the other folds and scoring it on each fold.
 
-``python -m training.crossval --config C [--folds 5] [--epochs N] [--limit N] [--seed N] [--threads N] --run-dir runs/cv``;
-``python -m training.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
+``python -m training.experiments.crossval --config C [--folds 5] [--epochs N] [--limit N] [--seed N] [--threads N] --run-dir runs/cv``;
+``python -m training.experiments.crossval --paired A/cv.json B/cv.json`` compares two recipes on the same
 out-of-fold rings (the same data seed and folds): both AUCs and the paired bootstrap difference,
 and the two averaged as an ensemble;
 ``... --config C --folds K --run-dir D --tta`` scores the fold models saved in D again, with the 8
@@ -28,22 +28,16 @@ from typing import Any
 
 import numpy as np
 from scipy import stats
-from sklearn.metrics import f1_score
-from sklearn.model_selection import StratifiedKFold, train_test_split
+from sklearn.model_selection import train_test_split
 
 from training.config import Config, load_config, override
 from training.data import SplitSet, cached_inputs, split_indices
-from training.metrics import auc_statistic, best_f1_threshold, bootstrap_ci, columns, prevalence_weights, set_metrics
+from training.folds import fold_indices, mean_interval, threshold_by_cv
+from training.metrics import auc_statistic, bootstrap_ci, columns, set_metrics
 
 CV_SETS = ("gzdecals_rings", "gz2_votes")
 FIGURES = {"gzdecals_rings": ["ring_auc"], "gz2_votes": ["rmse_ratio", "rmse_unconditional", "featured_auc"],
            "gz1_sdss": ["three_way_accuracy", "merger_auc"], "gz_kaggle_spiral": ["spiral_auc"]}
-
-
-def fold_indices(strata: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Stratified, seeded held-out indices of each of ``folds`` folds (together: every index once)."""
-    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return [np.sort(test) for _, test in splitter.split(np.zeros(len(strata)), strata)]
 
 
 def fold_split(strata: np.ndarray, held_out: np.ndarray, seed: int, val: float) -> dict[str, np.ndarray]:
@@ -51,32 +45,6 @@ def fold_split(strata: np.ndarray, held_out: np.ndarray, seed: int, val: float) 
     rest = np.setdiff1d(np.arange(len(strata)), held_out)
     train, valid = train_test_split(rest, test_size=val, random_state=seed + 1, stratify=strata[rest])
     return {"train": np.sort(train), "val": np.sort(valid), "test": held_out}
-
-
-def mean_interval(values: list[float], level: float = 0.95) -> dict[str, Any]:
-    """Mean over folds, its standard deviation and a Student-t interval of the mean."""
-    v = np.asarray([x for x in values if x is not None], dtype=float)
-    if len(v) < 2:
-        return {"mean": float(v.mean()) if len(v) else None, "sd": None, "ci95": None, "folds": len(v)}
-    half = stats.t.ppf((1 + level) / 2, len(v) - 1) * v.std(ddof=1) / np.sqrt(len(v))
-    return {"mean": float(v.mean()), "sd": float(v.std(ddof=1)), "ci95": [float(v.mean() - half), float(v.mean() + half)],
-            "folds": len(v)}
-
-
-def threshold_by_cv(y: np.ndarray, score: np.ndarray, fold: np.ndarray, prevalence: float | None = None) -> dict[str, Any]:
-    """Threshold chosen on all out-of-fold scores, and per fold the F1 of one chosen on the other folds.
-
-    With ``prevalence`` every F1 is weighted to that survey rate of positives (:func:`prevalence_weights`).
-    """
-    threshold, f1 = best_f1_threshold(y, score, prevalence_weights(y, prevalence))
-    nested = []
-    for i in np.unique(fold):
-        t, _ = best_f1_threshold(y[fold != i], score[fold != i], prevalence_weights(y[fold != i], prevalence))
-        held = fold == i
-        nested.append(float(f1_score(y[held], score[held] >= t, sample_weight=prevalence_weights(y[held], prevalence),
-                                     zero_division=0.0)))
-    return {"threshold": threshold, "f1_pooled": f1, "f1_nested_by_fold": nested, "f1_nested": mean_interval(nested),
-            "prevalence": prevalence}
 
 
 def summarise(per_fold: list[dict[str, dict[str, Any]]], oof: dict[str, dict[str, np.ndarray]], n_boot: int,
@@ -185,7 +153,7 @@ def dihedral_ring_score(model, images: np.ndarray) -> np.ndarray:
 
 def paired_ring_auc(y: np.ndarray, base: np.ndarray, candidate: np.ndarray, n_boot: int) -> dict[str, Any]:
     """Ring AUC of two scores of the same galaxies and their paired bootstrap difference."""
-    from training.compare import paired
+    from training.experiments.compare import paired
 
     return paired((auc_statistic(y, base), len(y), y), (auc_statistic(y, candidate), len(y), y), n_boot, seed=0)
 
@@ -220,7 +188,7 @@ def paired_out_of_fold(base: dict[str, Any], candidate: dict[str, Any], n_boot: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.crossval", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.crossval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config")
     parser.add_argument("--paired", nargs=2, type=Path, metavar=("BASE", "CANDIDATE"),
                         help="two cv.json files: their out-of-fold ring AUCs and the paired difference")

@@ -8,7 +8,7 @@ artificially redshifted galaxy (FERENGI-like) looks. The figures are the same as
 with their bootstrap intervals, so a model trained with an augmentation can be compared with one
 trained without on the shift that augmentation imitates.
 
-``python -m training.robustness --config C --model model.onnx [--model other.onnx] --out shifts.json``
+``python -m training.experiments.robustness --config C --model model.onnx [--model other.onnx] --out shifts.json``
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     from galaxy_infer.model import Predictor
     from training.train import prepare
 
-    parser = argparse.ArgumentParser(prog="python -m training.robustness", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the TOML config whose splits to score")
     parser.add_argument("--model", action="append", required=True, help="an ONNX model (repeat to compare)")
     parser.add_argument("--out", help="write all figures here as JSON")

@@ -5,10 +5,10 @@ profile (log flux against the centre's) and each annulus' scatter between sector
 what the pixels say about it. A logistic regression on those, cross-validated over the ring set,
 says how much ring AUC these labels give to a simple, resolution-independent description; the
 same regression on each annulus' colours says how much of the labels colour alone gives; stacked
-on a ``training.crossval`` run's out-of-fold CNN scores it says whether the two see different things,
+on a ``training.experiments.crossval`` run's out-of-fold CNN scores it says whether the two see different things,
 and each description is paired with those CNN scores on the same galaxies.
 
-``python -m training.ring_probe --config C [--cv runs/cv/cv.json] [--input-size 128] [--folds 5]``
+``python -m training.experiments.ring_probe --config C [--cv runs/cv/cv.json] [--input-size 128] [--folds 5]``
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from galaxy_infer.preprocess import LUMA
 from training.config import Config, load_config
-from training.crossval import fold_indices, paired_ring_auc
+from training.experiments.crossval import fold_indices, paired_ring_auc
 from training.data import cached_inputs
 from training.metrics import auc_statistic, bootstrap_ci
 
@@ -118,9 +118,9 @@ def probe(config: Config, cv_json: Path | None = None, input_size: int = 128, fo
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ring_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.ring_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="training/configs/default.toml")
-    parser.add_argument("--cv", type=Path, help="a training.crossval cv.json whose out-of-fold ring scores to stack")
+    parser.add_argument("--cv", type=Path, help="a training.experiments.crossval cv.json whose out-of-fold ring scores to stack")
     parser.add_argument("--input-size", type=int, default=128)
     parser.add_argument("--folds", type=int, default=5)
     args = parser.parse_args(argv)

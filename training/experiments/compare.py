@@ -5,7 +5,7 @@ on nearly every resample; the paired bootstrap resamples the galaxies once for b
 the interval of the difference says whether a candidate is worse (or better) than the base
 beyond chance. Used to decide whether a candidate replaces the shipped default (issue 17).
 
-``python -m training.compare --config C --base shipped.onnx --candidate new.onnx [--shifts] --out F``
+``python -m training.experiments.compare --config C --base shipped.onnx --candidate new.onnx [--shifts] --out F``
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import torch
 
 from training.config import load_config
 from training.metrics import auc_statistic, bootstrap_ci, columns, set_statistics
-from training.robustness import HEADLINE, SHIFTS
+from training.experiments.robustness import HEADLINE, SHIFTS
 
 LOWER_IS_BETTER = {"rmse_ratio"}
 POOLED_RINGS = "gzdecals_rings_val+test"
@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     from galaxy_infer.model import Predictor
     from training.train import prepare
 
-    parser = argparse.ArgumentParser(prog="python -m training.compare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="the TOML config whose splits to score")
     parser.add_argument("--base", required=True, help="the ONNX model to compare against (the shipped one)")
     parser.add_argument("--candidate", required=True, help="the ONNX model that might replace it")
-    parser.add_argument("--shifts", action="store_true", help="also under every survey shift of training.robustness")
+    parser.add_argument("--shifts", action="store_true", help="also under every survey shift of training.experiments.robustness")
     parser.add_argument("--n-boot", type=int, default=1000)
     parser.add_argument("--out", help="write all figures here as JSON")
     args = parser.parse_args(argv)

@@ -3,13 +3,13 @@
 For each named operation of the config's ``[augment]`` section, the config is trained with that
 operation switched off into ``RUN_ROOT/no-OP`` (``model.onnx`` there; the shipped model is never
 written), then compared with ``--base``, a model of the full recipe, on the test splits under every
-survey shift (:mod:`training.compare`, written to ``compare.json`` there). Where the model without
+survey shift (:mod:`training.experiments.compare`, written to ``compare.json`` there). Where the model without
 an operation is worse beyond the paired interval, the operation helped; where it is better, the
 operation cost. Op ``none`` trains the full recipe again: its differences from ``--base`` are what
 two runs of one recipe differ by, the yardstick for the others (training is seeded but not
 bit-identical across machines and days).
 
-``python -m training.ablate --config training/configs/default.toml --base galaxy_infer/models/default.onnx
+``python -m training.experiments.ablate --config training/configs/default.toml --base galaxy_infer/models/default.onnx
 --op grey --op framing [--threads 1] [--run-root runs/ablate]``; a finished op is compared again, not
 retrained; ``--summary`` prints the table of every finished op without training.
 """
@@ -49,8 +49,8 @@ def run_op(config: Config, prepared, op: str, run_root: Path, base: Path, thread
     (an ablation changes neither); returns and writes the paired figures."""
     from galaxy_infer.model import Predictor
     from training.cli import train_and_export
-    from training.compare import compare
-    from training.robustness import SHIFTS
+    from training.experiments.compare import compare
+    from training.experiments.robustness import SHIFTS
 
     variant = ablated(config, op, run_root, threads)
     model = Path(variant.output.onnx)
@@ -87,7 +87,7 @@ def summary(run_root: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.ablate", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.ablate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="training/configs/default.toml")
     parser.add_argument("--base", type=Path, default=Path("galaxy_infer/models/default.onnx"),
                         help="a model of the full recipe (default: the shipped one)")

@@ -8,7 +8,7 @@ control arm separates the effect of the augmentation from that of fine-tuning it
 splits are never trained on, so the scores stay held out. The result is not a shippable model:
 ``make train`` would not reproduce it.
 
-``python -m training.finetune --config training/configs/default.toml --model galaxy_infer/models/default.onnx
+``python -m training.experiments.finetune --config training/configs/default.toml --model galaxy_infer/models/default.onnx
 --steps 60 --out runs/finetune``
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from training.augment import random_affine, survey_augment
 from training.config import Config, load_config
 from training.loss import tree_loss
 from training.models import CompactCNN
-from training.robustness import shifted_scores, table
+from training.experiments.robustness import shifted_scores, table
 from training.train import make_model, predict, prepare, stack
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ def fine_tune(model: CompactCNN, config: Config, prepared, steps: int, lr: float
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.finetune", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.experiments.finetune", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", required=True, help="a config with an [augment] section")
     parser.add_argument("--model", required=True, help="the exported compact model to start from")
     parser.add_argument("--steps", type=int, default=60)
