@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from PIL import Image
 
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 
 
 @dataclass(frozen=True)
@@ -94,6 +94,11 @@ def _resize(plane: Image.Image, recipe: Recipe) -> Image.Image:
     return plane.resize(size, Image.Resampling.BILINEAR, box=box, reducing_gap=None)
 
 
+ZOOBOT_MAX_ASPECT = 16
+"""Longest side over shortest that :func:`zoobot_view` takes: its resize of the whole image grows
+with the aspect ratio (16 at 224 pixels is 2.4 MB of RGB)."""
+
+
 def zoobot_view(image: Image.Image, recipe: Recipe) -> Image.Image:
     """Zoobot 2.9's inference view of a Pillow image, ``input_size`` pixels square.
 
@@ -105,15 +110,21 @@ def zoobot_view(image: Image.Image, recipe: Recipe) -> Image.Image:
     shrinking), ``CenterCrop`` cuts the square. torchvision hands Pillow images to these same Pillow
     calls, so for 8-bit cutouts this is bit-identical to Zoobot without importing torch. ``z`` is
     ``1 / crop_fraction`` rounded to float32 because torch samples the scale into a float32 tensor.
+    Resizing only the central box instead would bound the work but is not bit-identical (Pillow's
+    filter positions then differ in the last bits), so very elongated images are refused instead.
     """
     width, height = image.size
+    short, long = min(width, height), max(width, height)
+    if long > ZOOBOT_MAX_ASPECT * short:
+        raise InputError(f"image is {width}x{height} pixels: the zoobot resampling resizes the whole image, so it "
+                         f"takes aspect ratios up to {ZOOBOT_MAX_ASPECT}; cut a squarer cutout",
+                         kind=ErrorKind.UNSUPPORTED)
     inverse = 1.0 / float(np.float32(1.0 / recipe.crop_fraction))
     cx, cy = width * 0.5, height * 0.5
     zoomed = image.transform((width, height), Image.Transform.AFFINE,
                              (inverse, 0.0, cx - cx * inverse, 0.0, inverse, cy - cy * inverse),
                              Image.Resampling.BILINEAR, fillcolor=0)
     size = recipe.input_size
-    short, long = min(width, height), max(width, height)
     new_long = int(size * long / short)
     new_size = (size, new_long) if width <= height else (new_long, size)
     resized = zoomed if new_size == zoomed.size else zoomed.resize(new_size, Image.Resampling.BILINEAR)

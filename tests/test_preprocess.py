@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.preprocess import Recipe, asinh_stretch, preprocess
 
 RECIPE = Recipe(input_size=32, crop_fraction=0.5)
@@ -90,6 +90,14 @@ def test_zoobot_view_shows_the_same_central_part_as_the_crop_and_decodes_at_full
         np.testing.assert_allclose(zoobot[:, 20], once[:, 20], atol=2.5)  # columns 52..148 of the cutout
         assert abs(zoobot[0, 0, 0] - 52) < 3 and abs(zoobot[0, 0, -1] - 148) < 3
     assert Recipe(input_size=224, crop_fraction=1 / 1.2, resampling="zoobot").decode_size(424, 424) == (424, 424)
+
+
+def test_zoobot_view_refuses_strips_whose_full_resize_would_be_unbounded():
+    recipe = Recipe(input_size=224, crop_fraction=1 / 1.2, resampling="zoobot")
+    assert preprocess(np.zeros((10, 160, 3), np.uint8), recipe).shape == (3, 224, 224)
+    with pytest.raises(InputError, match="10x161 pixels.*aspect ratios up to 16") as caught:
+        preprocess(np.zeros((161, 10, 3), np.uint8), recipe)
+    assert caught.value.kind == ErrorKind.UNSUPPORTED
 
 
 # --- identity with the implementation before the per-cutout speed work (issue 13) ---------------
