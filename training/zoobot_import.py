@@ -199,7 +199,8 @@ def parity(imported: Imported, path: Path, images: np.ndarray,
     indices, inputs = zoobot
     with torch.no_grad():
         theirs = imported.model(torch.from_numpy(inputs)).numpy()
-    result["zoobot_view"] = {"images": len(indices), "max_abs_input_diff": float(np.abs(inputs - images[indices]).max()),
+    result["zoobot_view"] = {"images": len(indices),
+                             "max_abs_input_diff": float(np.abs(inputs - images[indices]).max()),
                              "max_abs_fraction_diff": _fraction_diff(theirs, got[indices], imported.tree)}
     return result
 
