@@ -1,9 +1,10 @@
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.preprocess import Recipe, asinh_stretch, preprocess
 
 RECIPE = Recipe(input_size=32, crop_fraction=0.5)
@@ -55,12 +56,48 @@ def test_decode_size_lets_a_424_pixel_jpeg_decode_at_quarter_scale():
 
 
 def test_recipe_round_trips_through_json():
-    import json
-
     recipe = Recipe(input_size=48)
     assert Recipe.from_dict(json.loads(recipe.to_json())) == recipe
     with pytest.raises(ValueError, match="unknown"):
         Recipe.from_dict({"input_size": 48, "colour": "yes"})
+
+
+
+def test_recipes_without_a_resampling_keep_the_single_crop_resize_and_their_json():
+    old = {"asinh_softening": 0.1, "channels": 3, "clip_percentiles": [0.5, 99.5], "crop_fraction": 0.6,
+           "input_size": 64, "stretch": "asinh", "version": "1"}
+    recipe = Recipe.from_dict(old)
+    assert recipe.resampling == "crop-resize" and json.loads(recipe.to_json()) == old
+    zoobot = Recipe(input_size=48, crop_fraction=0.8, resampling="zoobot")
+    assert Recipe.from_dict(json.loads(zoobot.to_json())) == zoobot
+    with pytest.raises(ValueError, match="unknown resampling 'lanczos'"):
+        Recipe.from_dict({**old, "resampling": "lanczos"})
+
+
+def test_the_bundled_models_recipe_is_unchanged():
+    from galaxy_infer.model import bundled_model_path, load_model_info
+
+    recipe = load_model_info(bundled_model_path()).recipe
+    assert recipe == Recipe() and "resampling" not in recipe.to_json()
+
+
+def test_zoobot_view_shows_the_same_central_part_as_the_crop_and_decodes_at_full_size():
+    ramp = np.tile(np.arange(200, dtype=np.uint8), (120, 1))  # pixel value = column, 200 x 120
+    for pixels in (ramp, np.dstack([ramp] * 3)):
+        once = preprocess(pixels, Recipe(input_size=40, crop_fraction=0.8)) * 255
+        zoobot = preprocess(pixels, Recipe(input_size=40, crop_fraction=0.8, resampling="zoobot")) * 255
+        assert zoobot.shape == once.shape == (3, 40, 40)
+        np.testing.assert_allclose(zoobot[:, 20], once[:, 20], atol=2.5)  # columns 52..148 of the cutout
+        assert abs(zoobot[0, 0, 0] - 52) < 3 and abs(zoobot[0, 0, -1] - 148) < 3
+    assert Recipe(input_size=224, crop_fraction=1 / 1.2, resampling="zoobot").decode_size(424, 424) == (424, 424)
+
+
+def test_zoobot_view_refuses_strips_whose_full_resize_would_be_unbounded():
+    recipe = Recipe(input_size=224, crop_fraction=1 / 1.2, resampling="zoobot")
+    assert preprocess(np.zeros((10, 160, 3), np.uint8), recipe).shape == (3, 224, 224)
+    with pytest.raises(InputError, match="10x161 pixels.*aspect ratios up to 16") as caught:
+        preprocess(np.zeros((161, 10, 3), np.uint8), recipe)
+    assert caught.value.kind == ErrorKind.UNSUPPORTED
 
 
 # --- identity with the implementation before the per-cutout speed work (issue 13) ---------------

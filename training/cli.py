@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--flag-threshold", action="append", metavar="FLAG=VALUE",
                    help="threshold of one of the tree's flags (default 0.5), e.g. merger=0.3; repeatable")
     p.add_argument("--check-images", nargs="+", metavar="INPUT",
-                   help="cutouts (folders, globs, files) on which ONNX must match PyTorch (default: random images)")
+                   help="cutouts (folders, globs, files) on which ONNX must match PyTorch and, where galaxy-datasets "
+                        "is installed, galaxy-infer's preprocessing must match Zoobot's view (default: random images)")
     p.add_argument("--check-limit", type=int, default=16, help="at most this many check images (default 16)")
     p.set_defaults(func=cmd_import_zoobot)
     return parser

@@ -7,8 +7,11 @@ The encoder is rebuilt with timm (its name from the checkpoint, or ``encoder``),
 (dropout, linear, ``1 + 100 * sigmoid``) by hand, the weights loaded strictly, and the model
 exported in eval mode (no test-time dropout) with the legacy TorchScript exporter (it handles
 maxvit, where the dynamo exporter fails) and a dynamic batch axis. The recipe is Zoobot's
-prediction-time one: the central 1/1.2 of the cutout (its 1.2x zoom), bilinear to 224 pixels,
-[0, 1] scaling, no mean/std normalisation. Parity with PyTorch is checked on the images given.
+prediction-time view (``resampling="zoobot"``: a 1.2x zoom at full resolution, an antialiased
+resize to 224 pixels and a centre crop, [0, 1] scaling, no mean/std normalisation). The check
+runs the network on the images given twice: on galaxy-infer's inputs against ONNX, and, where
+galaxy-datasets is installed, on Zoobot's own inputs (its loader and minimal view) against
+galaxy-infer's preprocessing and ONNX, so a recipe that strays from Zoobot's view is caught.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from training.export import OPSET, save_with_metadata, versions
 OUTPUT = "concentrations"
 ZOOBOT_INPUT_SIZE = 224
 ZOOBOT_CROP_FRACTION = 1 / 1.2
-"""Zoobot predicts through a 1.2x zoom about the centre (galaxy-datasets' minimal transform)."""
+"""Zoobot predicts through a 1.2x zoom about the centre (galaxy-datasets' minimal view)."""
 ZOOBOT_RUNTIME = {"batch_size": 32, "task_rows": 128}
 """A 224-pixel ConvNeXt costs ~100x the bundled model per image: small tasks keep workers balanced
 and their memory bounded (128 inputs are 77 MB)."""
@@ -146,7 +149,7 @@ def build_model(checkpoint: dict[str, Any], encoder: str | None = None, greyscal
     model = ZoobotNet(net, int(weight.shape[1]), tree.n_answers)
     model.load_state_dict(state, strict=True)
     recipe = Recipe(input_size=ZOOBOT_INPUT_SIZE, channels=channels, crop_fraction=ZOOBOT_CROP_FRACTION,
-                    greyscale=channels == 1)
+                    greyscale=channels == 1, resampling="zoobot")
     kind = "FinetuneableZoobotTree" if "schema" in hparams else "ZoobotTree"
     return Imported(model.eval(), tree, recipe, arch, {"class": kind, "encoder": arch, "channels": channels})
 
@@ -171,30 +174,76 @@ def export(imported: Imported, path: Path, name: str, version: str, thresholds: 
     return save_with_metadata(onnx.load_from_string(buffer.getvalue()), path, doc)
 
 
-def parity(imported: Imported, path: Path, images: np.ndarray) -> dict[str, Any]:
-    """Largest differences between PyTorch and onnxruntime on ``images``: concentrations and catalog fractions."""
+def _fraction_diff(a: np.ndarray, b: np.ndarray, tree: Schema) -> float:
+    fa, fb = postprocess(a, {}, tree, (), "dirichlet"), postprocess(b, {}, tree, (), "dirichlet")
+    return max(float(np.abs(fa[c] - fb[c]).max()) for c in tree.answer_columns)
+
+
+def parity(imported: Imported, path: Path, images: np.ndarray,
+           zoobot: tuple[list[int], np.ndarray] | str) -> dict[str, Any]:
+    """Largest differences between PyTorch and onnxruntime on ``images`` (concentrations and catalog
+    fractions) and, under ``zoobot_view``, between the network on Zoobot's own inputs for the images
+    at the given indices and ONNX on galaxy-infer's (inputs and fractions), or why that was not compared.
+
+    The network is the checkpoint's weights in :class:`ZoobotNet` (Zoobot's module names, loaded
+    strictly), not Zoobot's LightningModule: building that would need unrestricted unpickling."""
     with torch.no_grad():
         expected = imported.model(torch.from_numpy(images)).numpy()
     got = Predictor(path, batch_size=min(len(images), 8), num_threads=1).predict(images)
-    tree = imported.tree
-    a = postprocess(expected, {}, tree, (), "dirichlet")
-    b = postprocess(got, {}, tree, (), "dirichlet")
-    fraction_diff = max(float(np.abs(a[c] - b[c]).max()) for c in tree.answer_columns)
-    return {"images": int(len(images)), "max_abs_concentration_diff": float(np.abs(expected - got).max()),
-            "max_abs_fraction_diff": fraction_diff}
+    result: dict[str, Any] = {"images": int(len(images)),
+                              "max_abs_concentration_diff": float(np.abs(expected - got).max()),
+                              "max_abs_fraction_diff": _fraction_diff(expected, got, imported.tree)}
+    if isinstance(zoobot, str):
+        result["zoobot_view"] = zoobot
+        return result
+    indices, inputs = zoobot
+    with torch.no_grad():
+        theirs = imported.model(torch.from_numpy(inputs)).numpy()
+    result["zoobot_view"] = {"images": len(indices),
+                             "max_abs_input_diff": float(np.abs(inputs - images[indices]).max()),
+                             "max_abs_fraction_diff": _fraction_diff(theirs, got[indices], imported.tree)}
+    return result
 
 
 PARITY_TOLERANCE = 1e-4
-"""Largest accepted difference in a catalog fraction between PyTorch and ONNX."""
+"""Largest accepted difference in a catalog fraction between PyTorch and ONNX, and between Zoobot's
+view through PyTorch and galaxy-infer's through ONNX."""
 
 
-def check_inputs(paths: list[str], recipe: Recipe, limit: int) -> tuple[np.ndarray, str]:
-    """Preprocessed real cutouts (the inference path), or a seeded random batch when none are given."""
+def check_inputs(paths: list[str], recipe: Recipe, limit: int) -> tuple[np.ndarray, str, list[str]]:
+    """Preprocessed real cutouts (the inference path) and their paths, or a seeded random batch when none are given."""
     files = [r["source_path"] for r in discover(paths)][:limit] if paths else []
     if files:
-        return np.stack([load_input(f, recipe) for f in files]), f"{len(files)} cutouts"
+        return np.stack([load_input(f, recipe) for f in files]), f"{len(files)} cutouts", files
     rng = np.random.default_rng(0)
-    return rng.random((4, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32), "random images"
+    shape = (4, recipe.channels, recipe.input_size, recipe.input_size)
+    return rng.random(shape, dtype=np.float32), "random images", []
+
+
+def zoobot_inputs(files: list[str], recipe: Recipe) -> tuple[list[int], np.ndarray] | str:
+    """Zoobot's own inputs for the check cutouts it can read, with their indices in ``files``: its
+    loader and ``get_galaxy_transform(minimal_view_config())`` (greyscale for one-channel models), as
+    ``predict_on_catalog.predict`` applies them; or why there are none."""
+    if not files:
+        return "not compared: checked on random images"
+    try:
+        from galaxy_datasets.pytorch.galaxy_dataset import load_img_file
+        from galaxy_datasets.transforms import get_galaxy_transform, minimal_view_config
+    except ImportError:
+        return "not compared: galaxy-datasets (installed with zoobot) is not importable"
+    config = minimal_view_config()
+    config.greyscale = recipe.channels == 1
+    transform = get_galaxy_transform(config)
+    shape = (recipe.channels, recipe.input_size, recipe.input_size)
+    pairs = []
+    for i, f in enumerate(files):
+        if f.lower().endswith((".jpg", ".jpeg", ".png")) and "://" not in f:
+            view = transform(load_img_file(f)).numpy()
+            if view.shape == shape:  # Zoobot would not take a grey cutout into a colour model at all
+                pairs.append((i, view))
+    if not pairs:
+        return "not compared: no local JPEG/PNG check cutout in the model's channels"
+    return [i for i, _ in pairs], np.stack([v for _, v in pairs])
 
 
 def import_zoobot(checkpoint_path: str | Path, output: str | Path, name: str | None = None, version: str = "1.0.0",
@@ -202,19 +251,25 @@ def import_zoobot(checkpoint_path: str | Path, output: str | Path, name: str | N
                   thresholds: dict[str, float] | None = None, check_images: list[str] | None = None,
                   check_limit: int = 16) -> dict[str, Any]:
     """Convert, export and check; returns what it did (the parity figures included). Raises
-    ``ValueError`` when PyTorch and ONNX disagree by more than :data:`PARITY_TOLERANCE`."""
+    ``ValueError`` when PyTorch and ONNX, or Zoobot's view and galaxy-infer's, disagree by more
+    than :data:`PARITY_TOLERANCE` in a catalog fraction."""
     checkpoint_path, output = Path(checkpoint_path), Path(output)
     imported = build_model(load_checkpoint(checkpoint_path), encoder, greyscale)
     sha = hashlib.sha256(checkpoint_path.read_bytes()).hexdigest()
-    images, what = check_inputs(check_images or [], imported.recipe, check_limit)
+    images, what, files = check_inputs(check_images or [], imported.recipe, check_limit)
     name = name or f"zoobot-{imported.tree.name}-{imported.encoder}"
     source = {**imported.source, "checkpoint": checkpoint_path.name, "checkpoint_sha256": sha}
     export(imported, output, name, version, thresholds or {}, source=source)
-    result = parity(imported, output, images)
+    result = parity(imported, output, images, zoobot_inputs(files, imported.recipe))
     result["checked_on"] = what
     if result["max_abs_fraction_diff"] > PARITY_TOLERANCE:
         output.unlink()
         raise ValueError(f"ONNX and PyTorch disagree: {json.dumps(result)}")
+    view = result["zoobot_view"]
+    if isinstance(view, dict) and view["max_abs_fraction_diff"] > PARITY_TOLERANCE:
+        output.unlink()
+        raise ValueError(f"galaxy-infer's preprocessing does not reproduce this galaxy-datasets' view of the "
+                         f"check cutouts, so catalogs would differ from Zoobot's: {json.dumps(result)}")
     proto = onnx.load(str(output))
     doc = json.loads(next(m.value for m in proto.metadata_props if m.key == METADATA_KEY))
     save_with_metadata(proto, output, json.dumps({**doc, "parity": result}, sort_keys=True))
