@@ -9,6 +9,8 @@ import sys
 from galaxy_infer.catalog import format_errors
 from galaxy_infer.cluster import GPU_WAIT_SECONDS
 from galaxy_infer.errors import ModelError, StorageError
+from galaxy_infer.limits import DEFAULT as DEFAULT_LIMITS
+from galaxy_infer.limits import MB, Limits
 from galaxy_infer.model import DEVICES, load_model_info, resolve_model
 from galaxy_infer.pipeline import DEFAULT_MAX_ERROR_FRACTION, RunConfig, classify
 from galaxy_infer.shards import ShardFields
@@ -56,7 +58,26 @@ def add_classify_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-error-fraction", type=float, default=DEFAULT_MAX_ERROR_FRACTION,
                         help="exit with status 3 when more than this share of rows are errors; the catalog "
                              f"is still written (default: {DEFAULT_MAX_ERROR_FRACTION})")
+    add_limit_options(parser)
     add_shard_field_options(parser)
+
+
+def add_limit_options(parser: argparse.ArgumentParser) -> None:
+    """The decoding limits of :mod:`galaxy_infer.limits`; an input over one becomes a ``too-large`` error row."""
+    g = parser.add_argument_group("limits", "every input is checked against these from its header or metadata "
+                                            "before its bytes are decompressed or read")
+    g.add_argument("--max-megapixels", type=float, default=DEFAULT_LIMITS.pixels / 1e6,
+                   help="pixels of one image, all bands together (default: %(default)g)")
+    g.add_argument("--max-cutout-mb", type=float, default=DEFAULT_LIMITS.cutout_bytes / MB,
+                   help="bytes of one decoded cutout, e.g. one row of an HDF5/NumPy stack (default: %(default)g)")
+    g.add_argument("--max-decompressed-mb", type=float, default=DEFAULT_LIMITS.decompressed_bytes / MB,
+                   help="bytes one compressed object may inflate to: a .fits.gz, a tar member, an HDF5 chunk, "
+                        "a Parquet row group's image column (default: %(default)g)")
+
+
+def limits_from_args(args: argparse.Namespace) -> Limits:
+    return Limits(pixels=int(args.max_megapixels * 1e6), cutout_bytes=int(args.max_cutout_mb * MB),
+                  decompressed_bytes=int(args.max_decompressed_mb * MB))
 
 
 def add_shard_field_options(parser: argparse.ArgumentParser) -> None:
@@ -81,6 +102,7 @@ def config_from_args(inputs: list[str], out: str, args: argparse.Namespace) -> R
                      num_cpus=args.num_cpus, num_workers=args.num_workers, address=args.address,
                      gpu_wait_seconds=args.gpu_wait_seconds, overwrite=args.overwrite, id_keyword=args.id_keyword,
                      dirichlet_intervals=args.dirichlet_intervals, shard_fields=shard_fields_from_args(args),
+                     limits=limits_from_args(args),
                      progress=False if args.no_progress else None)
 
 

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalo
 from galaxy_infer.cluster import (GPU_WAIT_SECONDS, ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
                                   wait_for_one)
 from galaxy_infer.errors import InputError
+from galaxy_infer.limits import Limits
 from galaxy_infer.model import (ModelInfo, Predictor, bundled_model_path, check_device, load_model_info,
                                 resolve_model)
 from galaxy_infer.object_ids import COLLISION
@@ -98,6 +99,8 @@ class RunConfig:
     """For Dirichlet models, also write each answer's concentration and 90% interval."""
     shard_fields: ShardFields = field(default_factory=ShardFields)
     """Image/id/ra/dec field names for shards whose layout is ambiguous."""
+    limits: Limits = field(default_factory=Limits)
+    """Decoding limits (pixels, decoded and decompressed bytes) every file is checked against before its bytes."""
 
     def __post_init__(self) -> None:
         self.model = resolve_model(self.model)
@@ -374,6 +377,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary."""
     started = time.perf_counter()
     info = load_model_info(config.model)
+    info = replace(info, recipe=replace(info.recipe, limits=config.limits))
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)

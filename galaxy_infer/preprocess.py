@@ -7,12 +7,14 @@ model sees, so it is versioned through the recipe rather than edited in place.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 from PIL import Image
 
 from galaxy_infer.errors import InputError
+from galaxy_infer.limits import DEFAULT as DEFAULT_LIMITS
+from galaxy_infer.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,14 @@ class Recipe:
     asinh_softening: float = 0.1
     version: str = "1"
     greyscale: bool = False
+    limits: Limits = field(default=DEFAULT_LIMITS, compare=False, repr=False)
+    """The run's decoding limits (:mod:`galaxy_infer.limits`): not part of the model's recipe and never
+    written with it; carried here because the recipe is what reaches every decoding task."""
 
     def to_json(self) -> str:
         """Fields added after version 1 are written only when set, so older recipes keep their JSON."""
-        data = {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+        data = {k: v for k, v in asdict(self).items()
+                if k != "limits" and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
