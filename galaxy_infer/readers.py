@@ -150,8 +150,12 @@ def read_fits(data: bytes) -> Decoded:
 
     try:
         if data[:2] == GZIP_MAGIC:
-            walk = FitsHeaderWalk()
-            data = limits.gunzip(data, "gzip-compressed FITS", inspect=walk)
+            try:
+                data = limits.gunzip(data, "gzip-compressed FITS", inspect=FitsHeaderWalk())
+            except InputError as exc:
+                if exc.kind != ErrorKind.CORRUPT:
+                    raise
+                raise InputError(f"corrupt or truncated FITS: {exc}", kind=ErrorKind.CORRUPT) from None
         else:
             FitsHeaderWalk()(data)
         with warnings.catch_warnings():
