@@ -32,8 +32,8 @@ class Limits:
     cutout_bytes: int = 1024 * MB
     """Bytes of one decoded cutout as stored (pixels x bytes per sample), e.g. a row of an HDF5/NumPy stack."""
     decompressed_bytes: int = 1024 * MB
-    """Bytes one compressed object may inflate to and be held at once: a gzip file or member, a tar member,
-    an HDF5 chunk, a Parquet column chunk of one row group."""
+    """Bytes one object may inflate to and be held at once: a gzip file or member, a tar member, an HDF5
+    chunk, a Parquet column chunk of one row group, and a single cutout file, which is read whole."""
 
     def check_pixels(self, dims: tuple[int, ...], what: str, claim: str = "its header gives") -> None:
         """``dims`` as the format states them (FITS ``NAXISn..NAXIS1``, a raster's width x height)."""
@@ -55,6 +55,14 @@ class Limits:
         if nbytes > self.decompressed_bytes:
             raise too_large(f"{what} over the {self.decompressed_bytes / MB:g} MB decompressed-size limit: "
                             f"it inflates to {nbytes / MB:,.0f} MB", "--max-decompressed-mb")
+
+
+    def check_file(self, nbytes: int, what: str = "file") -> None:
+        """A file read whole into memory (a single cutout) against the decompressed-size limit."""
+        if nbytes > self.decompressed_bytes:
+            raise too_large(f"{what} over the {self.decompressed_bytes / MB:g} MB decompressed-size limit: "
+                            f"it holds {'more than ' if nbytes == self.decompressed_bytes + 1 else ''}"
+                            f"{nbytes / MB:,.0f} MB", "--max-decompressed-mb")
 
 
 def too_large(reason: str, option: str) -> InputError:

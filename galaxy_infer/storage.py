@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from galaxy_infer import limits
 from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
@@ -268,7 +269,9 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         path = uri
     try:
         with filesystem.open_input_stream(path, compression=None) as f:  # the stored bytes: readers unpack .gz
-            data = f.read()
+            cap = limits.active().decompressed_bytes
+            data = f.read(cap + 1)
+        limits.active().check_file(len(data))
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
@@ -313,6 +316,7 @@ def _read_local(path: str) -> bytes:
             raise InputError("is a directory, not an image")
         if not stat.S_ISREG(mode):
             raise InputError("not a regular file (a FIFO, socket or device)")
+        limits.active().check_file(os.fstat(fd).st_size)
         with open(fd, "rb", closefd=False) as f:
             data = f.read()
     except OSError as exc:

@@ -192,3 +192,23 @@ def test_classify_over_hostile_files_mixed_with_good_ones(tmp_path, tiny_model, 
     assert not wrong
     assert seconds < 60
     assert memory.peak - before < 1536 * MB
+
+
+def test_a_single_file_over_the_limit_is_refused_before_it_is_read(tmp_path, s3):
+    from galaxy_infer import storage
+    from tests.test_storage import new_bucket, put
+
+    data = H.good_jpeg(1) + bytes(3 * MB)
+    big = tmp_path / "big.jpg"
+    big.write_bytes(data)
+    bucket = new_bucket(s3)
+    put(s3, f"{bucket}/big.jpg", data)
+    limits.use(limits.Limits(decompressed_bytes=2 * MB))
+    try:
+        for where in (str(big), f"s3://{bucket}/big.jpg"):
+            with pytest.raises(InputError, match=r"file over the 2 MB decompressed-size limit: it holds (more than )?"
+                                                 r"\d+ MB \(raise it with classify --max-decompressed-mb\)") as caught:
+                storage.read_bytes(where)
+            assert caught.value.kind == ErrorKind.TOO_LARGE
+    finally:
+        limits.use(None)
