@@ -277,6 +277,7 @@ def _hdf5_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
             if name is None:
                 return None
             _check_dataset_storage(datasets[name], name)
+            limits.active().check_decompressed(datasets[name].nbytes, f"HDF5 column {name!r}")
             return datasets[name][()].tolist()
 
         ids = column(fields.id, ID_FIELDS, "id")
@@ -415,11 +416,13 @@ def _npy_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
 
 def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     with _binary(source) as f, zipfile.ZipFile(f) as zf:
-        shapes = {}
+        shapes, itemsizes = {}, {}
         for name in zf.namelist():
             if name.endswith(".npy"):
                 with zf.open(name) as member:
-                    shapes[name[:-4]] = _npy_header(member)[0]
+                    shape, dtype, _ = _npy_header(member)
+                    shapes[name[:-4]] = shape
+                    itemsizes[name[:-4]] = dtype.itemsize
         stacks = [n for n, s in shapes.items() if len(s) >= 3]
         image = _choose_image(stacks, fields.image, list(shapes), "image stack (an array of 3 or more dimensions)")
         n = shapes[image][0]
@@ -429,6 +432,7 @@ def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
             name = _pick(columns if wanted is None else list(shapes), wanted, candidates, what)
             if name is None:
                 return None
+            limits.active().check_decompressed(math.prod(shapes[name]) * itemsizes[name], f"npz column {name!r}")
             with zf.open(name + ".npy") as member:
                 return np.lib.format.read_array(member, allow_pickle=False).tolist()
 
@@ -491,6 +495,11 @@ def _parquet_records(path: str, source: Source, fields: ShardFields) -> list[dic
                   for what, want, cands in (("id", fields.id, ID_FIELDS), ("ra", fields.ra, RA_FIELDS),
                                             ("dec", fields.dec, DEC_FIELDS))}
         read = sorted({c for c in wanted.values() if c})
+        meta = pf.metadata
+        limits.active().check_decompressed(
+            sum(meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
+                for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema in read),
+            f"Parquet columns {', '.join(read)}")
         table = pf.read(columns=read) if read else None
         n = pf.metadata.num_rows
     cols = {what: None if c is None else table.column(c).to_pylist() for what, c in wanted.items()}

@@ -212,3 +212,21 @@ def test_a_single_file_over_the_limit_is_refused_before_it_is_read(tmp_path, s3)
             assert caught.value.kind == ErrorKind.TOO_LARGE
     finally:
         limits.use(None)
+
+
+def test_shard_columns_read_while_listing_are_checked_against_the_limit_first(tmp_path):
+    import h5py
+    import numpy as np
+
+    path = tmp_path / "ids.h5"
+    n = 2_000_000
+    with h5py.File(path, "w") as h5:  # compressed chunks of fill values: a small file
+        h5.create_dataset("images", shape=(n, 2, 2), dtype="u1", chunks=(n // 8, 2, 2), compression="gzip")
+        h5.create_dataset("ra", shape=(n,), dtype="f8", chunks=(n // 8,), compression="gzip")  # 15 MB
+    limits.use(limits.Limits(decompressed_bytes=8 * MB))
+    try:
+        (record,) = shards.shard_records(str(path))
+    finally:
+        limits.use(None)
+    assert "HDF5 column 'ra' over the 8 MB decompressed-size limit: it inflates to 15 MB" in record["error"]
+    assert len(shards.shard_records(str(path))) == n
