@@ -377,7 +377,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary."""
     started = time.perf_counter()
     info = load_model_info(config.model)
-    info = replace(info, recipe=replace(info.recipe, limits=config.limits))
+    info = replace(info, recipe=info.recipe.with_limits(config.limits))
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)

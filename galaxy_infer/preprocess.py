@@ -7,7 +7,7 @@ model sees, so it is versioned through the recipe rather than edited in place.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from PIL import Image
@@ -36,14 +36,10 @@ class Recipe:
     asinh_softening: float = 0.1
     version: str = "1"
     greyscale: bool = False
-    limits: Limits = field(default=DEFAULT_LIMITS, compare=False, repr=False)
-    """The run's decoding limits (:mod:`galaxy_infer.limits`): not part of the model's recipe and never
-    written with it; carried here because the recipe is what reaches every decoding task."""
 
     def to_json(self) -> str:
         """Fields added after version 1 are written only when set, so older recipes keep their JSON."""
-        data = {k: v for k, v in asdict(self).items()
-                if k != "limits" and not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+        data = {k: v for k, v in asdict(self).items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -56,6 +52,18 @@ class Recipe:
         if "clip_percentiles" in values:
             values["clip_percentiles"] = tuple(values["clip_percentiles"])
         return cls(**values)
+
+    @property
+    def limits(self) -> Limits:
+        """The run's decoding limits (:mod:`galaxy_infer.limits`). Not a field: never compared, written into a
+        model or a training config; it rides on the recipe because the recipe is what reaches every decoding task."""
+        return self.__dict__.get("_limits", DEFAULT_LIMITS)
+
+    def with_limits(self, limits: Limits) -> Recipe:
+        """This recipe carrying the run's ``limits`` (kept when the recipe is pickled to a Ray worker)."""
+        copy = replace(self)
+        object.__setattr__(copy, "_limits", limits)
+        return copy
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest full-image size whose central crop still covers ``input_size`` pixels.

@@ -117,7 +117,7 @@ def test_hdf5_dataset_behind_an_external_link_is_refused_when_rows_are_read(tmp_
 
 
 def test_hdf5_chunk_and_parquet_row_group_over_the_decompressed_limit_are_refused(tmp_path):
-    small = Recipe(limits=limits.Limits(decompressed_bytes=16 * MB))
+    small = Recipe().with_limits(limits.Limits(decompressed_bytes=16 * MB))
     h5 = H.hdf5_big_chunks(tmp_path / "chunks.h5")  # one 24 MB gzip chunk holding all 8 rows
     assert kinds(h5) == {None}
     found = outcomes(h5, small)
