@@ -9,6 +9,7 @@ import io
 import itertools
 import math
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -107,8 +108,10 @@ def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.n
     except UnidentifiedImageError:
         raise InputError("not a readable image (unknown or corrupt format)", kind=ErrorKind.CORRUPT) from None
     except Image.DecompressionBombError as exc:
-        raise limits.too_large(f"image over the {limits.active().pixels / 1e6:g} megapixel limit: {exc}",
-                               "--max-megapixels") from None
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's own guard (twice our limit) spoke first
+        count = f"{int(claimed.group(1)):,}" if claimed else "too many"
+        raise limits.too_large(f"image over the {limits.active().pixels / 1e6:g} megapixel limit: its header gives "
+                               f"{count} pixels", "--max-megapixels") from None
     except OSError as exc:
         message = str(exc)
         if "truncated" in message or "broken data stream" in message or "premature end" in message.lower():
