@@ -25,7 +25,8 @@ MB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    """The three limits; ``classify`` sets them from ``--max-megapixels``, ``--max-cutout-mb``, ``--max-decompressed-mb``."""
+    """The three limits; ``classify`` sets them from ``--max-megapixels``, ``--max-cutout-mb`` and
+    ``--max-decompressed-mb``."""
 
     pixels: int = 100_000_000
     """Pixels of one image, all bands together (FITS NAXIS1 x NAXIS2 x NAXIS3, a raster's width x height)."""

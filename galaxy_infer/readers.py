@@ -201,7 +201,7 @@ class FitsHeaderWalk:
 
 
 def _header_cards(data: bytes | bytearray, at: int) -> tuple[dict[str, str] | None, int]:
-    """The ``KEY = value`` cards of the header starting at ``at`` and the offset after it; None until its END is there."""
+    """The ``KEY = value`` cards of the header starting at ``at`` and the offset after it (None until its END)."""
     cards: dict[str, str] = {}
     while at + 2880 <= len(data):
         block = bytes(data[at:at + 2880])

@@ -770,7 +770,8 @@ def stamp_pixels(array: np.ndarray) -> readers.Decoded:
             a = a.transpose(2, 0, 1)
         elif not (first <= MAX_BANDS and first < last):
             raise InputError(f"cannot tell the band axis of a stamp shaped {a.shape}; "
-                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands", kind=ErrorKind.UNSUPPORTED)
+                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands",
+                             kind=ErrorKind.UNSUPPORTED)
     else:
         raise InputError(f"stamp is {a.ndim}-D {a.shape}; expected (H, W), (H, W, C) or (C, H, W)",
                          kind=ErrorKind.UNSUPPORTED)

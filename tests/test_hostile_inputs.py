@@ -216,7 +216,6 @@ def test_a_single_file_over_the_limit_is_refused_before_it_is_read(tmp_path, s3)
 
 def test_shard_columns_read_while_listing_are_checked_against_the_limit_first(tmp_path):
     import h5py
-    import numpy as np
 
     path = tmp_path / "ids.h5"
     n = 2_000_000
