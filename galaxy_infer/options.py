@@ -16,6 +16,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from galaxy_infer.cluster import GPU_WAIT_SECONDS
+from galaxy_infer.limits import DEFAULT as DEFAULT_LIMITS
+from galaxy_infer.limits import MB, Limits
 from galaxy_infer.model import DEVICES, resolve_model
 from galaxy_infer.shards import ShardFields
 from galaxy_infer.storage import ANONYMOUS_ENV
@@ -77,8 +79,10 @@ class RunOptions:
                                                                    "classified is still written")
     progress: bool | None = option(None, "no progress (default: a bar on a terminal, else a plain line every "
                                          "30 s)", flag="--no-progress")
-    shard_fields: ShardFields = field(default_factory=ShardFields, metadata={"shard_fields": True})
+    shard_fields: ShardFields = field(default_factory=ShardFields)
     """Image/id/ra/dec field names for shards whose layout is ambiguous (``--image-field`` ...)."""
+    limits: Limits = field(default_factory=Limits)
+    """Decoding limits every file is checked against before its bytes (``--max-megapixels`` ...)."""
     run_id: str = field(default_factory=new_run_id)
 
     def __post_init__(self) -> None:
@@ -118,11 +122,22 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                                                 "detection is ambiguous (default: detected)")
     for name in (f.name for f in fields(ShardFields)):
         group.add_argument(f"--{name}-field", dest=f"{name}_field", default=None, help=SHARD_FIELD_HELP[name])
+    group = parser.add_argument_group("limits", "every input is checked against these from its header or metadata "
+                                                "before its bytes are decompressed or read (galaxy_infer/limits.py)")
+    group.add_argument("--max-megapixels", type=float, default=DEFAULT_LIMITS.pixels / 1e6,
+                       help="pixels of one image, all bands together (default: %(default)g)")
+    group.add_argument("--max-cutout-mb", type=float, default=DEFAULT_LIMITS.cutout_bytes / MB,
+                       help="bytes of one decoded cutout, e.g. one row of an HDF5/NumPy stack (default: %(default)g)")
+    group.add_argument("--max-decompressed-mb", type=float, default=DEFAULT_LIMITS.decompressed_bytes / MB,
+                       help="bytes one compressed object may inflate to: a .fits.gz, a tar member, an HDF5 chunk, "
+                            "a Parquet row group's image column, a single cutout file (default: %(default)g)")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The :class:`RunOptions` keyword arguments parsed by :func:`add_run_options`."""
     values = {f.name: getattr(args, f.name) for f in _cli_fields()}
     values["shard_fields"] = ShardFields(**{f.name: getattr(args, f"{f.name}_field") for f in fields(ShardFields)})
+    values["limits"] = Limits(pixels=int(args.max_megapixels * 1e6), cutout_bytes=int(args.max_cutout_mb * MB),
+                              decompressed_bytes=int(args.max_decompressed_mb * MB))
     return values
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -238,6 +238,7 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunOpti
     """
     import ray
 
+    info = replace(info, recipe=info.recipe.with_limits(config.limits))
     plan = plan_workers(device, config.num_gpus_per_worker, config.num_workers)
     watch = ClusterWatch(plan, config.gpu_wait_seconds, can_grow=on_cluster(config.address))
     batch_size, task_rows = run_sizes(info, config)

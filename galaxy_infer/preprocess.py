@@ -7,12 +7,14 @@ model sees, so it is versioned through the recipe rather than edited in place.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 from PIL import Image
 
 from galaxy_infer.errors import ErrorKind, InputError
+from galaxy_infer.limits import DEFAULT as DEFAULT_LIMITS
+from galaxy_infer.limits import Limits
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,18 @@ class Recipe:
         if "clip_percentiles" in values:
             values["clip_percentiles"] = tuple(values["clip_percentiles"])
         return cls(**values)
+
+    @property
+    def limits(self) -> Limits:
+        """The run's decoding limits (:mod:`galaxy_infer.limits`). Not a field: never compared, written into a
+        model or a training config; it rides on the recipe because the recipe is what reaches every decoding task."""
+        return self.__dict__.get("_limits", DEFAULT_LIMITS)
+
+    def with_limits(self, limits: Limits) -> Recipe:
+        """This recipe carrying the run's ``limits`` (kept when the recipe is pickled to a Ray worker)."""
+        copy = replace(self)
+        object.__setattr__(copy, "_limits", limits)
+        return copy
 
     def decode_size(self, width: int, height: int) -> tuple[int, int]:
         """The smallest full-image size whose central crop still covers ``input_size`` pixels.

@@ -5,11 +5,11 @@ on; the pipeline turns those into ``error`` rows.
 """
 from __future__ import annotations
 
-import gzip
 import io
 import itertools
 import math
 import os
+import re
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -20,16 +20,16 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from galaxy_infer import shards, storage
-from galaxy_infer.errors import InputError
+from galaxy_infer import limits, shards, storage
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.object_ids import assign_object_ids, drop_repeats, header_object_ids, id_collisions
 from galaxy_infer.preprocess import Recipe
 
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_PIXELS = 100_000_000
-"""Images with more pixels are refused before decoding (decompression-bomb guard)."""
+MAX_PIXELS = limits.DEFAULT.pixels
+"""Pillow's own bomb guard; the run's limit (:mod:`galaxy_infer.limits`) is checked before it."""
 
 
 @dataclass(frozen=True)
@@ -93,10 +93,12 @@ def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.n
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            run = limits.active()
+            Image.MAX_IMAGE_PIXELS = run.pixels  # Pillow's guard (2x this) stays behind ours
             im = Image.open(io.BytesIO(data))
             w, h = im.size
-            if w * h > MAX_PIXELS:
-                raise InputError(f"image over the {MAX_PIXELS // 1_000_000} megapixel limit: {w}x{h} pixels")
+            run.check_pixels((w, h), "image", claim="")
+            run.check_cutout_bytes(w * h * len(im.getbands()) * RASTER_SAMPLE_BYTES.get(im.mode, 1), "image")
             if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, recipe.decode_size(w, h))
             im.load()
@@ -104,16 +106,22 @@ def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.n
     except InputError:
         raise
     except UnidentifiedImageError:
-        raise InputError("not a readable image (unknown or corrupt format)") from None
+        raise InputError("not a readable image (unknown or corrupt format)", kind=ErrorKind.CORRUPT) from None
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}") from None
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))  # Pillow's own guard (twice our limit) spoke first
+        count = f"{int(claimed.group(1)):,}" if claimed else "too many"
+        raise limits.too_large(f"image over the {limits.active().pixels / 1e6:g} megapixel limit: its header gives "
+                               f"{count} pixels", "--max-megapixels") from None
     except OSError as exc:
         message = str(exc)
         if "truncated" in message or "broken data stream" in message or "premature end" in message.lower():
-            raise InputError(f"truncated {_kind(path)}") from None
-        raise InputError(f"corrupt {_kind(path)}: {message}") from None
+            raise InputError(f"truncated {_kind(path)}", kind=ErrorKind.CORRUPT) from None
+        raise InputError(f"corrupt {_kind(path)}: {message}", kind=ErrorKind.CORRUPT) from None
     except (SyntaxError, ValueError, zlib.error) as exc:
-        raise InputError(f"corrupt {_kind(path)}: {exc}") from None
+        raise InputError(f"corrupt {_kind(path)}: {exc}", kind=ErrorKind.CORRUPT) from None
+
+
+RASTER_SAMPLE_BYTES = {"I": 4, "F": 4, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16S": 2}
 
 
 def _kind(path) -> str:
@@ -130,52 +138,137 @@ def _raster_array(im: Image.Image) -> np.ndarray:
         if im.mode in ("LA", "1"):
             return np.asarray(im.convert("L"))[:, :, None]
         return np.asarray(im.convert("RGB"))
-    raise InputError(f"unsupported image mode {im.mode}")
+    raise InputError(f"unsupported image mode {im.mode}", kind=ErrorKind.UNSUPPORTED)
 
 
 def read_fits(data: bytes) -> Decoded:
     """FITS bytes (also gzipped and tile-compressed ``.fz``) -> ``(bands, H, W)`` float32.
 
     Takes the primary HDU, or the first extension holding an image; astropy applies
-    BSCALE/BZERO. Non-finite pixels are left for preprocessing to handle.
+    BSCALE/BZERO. Non-finite pixels are left for preprocessing to handle. Every HDU's header
+    is checked against the run's limits before its data is decompressed or read (see
+    :func:`check_fits_headers`).
     """
     from astropy.io import fits
 
     try:
+        if data[:2] == GZIP_MAGIC:
+            try:
+                data = limits.gunzip(data, "gzip-compressed FITS", inspect=FitsHeaderWalk())
+            except InputError as exc:
+                if exc.kind != ErrorKind.CORRUPT:
+                    raise
+                raise InputError(f"corrupt or truncated FITS: {exc}", kind=ErrorKind.CORRUPT) from None
+        else:
+            FitsHeaderWalk()(data)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            source = gzip.GzipFile(fileobj=io.BytesIO(data)) if data[:2] == GZIP_MAGIC else io.BytesIO(data)
-            with fits.open(source, memmap=False, lazy_load_hdus=True) as hdul:
+            with fits.open(io.BytesIO(data), memmap=False, lazy_load_hdus=True) as hdul:
                 hdu = next((h for h in hdul if h.is_image and _fits_shape(h.header)), None)
                 if hdu is None:
-                    raise InputError("FITS has no image data")
+                    raise InputError("FITS has no image data", kind=ErrorKind.CORRUPT)
                 return decode_fits_hdu(hdu)
     except InputError:
         raise
-    except (OSError, ValueError, TypeError, EOFError, IndexError, zlib.error, gzip.BadGzipFile) as exc:
-        raise InputError(f"corrupt or truncated FITS: {exc}") from None
+    except (OSError, ValueError, TypeError, EOFError, IndexError, KeyError, zlib.error) as exc:
+        raise InputError(f"corrupt or truncated FITS: {exc}", kind=ErrorKind.CORRUPT) from None
+
+
+class FitsHeaderWalk:
+    """Checks each HDU's header claims against the run's limits as FITS bytes arrive, before their data.
+
+    Called with the bytes so far (the whole file, or a gzip stream's output after each step);
+    an image HDU (``NAXISn``/``BITPIX``) or a tile-compressed one (``ZNAXISn``/``ZBITPIX``) that
+    claims more than the limits raises ``too-large`` then, so a gzip bomb is refused after its
+    first 2,880-byte header block. Returns where the FITS content ends once bytes follow the last
+    HDU that do not start another (``XTENSION``): whatever follows is never inflated. Own code:
+    astropy parses a header only once its bytes are all there, and decompresses a ``.fits.gz``
+    whole before it looks at one.
+    """
+
+    def __init__(self) -> None:
+        self.at = 0
+
+    def __call__(self, data: bytes | bytearray) -> int | None:
+        while True:
+            if self.at and len(data) >= self.at + 8 and bytes(data[self.at:self.at + 8]) != b"XTENSION":
+                return self.at
+            cards, end = _header_cards(data, self.at)
+            if cards is None:
+                return None
+            _check_hdu_claims(cards)
+            self.at = end + -(-_data_bytes(cards) // 2880) * 2880
+
+
+def _header_cards(data: bytes | bytearray, at: int) -> tuple[dict[str, str] | None, int]:
+    """The ``KEY = value`` cards of the header starting at ``at`` and the offset after it (None until its END)."""
+    cards: dict[str, str] = {}
+    while at + 2880 <= len(data):
+        block = bytes(data[at:at + 2880])
+        at += 2880
+        for k in range(0, 2880, 80):
+            key = block[k:k + 8].decode("ascii", "replace").strip()
+            if key == "END":
+                return cards, at
+            if block[k + 8:k + 10] == b"= ":
+                cards.setdefault(key, block[k + 10:k + 80].decode("ascii", "replace"))
+    return None, at
+
+
+def _int_card(cards: dict[str, str], key: str, default: int = 0) -> int:
+    if key not in cards:
+        return default
+    try:
+        return int(shards._card_value(cards[key]))
+    except ValueError:
+        raise InputError(f"FITS header keyword {key} is not an integer: {cards[key].strip()[:40]!r}",
+                         kind=ErrorKind.CORRUPT) from None
+
+
+def _axes(cards: dict[str, str], prefix: str) -> tuple[int, ...]:
+    """``(<prefix>n, ..., <prefix>1)`` as :func:`_fits_shape` orders them."""
+    return tuple(_int_card(cards, f"{prefix}{i}") for i in range(_int_card(cards, prefix), 0, -1))
+
+
+def _data_bytes(cards: dict[str, str]) -> int:
+    """Bytes of an HDU's data area, as the FITS standard computes it from the header."""
+    dims = _axes(cards, "NAXIS")
+    return (abs(_int_card(cards, "BITPIX", 8)) // 8 * _int_card(cards, "GCOUNT", 1)
+            * (_int_card(cards, "PCOUNT") + (math.prod(dims) if dims else 0)))
+
+
+def _check_hdu_claims(cards: dict[str, str]) -> None:
+    run = limits.active()
+    if shards._card_value(cards.get("ZIMAGE", "F")).upper() == "T":
+        dims = _axes(cards, "ZNAXIS")
+        if dims:
+            run.check_image(dims, abs(_int_card(cards, "ZBITPIX", 8)) // 8, "tile-compressed FITS image")
+        return
+    dims = _axes(cards, "NAXIS")
+    extension = shards._card_value(cards.get("XTENSION", "'IMAGE'")).upper()
+    if extension == "IMAGE" and dims and all(n > 0 for n in dims):
+        run.check_image(dims, abs(_int_card(cards, "BITPIX", 8)) // 8, "FITS image")
 
 
 def decode_fits_hdu(hdu) -> Decoded:
     """One image HDU -> ``(bands, H, W)`` float32 with the WCS centre position.
 
-    The pixel count its header claims is checked before the data is read (as rasters are), so a
-    header claiming gigapixels costs nothing.
+    The pixel count and decoded size its header claims are checked before the data is read (as
+    rasters are), so a header claiming gigapixels costs nothing.
     """
     shape = _fits_shape(hdu.header)
-    if math.prod(shape) > MAX_PIXELS:
-        raise InputError(f"FITS image over the {MAX_PIXELS // 1_000_000} megapixel limit: "
-                         f"its header gives {'x'.join(map(str, shape))} pixels")
+    limits.active().check_image(shape, abs(int(hdu.header.get("BITPIX", 8))) // 8, "FITS image")
     data, header = hdu.data, hdu.header
     if data is None or not data.size:
-        raise InputError("FITS HDU has no image data")
+        raise InputError("FITS HDU has no image data", kind=ErrorKind.CORRUPT)
     data = np.asarray(data, dtype=np.float32)
     if data.ndim == 2:
         data = data[None]
     elif data.ndim != 3:
-        raise InputError(f"FITS image is {data.ndim}-D; expected 2-D (y, x) or 3-D (bands, y, x)")
+        raise InputError(f"FITS image is {data.ndim}-D; expected 2-D (y, x) or 3-D (bands, y, x)",
+                         kind=ErrorKind.UNSUPPORTED)
     if not np.isfinite(data).any():
-        raise InputError("FITS image is all NaN/inf")
+        raise InputError("FITS image is all NaN/inf", kind=ErrorKind.CORRUPT)
     ra, dec = _centre_radec(header, data.shape[-2:])
     return Decoded(data, ra, dec)
 

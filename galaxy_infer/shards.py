@@ -27,6 +27,7 @@ import os
 import tarfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -34,8 +35,8 @@ from typing import Any, BinaryIO, Union
 
 import numpy as np
 
-from galaxy_infer import readers, storage
-from galaxy_infer.errors import InputError
+from galaxy_infer import limits, readers, storage
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.preprocess import Recipe
 
 Source = Union[str, "os.PathLike[str]", BinaryIO, bytes]
@@ -54,6 +55,10 @@ TAR_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".fits", ".fit", ".fits.gz")
 MAX_BANDS = 16
 READ_ROWS = 64
 """Rows read per HDF5 hyperslab or NumPy slice: bounds a task's memory at 256 px and above."""
+READ_BYTES = 16 << 20
+"""Bytes read per HDF5 hyperslab or NumPy slice at most (fewer rows of large stamps, down to one)."""
+JSON_BYTES = 1 << 20
+"""Largest WebDataset ``.json`` member read for ids and positions."""
 
 
 @dataclass(frozen=True)
@@ -255,18 +260,78 @@ def _hdf5_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     with _h5_file(source) as h5:
         datasets = _hdf5_datasets(h5)
         stacks = [n for n, d in datasets.items() if d.ndim >= 3 and d.dtype.kind in "uif"]
-        image = _choose_image(stacks, fields.image, list(datasets), "image stack (a dataset of 3 or more dimensions)")
+        try:
+            image = _choose_image(stacks, fields.image, list(datasets),
+                                  "image stack (a dataset of 3 or more dimensions)")
+        except FieldError:
+            links = _h5_external_links(h5)
+            if links:
+                raise _outside(f"HDF5 external links ({', '.join(links)[:200]})") from None
+            raise
+        _check_dataset_storage(datasets[image], image)
         n = datasets[image].shape[0]
         columns = [n_ for n_, d in datasets.items() if d.ndim == 1 and d.shape[0] == n]
 
         def column(wanted: str | None, candidates: tuple[str, ...], what: str) -> list | None:
             name = _pick(columns if wanted is None else list(datasets), wanted, candidates, what)
-            return None if name is None else datasets[name][()].tolist()
+            if name is None:
+                return None
+            _check_dataset_storage(datasets[name], name)
+            limits.active().check_decompressed(datasets[name].nbytes, f"HDF5 column {name!r}")
+            return datasets[name][()].tolist()
 
         ids = column(fields.id, ID_FIELDS, "id")
         ra, dec = column(fields.ra, RA_FIELDS, "ra"), column(fields.dec, DEC_FIELDS, "dec")
     rows = list(range(n))
     return _records(path, Layout("hdf5", image), rows, [str(r) for r in rows], ids, ra, dec)
+
+
+def _h5_dataset(h5, name: str):
+    """The dataset ``name``, refused (``outside-input``) when reaching it or its bytes would leave the file:
+    an external link on its path, external storage (raw data in another file) or a virtual dataset."""
+    import h5py
+
+    group = h5
+    parts = [p for p in name.split("/") if p]
+    for i, part in enumerate(parts):
+        link = group.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise _outside(f"HDF5 {'/'.join(parts[:i + 1])!r} is an external link to {link.filename}:{link.path}")
+        if link is None:
+            raise KeyError(f"no {name!r} in the HDF5 file")
+        group = group[part]
+    _check_dataset_storage(group, name)
+    return group
+
+
+def _check_dataset_storage(ds, name: str) -> None:
+    if ds.external:
+        files = ", ".join(sorted({os.fsdecode(e[0]) for e in ds.external}))
+        raise _outside(f"HDF5 dataset {name!r} keeps its data in another file (external storage: {files})")
+    if ds.is_virtual:
+        raise _outside(f"HDF5 dataset {name!r} is a virtual dataset (its data comes from other files)")
+
+
+OUTSIDE = "refers outside the input"
+"""Starts every ``outside-input`` reason, so a reason found while listing keeps its kind when its row is read."""
+
+
+def _outside(reason: str) -> InputError:
+    return InputError(f"{OUTSIDE}: {reason}; not read", kind=ErrorKind.OUTSIDE_INPUT)
+
+
+def listed_error(reason: str) -> InputError:
+    """The error a record's ``error`` (set while listing) raises when its row is read."""
+    return InputError(reason, kind=ErrorKind.OUTSIDE_INPUT if reason.startswith(OUTSIDE) else None)
+
+
+def _h5_external_links(h5) -> list[str]:
+    import h5py
+
+    found: list[str] = []
+    h5.visititems_links(lambda name, link: found.append(f"{name} -> {link.filename}:{link.path}")
+                        if isinstance(link, h5py.ExternalLink) else None)
+    return found
 
 
 @contextmanager
@@ -286,22 +351,35 @@ def _maybe_binary(source: Source):
         yield source
 
 
+def _rows_per_read(row_bytes: int) -> int:
+    return max(1, min(READ_ROWS, READ_BYTES // max(1, row_bytes)))
+
+
+def _check_stamp(shape: tuple[int, ...], itemsize: int) -> None:
+    """A stack's rows against the limits, from its header (shape, dtype) before any row is read."""
+    limits.active().check_image(tuple(shape[1:]), itemsize, "a stamp of this stack")
+
+
 def _read_hdf5(source: Source, layout: Layout, positions: list[int]) -> Iterator[tuple[int, Any]]:
+    """Rows of an HDF5 stack, a bounded run at a time, after the dataset's storage and sizes are checked."""
     with _h5_file(source) as h5:
-        ds = h5[layout.image]
-        for start, stop in _runs(positions):
+        ds = _h5_dataset(h5, layout.image)
+        _check_stamp(ds.shape, ds.dtype.itemsize)
+        if ds.chunks:
+            limits.active().check_decompressed(math.prod(ds.chunks) * ds.dtype.itemsize, "an HDF5 chunk of this stack")
+        for start, stop in _runs(positions, _rows_per_read(math.prod(ds.shape[1:]) * ds.dtype.itemsize)):
             block = ds[start:stop]
             for pos in range(start, stop):
                 yield pos, block[pos - start]
 
 
-def _runs(positions: list[int]) -> Iterator[tuple[int, int]]:
-    """Sorted positions as contiguous ``[start, stop)`` runs of at most READ_ROWS rows."""
+def _runs(positions: list[int], most: int = READ_ROWS) -> Iterator[tuple[int, int]]:
+    """Sorted positions as contiguous ``[start, stop)`` runs of at most ``most`` rows."""
     ordered = sorted(set(positions))
     i = 0
     while i < len(ordered):
         j = i
-        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1 and j + 1 - i < READ_ROWS:
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1 and j + 1 - i < most:
             j += 1
         yield ordered[i], ordered[j] + 1
         i = j + 1
@@ -315,15 +393,17 @@ def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(f)
     if fortran and len(shape) > 1:
-        raise InputError("Fortran-ordered .npy stacks are not supported; save the stack in C order")
+        raise InputError("Fortran-ordered .npy stacks are not supported; save the stack in C order",
+                         kind=ErrorKind.UNSUPPORTED)
     if dtype.hasobject:
-        raise InputError(f"the stack holds Python objects ({dtype}); save a numeric array")
+        raise InputError(f"the stack holds Python objects ({dtype}); save a numeric array", kind=ErrorKind.UNSUPPORTED)
     return shape, dtype, f.tell()
 
 
 def _stack_records(path: str, shape: tuple[int, ...], layout: Layout, ids=None, ra=None, dec=None) -> list[dict]:
     if len(shape) < 3:
-        raise InputError(f"the array is {len(shape)}-D {shape}; a stack of cutouts is N x H x W or N x C x H x W")
+        raise InputError(f"the array is {len(shape)}-D {shape}; a stack of cutouts is N x H x W or N x C x H x W",
+                         kind=ErrorKind.UNSUPPORTED)
     rows = list(range(shape[0]))
     return _records(path, layout, rows, [str(r) for r in rows], ids, ra, dec)
 
@@ -336,11 +416,13 @@ def _npy_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
 
 def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     with _binary(source) as f, zipfile.ZipFile(f) as zf:
-        shapes = {}
+        shapes, itemsizes = {}, {}
         for name in zf.namelist():
             if name.endswith(".npy"):
                 with zf.open(name) as member:
-                    shapes[name[:-4]] = _npy_header(member)[0]
+                    shape, dtype, _ = _npy_header(member)
+                    shapes[name[:-4]] = shape
+                    itemsizes[name[:-4]] = dtype.itemsize
         stacks = [n for n, s in shapes.items() if len(s) >= 3]
         image = _choose_image(stacks, fields.image, list(shapes), "image stack (an array of 3 or more dimensions)")
         n = shapes[image][0]
@@ -350,6 +432,7 @@ def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
             name = _pick(columns if wanted is None else list(shapes), wanted, candidates, what)
             if name is None:
                 return None
+            limits.active().check_decompressed(math.prod(shapes[name]) * itemsizes[name], f"npz column {name!r}")
             with zf.open(name + ".npy") as member:
                 return np.lib.format.read_array(member, allow_pickle=False).tolist()
 
@@ -359,15 +442,19 @@ def _npz_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
 
 
 def _read_npy_stream(f: BinaryIO, positions: list[int]) -> Iterator[tuple[int, Any]]:
+    """Rows of an ``.npy`` stream, checked against the limits from its header first and read a bounded run at a time
+    (a deflated ``.npz`` member inflates only as far as the rows asked for, never whole)."""
     shape, dtype, offset = _npy_header(f)
-    row_bytes = int(np.prod(shape[1:])) * dtype.itemsize
-    for start, stop in _runs(positions):
+    row_bytes = math.prod(shape[1:]) * dtype.itemsize
+    _check_stamp(shape, dtype.itemsize)
+    for start, stop in _runs(positions, _rows_per_read(row_bytes)):
         f.seek(offset + start * row_bytes)
         data = f.read((stop - start) * row_bytes)
         have = len(data) // row_bytes
-        block = np.frombuffer(data[: have * row_bytes], dtype=dtype).reshape((have, *shape[1:]))
+        block = np.frombuffer(memoryview(data)[: have * row_bytes], dtype=dtype).reshape((have, *shape[1:]))
         for pos in range(start, stop):
-            yield pos, block[pos - start] if pos - start < have else InputError("stack is truncated before this row")
+            yield pos, block[pos - start] if pos - start < have else InputError("stack is truncated before this row",
+                                                                                  kind=ErrorKind.CORRUPT)
 
 
 def _read_npy(source: Source, layout: Layout, positions: list[int]) -> Iterator[tuple[int, Any]]:
@@ -408,6 +495,11 @@ def _parquet_records(path: str, source: Source, fields: ShardFields) -> list[dic
                   for what, want, cands in (("id", fields.id, ID_FIELDS), ("ra", fields.ra, RA_FIELDS),
                                             ("dec", fields.dec, DEC_FIELDS))}
         read = sorted({c for c in wanted.values() if c})
+        meta = pf.metadata
+        limits.active().check_decompressed(
+            sum(meta.row_group(g).column(c).total_uncompressed_size for g in range(meta.num_row_groups)
+                for c in range(meta.num_columns) if meta.row_group(g).column(c).path_in_schema in read),
+            f"Parquet columns {', '.join(read)}")
         table = pf.read(columns=read) if read else None
         n = pf.metadata.num_rows
     cols = {what: None if c is None else table.column(c).to_pylist() for what, c in wanted.items()}
@@ -431,16 +523,30 @@ def _read_parquet(source: Source, layout: Layout, positions: list[int]) -> Itera
                 here.append(wanted[k])
                 k += 1
             if here:
+                try:
+                    _check_column_chunk(pf.metadata.row_group(g), layout.image, g)
+                except InputError as exc:
+                    for pos in here:
+                        yield pos, exc
+                    start = stop
+                    continue
                 column = pf.read_row_group(g, columns=[layout.image]).column(0).combine_chunks()
                 if pa.types.is_struct(column.type):
                     column = column.field("bytes")
                 for pos in here:
                     value = column[pos - start].as_py()
                     yield pos, value if value is not None else InputError(
-                        f"no image bytes (null) in column {layout.image!r}")
+                        f"no image bytes (null) in column {layout.image!r}", kind=ErrorKind.CORRUPT)
             start = stop
             if k == len(wanted):
                 break
+
+
+def _check_column_chunk(row_group, image: str, index: int) -> None:
+    """The image column of one row group is read whole: its uncompressed size (Parquet metadata) against the limit."""
+    size = sum(row_group.column(c).total_uncompressed_size for c in range(row_group.num_columns)
+               if row_group.column(c).path_in_schema.split(".")[0] == image)
+    limits.active().check_decompressed(size, f"Parquet row group {index}'s column {image!r}")
 
 
 # --- tar (WebDataset) -------------------------------------------------------------------------
@@ -467,19 +573,27 @@ def _tar_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     keys: dict[str, dict[str, Any]] = {}
     with _tar_stream(source, path) as stream, tarfile.open(fileobj=stream, mode="r:") as tar:
         for member in iter(tar.next, None):
+            key, ext = _tar_key(member.name)
+            if member.issym() or member.islnk():
+                if ext in TAR_IMAGE_SUFFIXES:
+                    keys.setdefault(key, {}).setdefault("link", _tar_link_reason(member))
+                continue
             if not member.isfile():
                 continue
-            key, ext = _tar_key(member.name)
             entry = keys.setdefault(key, {})
             if ext in TAR_IMAGE_SUFFIXES and "offset" not in entry:
                 entry["offset"] = member.offset
-            elif ext == ".json":
+            elif ext == ".json" and member.size <= JSON_BYTES:
                 entry["meta"] = _json_meta(tar.extractfile(member).read())
     if not keys:
-        raise InputError("tar shard holds no files")
+        raise InputError("tar shard holds no files", kind=ErrorKind.CORRUPT)
     records, orphans = [], []
     for key, entry in keys.items():
         meta = entry.get("meta") or {}
+        if "offset" not in entry and "link" in entry:
+            records.append({"source_path": f"{path}#{key}", "object_id": key, "ra": None, "dec": None, "shard": path,
+                            "shard_layout": None, "shard_pos": None, "error": str(entry["link"])})
+            continue
         if "offset" not in entry:
             orphans.append(key)
             continue
@@ -503,6 +617,11 @@ def _json_meta(data: bytes) -> dict:
     return meta if isinstance(meta, dict) else {}
 
 
+def _tar_link_reason(member: tarfile.TarInfo) -> InputError:
+    kind = "symbolic link" if member.issym() else "hard link"
+    return _outside(f"tar member {member.name!r} is a {kind} to {member.linkname!r}")
+
+
 def _read_tar(source: Source, layout: Layout, positions: list[int], path: str) -> Iterator[tuple[int, Any]]:
     with _tar_stream(source, path) as stream:
         for pos in sorted(set(positions)):
@@ -511,13 +630,19 @@ def _read_tar(source: Source, layout: Layout, positions: list[int], path: str) -
                 with tarfile.open(fileobj=stream, mode="r:") as tar:
                     member = tar.next()
                     if member is None:
-                        raise InputError("tar member is missing (shard truncated or rewritten)")
+                        raise InputError("tar member is missing (shard truncated or rewritten)",
+                                         kind=ErrorKind.CORRUPT)
+                    if member.issym() or member.islnk():
+                        raise _tar_link_reason(member)
+                    limits.active().check_decompressed(member.size, f"tar member {member.name!r}")
                     data = tar.extractfile(member).read()
                     if len(data) < member.size:
-                        raise InputError("tar member is truncated")
+                        raise InputError("tar member is truncated", kind=ErrorKind.CORRUPT)
                 yield pos, _named_bytes(data, member.name)
+            except InputError as exc:
+                yield pos, exc
             except (tarfile.TarError, EOFError, OSError) as exc:
-                yield pos, InputError(f"unreadable tar member: {exc}")
+                yield pos, InputError(f"unreadable tar member: {exc}", kind=ErrorKind.CORRUPT)
 
 
 # --- multi-extension FITS ---------------------------------------------------------------------
@@ -594,7 +719,7 @@ def _read_fits(source: Source, layout: Layout, positions: list[int]) -> Iterator
                 except InputError as exc:
                     yield pos, exc
                 except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:
-                    yield pos, InputError(f"corrupt or truncated FITS HDU {pos}: {exc}")
+                    yield pos, InputError(f"corrupt or truncated FITS HDU {pos}: {exc}", kind=ErrorKind.CORRUPT)
 
 
 # --- pixels -----------------------------------------------------------------------------------
@@ -610,12 +735,16 @@ def decode_bytes(data: bytes | io.BytesIO, recipe: Recipe) -> readers.Decoded:
     buf = data if isinstance(data, io.BytesIO) else io.BytesIO(data)
     head = buf.getbuffer()[:9].tobytes()
     if not head:
-        raise InputError("empty image bytes")
+        raise InputError("empty image bytes", kind=ErrorKind.CORRUPT)
     if head.startswith(b"\x1f\x8b"):
+        data = buf.getvalue()
         try:
-            buf = io.BytesIO(gzip.decompress(buf.getvalue()))
-        except (OSError, EOFError) as exc:
-            raise InputError(f"corrupt gzip-compressed member: {exc}") from None
+            fits_inside = zlib.decompressobj(wbits=31).decompress(data, 9).startswith(b"SIMPLE  =")
+        except zlib.error as exc:
+            raise InputError(f"corrupt gzip-compressed member: {exc}", kind=ErrorKind.CORRUPT) from None
+        if fits_inside:
+            return readers.read_fits(data)  # inflated there with each header checked before its data
+        buf = io.BytesIO(limits.gunzip(data, "gzip-compressed member"))
         head = buf.getbuffer()[:9].tobytes()
     if head.startswith(b"SIMPLE  ="):
         return readers.read_fits(buf.getvalue())
@@ -632,7 +761,7 @@ def stamp_pixels(array: np.ndarray) -> readers.Decoded:
     """
     a = np.asarray(array)
     if a.dtype.kind not in "uif":
-        raise InputError(f"stamp of type {a.dtype} is not numeric pixels")
+        raise InputError(f"stamp of type {a.dtype} is not numeric pixels", kind=ErrorKind.UNSUPPORTED)
     if a.ndim == 2:
         a = a[None]
     elif a.ndim == 3:
@@ -641,14 +770,16 @@ def stamp_pixels(array: np.ndarray) -> readers.Decoded:
             a = a.transpose(2, 0, 1)
         elif not (first <= MAX_BANDS and first < last):
             raise InputError(f"cannot tell the band axis of a stamp shaped {a.shape}; "
-                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands")
+                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands",
+                             kind=ErrorKind.UNSUPPORTED)
     else:
-        raise InputError(f"stamp is {a.ndim}-D {a.shape}; expected (H, W), (H, W, C) or (C, H, W)")
+        raise InputError(f"stamp is {a.ndim}-D {a.shape}; expected (H, W), (H, W, C) or (C, H, W)",
+                         kind=ErrorKind.UNSUPPORTED)
     if a.dtype in (np.uint8, np.uint16):
         return readers.Decoded(np.ascontiguousarray(a.transpose(1, 2, 0)))
     a = a.astype(np.float32)
     if not np.isfinite(a).any():
-        raise InputError("stamp is all NaN/inf")
+        raise InputError("stamp is all NaN/inf", kind=ErrorKind.CORRUPT)
     return readers.Decoded(a)
 
 
@@ -692,6 +823,7 @@ def read_units(batch: dict[str, Any], recipe: Recipe,
     consecutive rows of one shard are read together (one hyperslab, row group or run of tar
     members), a run at a time, so a task holds few raw stamps.
     """
+    limits.use(recipe.limits)
     n = len(batch["source_path"])
     shards, layouts, positions, errors = (batch.get(k, [None] * n) for k in ("shard", "shard_layout", "shard_pos",
                                                                              "error"))
@@ -701,7 +833,7 @@ def read_units(batch: dict[str, Any], recipe: Recipe,
     i = 0
     while i < n:
         if errors[i]:
-            yield i, _raiser(InputError(errors[i]))
+            yield i, _raiser(listed_error(errors[i]))
             i += 1
         elif shards[i] is None or layouts[i] is None:
             path, data = str(batch["source_path"][i]), next(fetched)

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 import pyarrow.fs as pafs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
+from galaxy_infer import limits
 from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
@@ -235,7 +236,9 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         path = uri
     try:
         with filesystem.open_input_stream(path, compression=None) as f:  # the stored bytes: readers unpack .gz
-            data = f.read()
+            cap = limits.active().decompressed_bytes
+            data = f.read(cap + 1)
+        limits.active().check_file(len(data))
     except FileNotFoundError:
         raise InputError("file not found") from None
     except IsADirectoryError:
@@ -280,6 +283,7 @@ def _read_local(path: str) -> bytes:
             raise InputError("is a directory, not an image")
         if not stat.S_ISREG(mode):
             raise InputError("not a regular file (a FIFO, socket or device)")
+        limits.active().check_file(os.fstat(fd).st_size)
         with open(fd, "rb", closefd=False) as f:
             data = f.read()
     except OSError as exc:
@@ -515,6 +519,49 @@ class _Lease:
     body: dict
 
 
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (clock ticks since boot, from Linux ``/proc``), "" where unknown; None if no
+    such process."""
+    if os.path.exists("/proc/self/stat"):
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return f.read().rsplit(b")", 1)[1].split()[19].decode()
+        except FileNotFoundError:
+            return None
+        except (OSError, IndexError):
+            return ""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass
+    return ""
+
+
+def _pid_namespace() -> str:
+    """This process's pid namespace ("" where unknown): two containers may share a host name, never one."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
+def _holder_gone(filesystem: pafs.FileSystem, path: str) -> bool:
+    """Whether the lease at ``path`` was written on this host, in this pid namespace, by a process that no longer
+    runs (its pid is free, or taken by a process that started later)."""
+    try:
+        with filesystem.open_input_stream(path) as f:
+            body = json.loads(f.read(4096))
+        host, pid, started, namespace = body["host"], int(body["pid"]), body["pid_started"], body["pid_namespace"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if host != socket.gethostname() or namespace != _pid_namespace() or pid == os.getpid():
+        return False
+    now = _process_started(pid)
+    return now is None or bool(started and now and now != started)
+
+
 class OutputLock:
     """One writer per output at a time.
 
@@ -527,6 +574,11 @@ class OutputLock:
     second to list sees the first; if both list at once both back off (safe; cron retries). The
     holder renews its lease from a thread every third of the lease time and checks it is still
     fresh (:meth:`check`) before each commit, so a run that lost its lease stops writing.
+
+    A live lease written on this host by a process that no longer exists (its pid is gone, or now
+    belongs to a process started at another time) is taken over at once: a rerun after a crash
+    need not wait :data:`LEASE_SECONDS`. Leases of other hosts are only ever waited out, since
+    this host cannot see their processes.
     """
 
     def __init__(self, uri: str, holder: str = "run", lease_seconds: float = LEASE_SECONDS) -> None:
@@ -560,7 +612,8 @@ class OutputLock:
         self._fd = fd
 
     def _acquire_lease(self) -> None:
-        body = {"host": socket.gethostname(), "pid": os.getpid(), "lease_seconds": self.lease_seconds}
+        body = {"host": socket.gethostname(), "pid": os.getpid(), "pid_started": _process_started(os.getpid()),
+                "pid_namespace": _pid_namespace(), "lease_seconds": self.lease_seconds}
         self._lease = _Lease(join(self.uri, f"{time.time_ns()}-{uuid.uuid4().hex[:8]}.json"), body)
         self._renew()
         filesystem, path = resolve(self.uri)
@@ -569,7 +622,8 @@ class OutputLock:
         _, own_path = resolve(self._lease.key)
         own = next((i for i in leases if i.path == own_path), None)
         now = own.mtime.timestamp() if own is not None and own.mtime else time.time()
-        live = [i for i in leases if i.path != own_path and i.mtime and now - i.mtime.timestamp() < self.lease_seconds]
+        live = [i for i in leases if i.path != own_path and i.mtime and now - i.mtime.timestamp() < self.lease_seconds
+                and not _holder_gone(filesystem, i.path)]
         if live:
             self._release_lease()
             raise Locked(f"another {self.holder} holds a lease in {self.uri} "

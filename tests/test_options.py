@@ -42,7 +42,7 @@ def test_every_run_option_is_everywhere_with_one_help_text():
 
 
 def test_profile_keys_are_the_run_options_and_configs_share_them():
-    assert profile_keys() == {f.name for f in fields(RunOptions)} - {"shard_fields", "run_id"}
+    assert profile_keys() == {f.name for f in fields(RunOptions)} - {"shard_fields", "limits", "run_id"}
     assert issubclass(RunConfig, RunOptions) and issubclass(IngestConfig, RunOptions)
 
 

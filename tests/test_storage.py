@@ -8,6 +8,7 @@ import json
 import os
 import time
 import uuid
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -242,6 +243,43 @@ def test_s3_lease_keeps_a_second_run_out_until_released_or_expired(s3):
     with storage.OutputLock(lock, lease_seconds=2):
         assert [u.rsplit("/", 1)[1] for u in storage.list_uris(lock)] != ["0-dead.json"]
     assert storage.list_uris(lock) == []
+
+
+def killed_holder(lock: str) -> None:
+    """A real run that takes the lock on ``lock`` and is then SIGKILLed (no release, no last renewal)."""
+    import signal
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from galaxy_infer import storage; storage.OutputLock(sys.argv[1]).__enter__(); "
+            "print('held', flush=True); time.sleep(120)")
+    root = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.Popen([sys.executable, "-c", code, lock], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": root})
+    assert proc.stdout.readline().strip() == "held"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+@pytest.mark.parametrize("where", ["s3", "local"])
+def test_a_rerun_on_the_same_host_takes_over_the_lock_of_a_killed_run(where, s3, tmp_path):
+    lock = f"s3://{new_bucket(s3)}/cat/.ingest.lock" if where == "s3" else str(tmp_path / "cat" / ".ingest.lock")
+    killed_holder(lock)
+    started = time.monotonic()
+    with storage.OutputLock(lock, holder="ingest"):
+        with pytest.raises(storage.Locked, match="another ingest holds"):  # a live holder is still respected
+            storage.OutputLock(lock, holder="ingest").__enter__()
+    assert time.monotonic() - started < 10  # not the 120 s of the lease
+
+
+def test_s3_lease_of_another_host_is_waited_out_even_when_its_pid_is_free_here(s3):
+    bucket = new_bucket(s3)
+    lock = f"s3://{bucket}/cat/.ingest.lock"
+    body = {"host": "elsewhere", "pid": 2 ** 22 + 1, "pid_started": "1", "pid_namespace": storage._pid_namespace(),
+            "lease_seconds": 120}
+    put(s3, f"{bucket}/cat/.ingest.lock/0-other.json", json.dumps(body).encode())
+    with pytest.raises(storage.Locked, match="another ingest holds a lease"):
+        storage.OutputLock(lock, holder="ingest").__enter__()
 
 
 def test_local_overwrite_refuses_a_folder_that_is_not_a_catalog(tmp_path):

@@ -73,13 +73,9 @@ def test_nightly_ingest_on_s3_killed_mid_run_then_rerun_holds_every_object_exact
     after_kill = read_ingest_catalog(catalog).num_rows
     assert 0 < after_kill < len(expected), "the kill did not land part-way"
 
-    # The killed run's lease is live for a while: a rerun right away is refused with exit 75.
-    refused = subprocess.run([sys.executable, str(INGEST), *common], cwd=ROOT, env=env, capture_output=True,
-                             text=True, timeout=120)
-    assert refused.returncode == 75 and "another ingest holds a lease" in refused.stderr
-    for lease in storage.list_uris(f"{catalog}/.ingest.lock"):
-        storage.delete_file(lease)  # what LEASE_SECONDS of waiting would do
-
+    # The killed run's lease is still live, but it was written on this host by a process that is gone:
+    # a rerun right away takes it over (another host's rerun would wait LEASE_SECONDS; see test_storage).
+    assert storage.list_uris(f"{catalog}/.ingest.lock")
     rerun = subprocess.run([sys.executable, str(INGEST), *common, "--chunk-rows", "64"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=300)
     assert rerun.returncode == EXIT_OK, rerun.stderr[-3000:]
