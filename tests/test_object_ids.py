@@ -6,10 +6,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from galaxy_infer.ingest import IngestConfig, pending_records
-from galaxy_infer.readers import discover
+from galaxy_infer.worklist import discover, scratch_folder
 
 
 def touch(root: Path, *names: str, age: float = 0.0) -> None:
@@ -114,8 +116,16 @@ def config(inbox: Path, **kw) -> IngestConfig:
     return IngestConfig(inbox=str(inbox), catalog=str(inbox.parent / "catalog"), **{"settle_seconds": 0, **kw})
 
 
+def pending_table(inbox: Path, held: dict[str, str], **kw) -> tuple[pa.Table, dict]:
+    ledger = pa.table({"object_id": list(held), "source_path": list(held.values())},
+                      schema=pa.schema([("object_id", pa.string()), ("source_path", pa.string())]))
+    with scratch_folder() as scratch:
+        work, counts = pending_records(config(inbox, **kw), ledger, scratch)
+        return pq.read_table(work.path), counts
+
+
 def pending(inbox: Path, held: dict[str, str], **kw) -> tuple[dict[str, str], dict]:
-    table, counts = pending_records(config(inbox, **kw), held)
+    table, counts = pending_table(inbox, held, **kw)
     return {os.path.relpath(p, inbox): i for p, i in zip(table.column("source_path").to_pylist(),
                                                           table.column("object_id").to_pylist())}, counts
 
@@ -171,10 +181,10 @@ def test_the_ingest_records_a_file_name_that_is_not_utf8_as_an_error_row_once(tm
     inbox.mkdir()
     with open(os.path.join(os.fsencode(inbox), b"J\xff.jpg"), "wb") as f:
         f.write(b"0")
-    table, _ = pending_records(config(inbox), {})
+    table, _ = pending_table(inbox, {})
     [record] = table.to_pylist()
     assert "not valid UTF-8" in record["error"] and record["object_id"] == "J\\xff"
-    table, counts = pending_records(config(inbox), {record["object_id"]: record["source_path"]})
+    table, counts = pending_table(inbox, {record["object_id"]: record["source_path"]})
     assert table.num_rows == 0 and counts["already_held"] == 1
 
 
