@@ -128,9 +128,8 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         SELECT DISTINCT given_id AS id FROM flagged WHERE given_id IS NOT NULL
         UNION SELECT object_id FROM held_ids""")
     con.execute(f"""CREATE OR REPLACE TABLE derived AS
-        SELECT seq, relative_path, source_path,
-               coalesce(stem, (SELECT {_STEM_SQL} FROM (SELECT regexp_extract(source_path, '[^/]*$') AS name))) AS c0
-        FROM flagged WHERE given_id IS NULL""")
+        SELECT seq, relative_path, source_path, coalesce(stem, {_STEM_SQL}) AS c0
+        FROM (SELECT *, regexp_extract(source_path, '[^/]*$') AS name FROM flagged WHERE given_id IS NULL)""")
     for before, after, fallback in (("c0", "c1", "relative_path"), ("c1", "c2", "source_path")):
         con.execute(f"""CREATE OR REPLACE TABLE derived AS SELECT d.*,
             CASE WHEN count(*) OVER (PARTITION BY d.{before}) = 1 AND t.id IS NULL THEN d.{before}

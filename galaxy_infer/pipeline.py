@@ -86,7 +86,7 @@ class RunConfig:
     """Prediction tasks wait this long for a node that can run them (autoscaling) before the run fails."""
     overwrite: bool = False
     id_keyword: str | None = None
-    """FITS header keyword holding the object id (see :mod:`galaxy_infer.object_ids`); None: manifest or file name."""
+    """FITS header keyword holding the object id (see :mod:`galaxy_infer.ids`); None: manifest or file name."""
     object_store_mb: int | None = None
     """Object store of the local Ray started when no cluster is given (default: 1 GiB)."""
     run_id: str = field(default_factory=lambda: new_run_id())
