@@ -50,7 +50,7 @@ from galaxy_infer.readers import FITS_SUFFIXES, RASTER_SUFFIXES
 
 COLLISION = "object id collision"
 EXAMPLES = 3
-DUCKDB_MEMORY = "256MB"
+DUCKDB_MEMORY = "128MB"
 """DuckDB's memory limit; past it, group-bys, joins and sorts spill to the scratch folder."""
 
 WORK_SCHEMA = pa.schema([
@@ -105,9 +105,11 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     the held objects' ``object_id`` and ``source_path``: their ids are taken (rule 3) and their paths
     are not new. With ``new_only`` header ids are read, and collisions found, among new files only.
     """
-    con.execute(f"""CREATE OR REPLACE TABLE listed AS SELECT * EXCLUDE (rn) FROM (
-        SELECT *, row_number() OVER (PARTITION BY norm_path, given_id ORDER BY seq) AS rn
-        FROM read_parquet('{worklist}')) WHERE rn = 1""")
+    con.execute(f"""CREATE OR REPLACE TABLE listed AS SELECT seq, source_path, norm_path, given_id, stem, relative_path,
+        error IS NOT NULL AS has_error FROM read_parquet('{worklist}')""")
+    con.execute(f"""DELETE FROM listed WHERE seq IN (SELECT seq FROM (
+        SELECT seq, row_number() OVER (PARTITION BY norm_path, given_id ORDER BY seq) AS rn
+        FROM listed WHERE {_maybe_shared("listed", "norm_path, given_id")}) WHERE rn > 1)""")
     inputs = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
     listed = pq.ParquetFile(worklist).metadata.num_rows
     if held is None:
@@ -131,26 +133,41 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         SELECT seq, relative_path, source_path, coalesce(stem, {_STEM_SQL}) AS c0
         FROM (SELECT *, regexp_extract(source_path, '[^/]*$') AS name FROM flagged WHERE given_id IS NULL)""")
     for before, after, fallback in (("c0", "c1", "relative_path"), ("c1", "c2", "source_path")):
-        con.execute(f"""CREATE OR REPLACE TABLE derived AS SELECT d.*,
-            CASE WHEN count(*) OVER (PARTITION BY d.{before}) = 1 AND t.id IS NULL THEN d.{before}
-                 ELSE d.{fallback} END AS {after}
-            FROM derived d LEFT JOIN taken t ON t.id = d.{before}""")
+        con.execute(f"""CREATE OR REPLACE TABLE derived AS
+            WITH shared AS (SELECT seq FROM (
+                SELECT seq, count(*) OVER (PARTITION BY {before}) AS n FROM derived
+                WHERE {_maybe_shared("derived", before)}) WHERE n > 1)
+            SELECT d.*, CASE WHEN s.seq IS NULL AND t.id IS NULL THEN d.{before} ELSE d.{fallback} END AS {after}
+            FROM derived d LEFT JOIN shared s USING (seq) LEFT JOIN taken t ON t.id = d.{before}""")
     con.execute("""CREATE OR REPLACE TABLE named AS
-        SELECT f.*, coalesce(f.given_id, d.c2) AS object_id FROM flagged f LEFT JOIN derived d USING (seq)""")
-    _collisions(con, "NOT held" if new_only else "true", with_held=new_only)
+        SELECT f.seq, f.source_path, f.held, coalesce(f.given_id, d.c2) AS object_id
+        FROM flagged f LEFT JOIN derived d USING (seq)""")
+    _collisions(con, "NOT held" if new_only else "true")
+    con.execute(f"""CREATE OR REPLACE VIEW records AS
+        SELECT w.*, i.object_id, i.held, i.collision FROM read_parquet('{worklist}') w JOIN named_ids i USING (seq)""")
     held_count = con.execute("SELECT count(*) FROM held_ids").fetchall()[0][0]
     con.execute("DROP TABLE listed; DROP TABLE flagged; DROP TABLE derived; DROP TABLE named; DROP TABLE taken")
     return Ids(con, inputs, listed - inputs, held_count)
 
 
-def _collisions(con: duckdb.DuckDBPyConnection, among: str, with_held: bool) -> None:
+def _maybe_shared(table: str, columns: str) -> str:
+    """A condition true for the rows of ``table`` whose ``columns`` another row may share.
+
+    Own SQL, for speed: grouping 64-bit hashes first (a group-by on integers, measured several
+    times cheaper than on the strings) leaves the exact count to the few candidates.
+    """
+    return f"""hash({columns}) IN (SELECT hash({columns}) AS k FROM {table} GROUP BY k HAVING count(*) > 1)"""
+
+
+def _collisions(con: duckdb.DuckDBPyConnection, among: str) -> None:
     """Table ``records``: ``named`` with ``collision`` set where another input (or a held object) shares the id."""
-    held_join = "LEFT JOIN held_ids h USING (object_id)" if with_held else \
-        "LEFT JOIN (SELECT NULL::VARCHAR AS object_id, NULL::VARCHAR AS held_path WHERE false) h USING (object_id)"
     con.execute(f"""CREATE OR REPLACE TABLE clash AS
-        WITH c AS (SELECT seq, object_id, source_path FROM named WHERE {among}),
+        WITH c AS (SELECT seq, object_id, source_path FROM named WHERE {among}
+                   AND ({_maybe_shared(f"(SELECT object_id FROM named WHERE {among})", "object_id")}
+                        OR object_id IN (SELECT object_id FROM held_ids))),
         groups AS (SELECT object_id, count(*) AS n, arg_min(source_path, seq) AS p1 FROM c GROUP BY object_id),
-        hit AS (SELECT g.*, h.held_path FROM groups g {held_join} WHERE g.n > 1 OR h.held_path IS NOT NULL),
+        hit AS (SELECT g.*, h.held_path FROM groups g LEFT JOIN held_ids h USING (object_id)
+                WHERE g.n > 1 OR h.held_path IS NOT NULL),
         second AS (SELECT hit.object_id, arg_min(c.source_path, c.seq) FILTER (WHERE c.source_path <> hit.p1) AS p2
                    FROM hit JOIN c USING (object_id) GROUP BY hit.object_id)
         SELECT c.seq, c.object_id,
@@ -168,8 +185,8 @@ def _collisions(con: duckdb.DuckDBPyConnection, among: str, with_held: bool) -> 
         con.register("batch_reasons", pa.table({"seq": seq, "collision": text}))
         con.execute("INSERT INTO reasons SELECT * FROM batch_reasons")
         con.unregister("batch_reasons")
-    con.execute("""CREATE OR REPLACE TABLE records AS
-        SELECT n.*, r.collision FROM named n LEFT JOIN reasons r USING (seq)""")
+    con.execute("""CREATE OR REPLACE TABLE named_ids AS
+        SELECT n.seq, n.object_id, n.held, r.collision FROM named n LEFT JOIN reasons r USING (seq)""")
     con.execute("DROP TABLE clash; DROP TABLE reasons")
 
 
@@ -183,7 +200,7 @@ def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str) -> Non
     """Rule 2: ``given_id`` from FITS header ``keyword``, read a batch of files at a time."""
     suffixes = " OR ".join(f"ends_with(lower(source_path), '{s}')" for s in FITS_SUFFIXES)
     batches = con.cursor().sql(f"""SELECT seq, source_path FROM flagged
-        WHERE given_id IS NULL AND error IS NULL AND ({suffixes}) AND {among}""").to_arrow_reader(10_000)
+        WHERE given_id IS NULL AND NOT has_error AND ({suffixes}) AND {among}""").to_arrow_reader(10_000)
     con.execute("CREATE OR REPLACE TABLE header_ids (seq BIGINT, id VARCHAR)")
     for batch in batches:
         found = [(s, v) for s, v in zip(batch.column(0).to_pylist(),

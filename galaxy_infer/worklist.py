@@ -90,15 +90,22 @@ class WorkListWriter:
 
     def _write(self, columns: dict) -> None:
         n = len(columns["source_path"])
-        columns = {**columns, "seq": pa.array(range(self.rows, self.rows + n), pa.int64())}
-        self.writer.write_table(pa.table({f.name: pa.array(columns[f.name], f.type) if f.name in columns
-                                          else pa.nulls(n, f.type) for f in ids.WORK_SCHEMA},
+        columns = {**columns, "seq": pa.arange(self.rows, self.rows + n)}
+        self.writer.write_table(pa.table({f.name: _column(columns.get(f.name), f.type, n) for f in ids.WORK_SCHEMA},
                                          schema=ids.WORK_SCHEMA))
         self.rows += n
 
     def close(self) -> None:
         self.flush()
         self.writer.close()
+
+
+def _column(values: list | pa.Array | pa.ChunkedArray | None, type_: pa.DataType, n: int) -> pa.Array | pa.ChunkedArray:
+    if values is None:
+        return pa.nulls(n, type_)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type_)
 
 
 def write_worklist(inputs: list[str], path: str, fields: shards.ShardFields | None = None,
