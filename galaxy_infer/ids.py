@@ -38,10 +38,12 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from galaxy_infer import storage
@@ -49,6 +51,7 @@ from galaxy_infer.errors import ErrorKind
 from galaxy_infer.readers import FITS_SUFFIXES, RASTER_SUFFIXES
 
 COLLISION = "object id collision"
+BATCH_ROWS = 65_536
 EXAMPLES = 3
 DUCKDB_MEMORY = "128MB"
 """DuckDB's memory limit; past it, group-bys, joins and sorts spill to the scratch folder."""
@@ -91,19 +94,17 @@ class Ids:
     con: duckdb.DuckDBPyConnection
     inputs: int
     repeats: int
-    held: int
-    """Objects the ledger holds (distinct ids)."""
 
 
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
-           held: pa.Table | object | None = None, new_only: bool = False) -> Ids:
+           held: ds.Dataset | None = None, new_only: bool = False) -> Ids:
     """Run the rule over the Parquet work list at ``worklist``; leaves table ``records`` in ``con``.
 
     ``records`` has :data:`WORK_SCHEMA`'s columns plus ``object_id``, ``held`` (the nightly ingest:
     the catalog already has this file) and ``collision`` (the reason when another input, or a held
-    object, has the same id). ``held`` is anything DuckDB scans (an Arrow table or dataset) with
-    the held objects' ``object_id`` and ``source_path``: their ids are taken (rule 3) and their paths
-    are not new. With ``new_only`` header ids are read, and collisions found, among new files only.
+    object, has the same id). ``held`` is a dataset of the held objects' ``object_id`` and
+    ``source_path``: their ids are taken (rule 3) and their paths are not new. It is streamed twice,
+    as probes against the listing, so only the held rows that matter are kept. With ``new_only`` header ids are read, and collisions found, among new files only.
     """
     con.execute(f"""CREATE OR REPLACE TABLE listed AS SELECT seq, source_path, norm_path, given_id, stem, relative_path,
         error IS NOT NULL AS has_error FROM read_parquet('{worklist}')""")
@@ -112,26 +113,30 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         FROM listed WHERE {_maybe_shared("listed", "norm_path, given_id")}) WHERE rn > 1)""")
     inputs = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
     listed = pq.ParquetFile(worklist).metadata.num_rows
-    if held is None:
-        held = pa.table({"object_id": pa.array([], pa.string()), "source_path": pa.array([], pa.string())})
-    con.register("held_source", held)
+    held = held if held is not None else ds.dataset(pa.table(
+        {"object_id": pa.array([], pa.string()), "source_path": pa.array([], pa.string())}))
     cwd = os.getcwd().replace("'", "''")
-    con.execute("""CREATE OR REPLACE TABLE held_ids AS
-        SELECT object_id, min(source_path) AS held_path FROM held_source GROUP BY object_id""")
-    con.execute(f"""CREATE OR REPLACE TABLE held_paths AS SELECT DISTINCT
-        CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
-             ELSE '{cwd}/' || source_path END AS norm_path FROM held_source""")
-    con.unregister("held_source")
+    with _scan(con, held, "held_source"):
+        con.execute(f"""CREATE OR REPLACE TABLE held_paths AS SELECT DISTINCT norm_path FROM (
+            SELECT CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
+                        ELSE '{cwd}/' || source_path END AS norm_path FROM held_source)
+            WHERE norm_path IN (SELECT norm_path FROM listed)""")
     con.execute("""CREATE OR REPLACE TABLE flagged AS SELECT l.*, h.norm_path IS NOT NULL AS held
         FROM listed l LEFT JOIN held_paths h USING (norm_path)""")
     if id_keyword:
         _header_ids(con, id_keyword, "NOT held" if new_only else "true")
-    con.execute("""CREATE OR REPLACE TABLE taken AS
-        SELECT DISTINCT given_id AS id FROM flagged WHERE given_id IS NOT NULL
-        UNION SELECT object_id FROM held_ids""")
     con.execute(f"""CREATE OR REPLACE TABLE derived AS
         SELECT seq, relative_path, source_path, coalesce(stem, {_STEM_SQL}) AS c0
         FROM (SELECT *, regexp_extract(source_path, '[^/]*$') AS name FROM flagged WHERE given_id IS NULL)""")
+    with _scan(con, held, "held_source"):  # only the held ids an input could take: the ledger is probed, not loaded
+        con.execute("""CREATE OR REPLACE TABLE held_ids AS
+            SELECT object_id, min(source_path) AS held_path FROM held_source
+            WHERE object_id IN (SELECT given_id FROM flagged UNION ALL SELECT c0 FROM derived
+                                UNION ALL SELECT relative_path FROM derived UNION ALL SELECT source_path FROM derived)
+            GROUP BY object_id""")
+    con.execute("""CREATE OR REPLACE TABLE taken AS
+        SELECT DISTINCT given_id AS id FROM flagged WHERE given_id IS NOT NULL
+        UNION SELECT object_id FROM held_ids""")
     for before, after, fallback in (("c0", "c1", "relative_path"), ("c1", "c2", "source_path")):
         con.execute(f"""CREATE OR REPLACE TABLE derived AS
             WITH shared AS (SELECT seq FROM (
@@ -145,9 +150,21 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     _collisions(con, "NOT held" if new_only else "true")
     con.execute(f"""CREATE OR REPLACE VIEW records AS
         SELECT w.*, i.object_id, i.held, i.collision FROM read_parquet('{worklist}') w JOIN named_ids i USING (seq)""")
-    held_count = con.execute("SELECT count(*) FROM held_ids").fetchall()[0][0]
     con.execute("DROP TABLE listed; DROP TABLE flagged; DROP TABLE derived; DROP TABLE named; DROP TABLE taken")
-    return Ids(con, inputs, listed - inputs, held_count)
+    return Ids(con, inputs, listed - inputs)
+
+
+@contextmanager
+def _scan(con: duckdb.DuckDBPyConnection, dataset: ds.Dataset, name: str) -> Iterator[None]:
+    """``dataset``'s ids and paths as view ``name``, streamed with little read-ahead (pyarrow's
+    default reads several files ahead, measured at ~700 MB for a ledger of 5 million rows)."""
+    scanner = dataset.scanner(columns=["object_id", "source_path"], batch_size=BATCH_ROWS,
+                              batch_readahead=1, fragment_readahead=1)
+    con.register(name, scanner.to_reader())
+    try:
+        yield
+    finally:
+        con.unregister(name)
 
 
 def _maybe_shared(table: str, columns: str) -> str:

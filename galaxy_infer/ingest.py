@@ -194,7 +194,7 @@ class ChunkWriter:
         return final
 
 
-def pending_records(config: IngestConfig, held: ds.Dataset | pa.Table, scratch: str) -> tuple[WorkList, dict[str, Any]]:
+def pending_records(config: IngestConfig, held: ds.Dataset, scratch: str) -> tuple[WorkList, dict[str, Any]]:
     """Cutouts under the inbox not yet held and settled, with their object ids, as a work list in ``scratch``.
 
     A file is held when a row for this model has its path, whatever its id: ids of held objects
@@ -223,7 +223,7 @@ def pending_records(config: IngestConfig, held: ds.Dataset | pa.Table, scratch: 
                              os.path.join(scratch, "records.parquet"))
     finally:
         con.close()
-    counts: dict[str, Any] = {"held_before": found.held, "inbox": found.inputs, "already_held": held_count, "unsettled": unsettled,
+    counts: dict[str, Any] = {"held_before": held.count_rows(), "inbox": found.inputs, "already_held": held_count, "unsettled": unsettled,
                               "id_collisions": collisions, "id_collision_examples": examples}
     return work, counts
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -117,8 +118,8 @@ def config(inbox: Path, **kw) -> IngestConfig:
 
 
 def pending_table(inbox: Path, held: dict[str, str], **kw) -> tuple[pa.Table, dict]:
-    ledger = pa.table({"object_id": list(held), "source_path": list(held.values())},
-                      schema=pa.schema([("object_id", pa.string()), ("source_path", pa.string())]))
+    ledger = ds.dataset(pa.table({"object_id": list(held), "source_path": list(held.values())},
+                      schema=pa.schema([("object_id", pa.string()), ("source_path", pa.string())])))
     with scratch_folder() as scratch:
         work, counts = pending_records(config(inbox, **kw), ledger, scratch)
         return pq.read_table(work.path), counts
