@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -30,6 +29,8 @@ import pyarrow.parquet as pq
 
 SOURCE = Path("/work/shared/data/gzdecals_rings/images")
 WRITE_ROWS = 1_000_000
+CHUNK_ROWS = 5_000
+"""Rows per committed ingest file (``IngestConfig.chunk_rows``' default)."""
 
 
 def _vmhwm_mb() -> float:
@@ -67,16 +68,17 @@ def make_tree(root: Path, files: int) -> None:
 
 
 def make_catalog(catalog: Path, held: int, inbox: Path) -> None:
-    """A ledger of ``held`` objects (only the columns the ledger reads) and an inbox of 1,000 new files."""
+    """A ledger of ``held`` objects shaped as the ingest writes it (files of ``CHUNK_ROWS`` rows, only
+    the columns the ledger reads) and an inbox of 1,000 new files."""
     part = catalog / "ingest_date=2026-01-01"
     part.mkdir(parents=True, exist_ok=True)
-    for start in range(0, held, WRITE_ROWS):
-        n = min(WRITE_ROWS, held - start)
+    for start in range(0, held, CHUNK_ROWS):
+        n = min(CHUNK_ROWS, held - start)
         pq.write_table(pa.table({
             "object_id": [f"H{i:010d}" for i in range(start, start + n)],
             "source_path": [f"{inbox}-old/{i // 1000:05d}/H{i:010d}.jpg" for i in range(start, start + n)],
             "model_id": pa.array(["m"] * n), "error": pa.nulls(n, pa.string())}),
-            part / f"part-{start // WRITE_ROWS:05d}.parquet", compression="zstd")
+            part / f"part-{start // CHUNK_ROWS:06d}.parquet", compression="zstd")
     inbox.mkdir(parents=True, exist_ok=True)
     for i in range(1000):
         (inbox / f"N{i:05d}.jpg").touch()
