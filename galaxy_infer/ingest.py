@@ -35,7 +35,6 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from galaxy_infer import ids, storage
@@ -112,26 +111,9 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
-HELD_SCHEMA = pa.schema([("object_id", pa.string()), ("source_path", pa.string()), ("model_id", pa.string()),
-                         ("error", pa.string())])
-
-
-def held_objects(catalog: str, model_id: str) -> ds.Dataset:
-    """The ledger: a lazy scan of the committed rows for ``model_id`` (``object_id``, ``source_path``).
-
-    Nothing is read until the scan runs (DuckDB streams it in :func:`pending_records`), so the
-    ledger costs the driver no memory per held object. A row whose reason says the bytes could
-    not be read now does not hold its object (catalogs written before such rows were withheld
-    may have them), so the object is tried again. A corrupt committed file fails the scan.
-    """
-    files = committed_files(catalog)
-    if not files:
-        return ds.dataset(HELD_SCHEMA.empty_table())
-    filesystem, _ = storage.resolve(catalog)
-    paths = [storage.resolve(f)[1] for f in files]
-    dataset = ds.dataset(paths, schema=HELD_SCHEMA, format="parquet", filesystem=filesystem)
-    holds = pc.field("error").is_null() | ~pc.starts_with(pc.field("error"), TRANSIENT_PREFIX)
-    return dataset.filter((pc.field("model_id") == model_id) & holds)
+def held_objects(catalog: str, model_id: str) -> ids.Ledger:
+    """The ledger of ``model_id``'s committed rows (read lazily; a corrupt committed file fails the run)."""
+    return ids.Ledger(tuple(committed_files(catalog)), model_id)
 
 
 def remove_stale_temp_files(catalog: str) -> list[str]:
@@ -194,7 +176,7 @@ class ChunkWriter:
         return final
 
 
-def pending_records(config: IngestConfig, held: ds.Dataset, scratch: str) -> tuple[WorkList, dict[str, Any]]:
+def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tuple[WorkList, dict[str, Any]]:
     """Cutouts under the inbox not yet held and settled, with their object ids, as a work list in ``scratch``.
 
     A file is held when a row for this model has its path, whatever its id: ids of held objects
@@ -211,6 +193,8 @@ def pending_records(config: IngestConfig, held: ds.Dataset, scratch: str) -> tup
     con = ids.connect(scratch)
     try:
         found = ids.assign(con, listed, config.id_keyword, held=held, new_only=True)
+        with held.scan(con, "held_rows"):
+            held_rows = con.execute("SELECT count(*) FROM held_rows").fetchall()[0][0]
         settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \
             if config.settle_seconds > 0 else "true"
         held_count, collisions, unsettled = con.execute(f"""SELECT count(*) FILTER (WHERE held),
@@ -223,7 +207,7 @@ def pending_records(config: IngestConfig, held: ds.Dataset, scratch: str) -> tup
                              os.path.join(scratch, "records.parquet"))
     finally:
         con.close()
-    counts: dict[str, Any] = {"held_before": held.count_rows(), "inbox": found.inputs, "already_held": held_count, "unsettled": unsettled,
+    counts: dict[str, Any] = {"held_before": held_rows, "inbox": found.inputs, "already_held": held_count, "unsettled": unsettled,
                               "id_collisions": collisions, "id_collision_examples": examples}
     return work, counts
 

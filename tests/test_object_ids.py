@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
+from galaxy_infer.ids import LEDGER_SCHEMA, Ledger
 from galaxy_infer.ingest import IngestConfig, pending_records
 from galaxy_infer.worklist import discover, scratch_folder
 
@@ -118,10 +118,12 @@ def config(inbox: Path, **kw) -> IngestConfig:
 
 
 def pending_table(inbox: Path, held: dict[str, str], **kw) -> tuple[pa.Table, dict]:
-    ledger = ds.dataset(pa.table({"object_id": list(held), "source_path": list(held.values())},
-                      schema=pa.schema([("object_id", pa.string()), ("source_path", pa.string())])))
     with scratch_folder() as scratch:
-        work, counts = pending_records(config(inbox, **kw), ledger, scratch)
+        ledger = os.path.join(scratch, "ledger.parquet")
+        pq.write_table(pa.table({"object_id": list(held), "source_path": list(held.values()),
+                                 "model_id": ["m"] * len(held), "error": [None] * len(held)},
+                                schema=LEDGER_SCHEMA), ledger)
+        work, counts = pending_records(config(inbox, **kw), Ledger((ledger,), "m"), scratch)
         return pq.read_table(work.path), counts
 
 
