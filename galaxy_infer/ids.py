@@ -45,7 +45,6 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from galaxy_infer import storage
 from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
@@ -88,18 +87,10 @@ def connect(scratch: str) -> duckdb.DuckDBPyConnection:
     return con
 
 
-@dataclass(frozen=True)
-class Ids:
-    """The outcome of the id rule over a work list: the table ``records`` in ``con``, plus counts."""
-
-    con: duckdb.DuckDBPyConnection
-    inputs: int
-    repeats: int
-
-
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
-           held: Ledger | None = None, new_only: bool = False) -> Ids:
-    """Run the rule over the Parquet work list at ``worklist``; leaves table ``records`` in ``con``.
+           held: Ledger | None = None, new_only: bool = False) -> int:
+    """Run the rule over the Parquet work list at ``worklist``; leaves view ``records`` in ``con``
+    and returns how many inputs it has (one file reached twice counts once).
 
     ``records`` has :data:`WORK_SCHEMA`'s columns plus ``object_id``, ``held`` (the nightly ingest:
     the catalog already has this file) and ``collision`` (the reason when another input, or a held
@@ -113,7 +104,6 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         SELECT seq, row_number() OVER (PARTITION BY norm_path, given_id ORDER BY seq) AS rn
         FROM listed WHERE {_maybe_shared("listed", "norm_path, given_id")}) WHERE rn > 1)""")
     inputs = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
-    listed = pq.ParquetFile(worklist).metadata.num_rows
     held = held if held is not None else Ledger((), "")
     cwd = os.getcwd().replace("'", "''")
     with held.scan(con, "held_source"):
@@ -151,7 +141,7 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     con.execute(f"""CREATE OR REPLACE VIEW records AS
         SELECT w.*, i.object_id, i.held, i.collision FROM read_parquet('{worklist}') w JOIN named_ids i USING (seq)""")
     con.execute("DROP TABLE listed; DROP TABLE flagged; DROP TABLE derived; DROP TABLE named; DROP TABLE taken")
-    return Ids(con, inputs, listed - inputs)
+    return inputs
 
 
 @dataclass(frozen=True)

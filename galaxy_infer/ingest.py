@@ -192,7 +192,7 @@ def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tup
     write_worklist([config.inbox], listed, config.shard_fields, with_mtime=config.settle_seconds > 0)
     con = ids.connect(scratch)
     try:
-        found = ids.assign(con, listed, config.id_keyword, held=held, new_only=True)
+        inputs = ids.assign(con, listed, config.id_keyword, held=held, new_only=True)
         with held.scan(con, "held_rows"):
             held_rows = con.execute("SELECT count(*) FROM held_rows").fetchall()[0][0]
         settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \
@@ -207,7 +207,7 @@ def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tup
                              os.path.join(scratch, "records.parquet"))
     finally:
         con.close()
-    counts: dict[str, Any] = {"held_before": held_rows, "inbox": found.inputs, "already_held": held_count, "unsettled": unsettled,
+    counts: dict[str, Any] = {"held_before": held_rows, "inbox": inputs, "already_held": held_count, "unsettled": unsettled,
                               "id_collisions": collisions, "id_collision_examples": examples}
     return work, counts
 
