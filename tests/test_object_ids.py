@@ -199,3 +199,15 @@ def test_a_manifest_path_that_is_not_utf8_is_a_record_with_a_reason_and_a_bad_id
     (tmp_path / "ids.csv").write_bytes(b"path,object_id\na.jpg,caf\xe9\n")
     with pytest.raises(ValueError, match="ids.csv"):
         discover([str(tmp_path / "ids.csv")])
+
+
+def test_dated_inbox_folders_list_only_tonight_and_still_avoid_held_ids(tmp_path):
+    # The layout under which a night lists only what is new: one inbox folder per night, each given as --inbox.
+    touch(tmp_path / "inbox" / "2026-12-01", "J1.jpg", "J2.jpg")
+    night1, _ = pending(tmp_path / "inbox" / "2026-12-01", {})
+    assert night1 == {"J1.jpg": "J1", "J2.jpg": "J2"}
+    night = tmp_path / "inbox" / "2026-12-01"
+    held = {"J1": str(night / "J1.jpg"), "J2": str(night / "J2.jpg")}
+    touch(tmp_path / "inbox" / "2026-12-02", "J1.jpg", "J3.jpg")
+    night2, counts = pending(tmp_path / "inbox" / "2026-12-02", held)
+    assert night2 == {"J1.jpg": "J1.jpg", "J3.jpg": "J3"} and counts["inbox"] == 2 and counts["already_held"] == 0
