@@ -23,7 +23,7 @@ import psutil
 
 from benchmarks.run import SOURCE, PeakMemory, end_to_end, replicate, warm_page_cache
 from galaxy_infer.model import bundled_model_path
-from galaxy_infer.readers import discover
+from galaxy_infer.worklist import discover
 
 SHARD_ROWS = 10_000
 ROW_GROUP_ROWS = 1_024

@@ -31,23 +31,21 @@ import re
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from galaxy_infer import storage
+from galaxy_infer import ids, storage
 from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.errors import TRANSIENT_PREFIX
-from galaxy_infer.model import check_device, load_model_info, resolve_model
-from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
-                                     normalised_path)
+from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
 from galaxy_infer.pipeline import stream_tables
 from galaxy_infer.progress import Progress
-from galaxy_infer.readers import find_inputs, records_table
+from galaxy_infer.worklist import WorkList, scratch_folder, write_records, write_worklist
 
 LOCK_NAME = ".ingest.lock"
 RUNS_DIR = "_ingest_runs"
@@ -95,21 +93,9 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
-def held_objects(catalog: str, model_id: str) -> dict[str, str]:
-    """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error).
-
-    A row whose reason says the bytes could not be read now does not hold its object (catalogs
-    written before such rows were withheld may have them), so the object is tried again.
-    """
-    held: dict[str, str] = {}
-    for path in committed_files(catalog):
-        table = _read(path, columns=["object_id", "source_path", "model_id", "error"])
-        keep = pc.and_(pc.equal(table.column("model_id"), model_id),
-                       pc.invert(pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)))
-        table = table.filter(keep)
-        for oid, source in zip(table.column("object_id").to_pylist(), table.column("source_path").to_pylist()):
-            held.setdefault(oid, source)
-    return held
+def held_objects(catalog: str, model_id: str) -> ids.Ledger:
+    """The ledger of ``model_id``'s committed rows (read lazily; a corrupt committed file fails the run)."""
+    return ids.Ledger(tuple(committed_files(catalog)), model_id)
 
 
 def remove_stale_temp_files(catalog: str) -> list[str]:
@@ -172,39 +158,40 @@ class ChunkWriter:
         return final
 
 
-def pending_records(config: IngestConfig, held: Mapping[str, str]) -> tuple[pa.Table, dict[str, Any]]:
-    """Cutouts under the inbox not yet held and settled, with their object ids.
+def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tuple[WorkList, dict[str, Any]]:
+    """Cutouts under the inbox not yet held and settled, with their object ids, as a work list in ``scratch``.
 
     A file is held when a row for this model has its path, whatever its id: ids of held objects
-    never change. New files get ids by :mod:`galaxy_infer.object_ids`, with every held id taken,
-    so a new ``b/J1.jpg`` next to a held ``J1`` becomes ``b/J1.jpg``. A new file whose id is
-    still taken (a repeated ``--id-keyword`` value) is not classified: it is counted and named
-    in ``id_collisions`` every run until the ids differ. Rows with ``error`` set (a file name that
-    is not UTF-8) are error rows before any decoding.
+    never change. Which files are new is an anti-join of the inbox listing against ``held``
+    (out of core, in DuckDB: see :func:`galaxy_infer.ids.assign`); new files get ids by the rule
+    of :mod:`galaxy_infer.ids`, with every held id taken, so a new ``b/J1.jpg`` next to a held
+    ``J1`` becomes ``b/J1.jpg``. A new file whose id is still taken (a repeated ``--id-keyword``
+    value) is not classified: it is counted and named in ``id_collisions`` every run until the
+    ids differ. Rows with ``error`` set (a file name that is not UTF-8) are error rows before any
+    decoding.
     """
-    now = time.time()
-    records, _ = drop_repeats(find_inputs([config.inbox], config.shard_fields))
-    records.sort(key=lambda r: (r.get("shard") or r["source_path"], r.get("shard_pos") or 0))
-    held_paths = {normalised_path(p) for p in held.values()}
-    new = [r for r in records if normalised_path(r["source_path"]) not in held_paths]
-    if config.id_keyword:
-        header_object_ids(new, config.id_keyword)
-    assign_object_ids(records, taken=held.keys())
-    collisions = id_collisions(new, held)
-    counts: dict[str, Any] = {"inbox": len(records), "already_held": len(records) - len(new), "unsettled": 0,
-                              "id_collisions": len(collisions),
-                              "id_collision_examples": [collisions[i] for i in sorted(collisions)[:EXAMPLES]]}
-    mtimes = {} if config.settle_seconds <= 0 else storage.mtimes(config.inbox)
-    pending = []
-    for i, r in enumerate(new):
-        if i in collisions:
-            continue
-        if (config.settle_seconds > 0
-                and now - mtimes.get(r.get("shard") or r["source_path"], 0.0) < config.settle_seconds):
-            counts["unsettled"] += 1
-        else:
-            pending.append(r)
-    return records_table(pending), counts
+    listed = os.path.join(scratch, "listed.parquet")
+    write_worklist([config.inbox], listed, config.shard_fields, with_mtime=config.settle_seconds > 0)
+    con = ids.connect(scratch)
+    try:
+        inputs = ids.assign(con, listed, config.id_keyword, held=held, new_only=True)
+        with held.scan(con, "held_rows"):
+            held_rows = con.execute("SELECT count(*) FROM held_rows").fetchall()[0][0]
+        settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \
+            if config.settle_seconds > 0 else "true"
+        held_count, collisions, unsettled = con.execute(f"""SELECT count(*) FILTER (WHERE held),
+            count(*) FILTER (WHERE NOT held AND collision IS NOT NULL),
+            count(*) FILTER (WHERE NOT held AND collision IS NULL AND NOT {settled}) FROM records""").fetchall()[0]
+        examples = [r[0] for r in con.execute(f"""SELECT collision FROM records WHERE NOT held AND collision IS NOT NULL
+            ORDER BY coalesce(shard, source_path), coalesce(shard_pos, 0) LIMIT {ids.EXAMPLES}""").fetchall()]
+        work = write_records(ids.record_batches(con, f"NOT held AND collision IS NULL AND {settled}",
+                                                "coalesce(shard, source_path), coalesce(shard_pos, 0)"),
+                             os.path.join(scratch, "records.parquet"))
+    finally:
+        con.close()
+    counts: dict[str, Any] = {"held_before": held_rows, "inbox": inputs, "already_held": held_count, "unsettled": unsettled,
+                              "id_collisions": collisions, "id_collision_examples": examples}
+    return work, counts
 
 
 def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) -> dict[str, Any]:
@@ -230,40 +217,46 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         stale = remove_stale_temp_files(catalog)
         info = load_model_info(config.model)
         held = held_objects(catalog, info.model_id)
-        table, counts = pending_records(config, held)
-        summary: dict[str, Any] = {
-            "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
-            "catalog": catalog, "stale_temp_files_removed": len(stale),
-            "held_before": len(held), **counts, "pending": table.num_rows,
-        }
-        if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
-                    "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
-                    "wall_seconds": round(time.perf_counter() - started, 3)}
-        device = check_device(config.device)
-        init_ray(config.address, config.num_cpus, config.object_store_mb)
-        metadata = file_metadata(info, config.run_id, config.dirichlet_intervals)
-        writer = ChunkWriter(partition_dir(catalog, config.date), metadata,
-                             config.run_id, config.chunk_rows, lock)
-        stats = RunStats()
-        with Progress(table.num_rows, config.progress, what="ingested") as progress:
-            for batch in progress.track(stream_tables(table, info, device, config)):
-                stats.add(batch)
-                writer.add(batch)
-                if on_batch is not None:
-                    on_batch(stats.rows)
-        writer.flush()
-        written = writer.rows_committed
-        if written + writer.deferred != table.num_rows:
-            raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
-                               "committed chunks stay, a rerun classifies the rest")
-        summary.update(stats.summary(), rows=written, device=stats.workers.devices(),
-                       files=[f[len(catalog) + 1:] for f in writer.files],
-                       duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
-                       wall_seconds=round(time.perf_counter() - started, 3))
-        storage.write_bytes(storage.join(catalog, RUNS_DIR, f"{config.date}-{config.run_id}.json"),
-                            (json.dumps(summary, indent=2) + "\n").encode())
-        return summary
+        with scratch_folder() as scratch:
+            table, counts = pending_records(config, held, scratch)
+            summary: dict[str, Any] = {
+                "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
+                "catalog": catalog, "stale_temp_files_removed": len(stale),
+                **counts, "pending": table.num_rows,
+            }
+            return _ingest_work(config, catalog, info, table, summary, lock, started, on_batch)
+
+
+def _ingest_work(config: IngestConfig, catalog: str, info: ModelInfo, table: WorkList, summary: dict[str, Any],
+                 lock: storage.OutputLock, started: float, on_batch: Callable[[int], None] | None) -> dict[str, Any]:
+    """Classify the pending work list and commit it chunk by chunk (see :class:`ChunkWriter`)."""
+    if table.num_rows == 0:
+        return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
+                "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
+                "wall_seconds": round(time.perf_counter() - started, 3)}
+    device = check_device(config.device)
+    init_ray(config.address, config.num_cpus, config.object_store_mb)
+    metadata = file_metadata(info, config.run_id, config.dirichlet_intervals)
+    writer = ChunkWriter(partition_dir(catalog, config.date), metadata, config.run_id, config.chunk_rows, lock)
+    stats = RunStats()
+    with Progress(table.num_rows, config.progress, what="ingested") as progress:
+        for batch in progress.track(stream_tables(table, info, device, config)):
+            stats.add(batch)
+            writer.add(batch)
+            if on_batch is not None:
+                on_batch(stats.rows)
+    writer.flush()
+    written = writer.rows_committed
+    if written + writer.deferred != table.num_rows:
+        raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
+                           "committed chunks stay, a rerun classifies the rest")
+    summary.update(stats.summary(), rows=written, device=stats.workers.devices(),
+                   files=[f[len(catalog) + 1:] for f in writer.files],
+                   duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
+                   wall_seconds=round(time.perf_counter() - started, 3))
+    storage.write_bytes(storage.join(catalog, RUNS_DIR, f"{config.date}-{config.run_id}.json"),
+                        (json.dumps(summary, indent=2) + "\n").encode())
+    return summary
 
 
 def format_ingest_summary(s: dict[str, Any]) -> str:

@@ -28,15 +28,13 @@ from galaxy_infer.cluster import (ClusterWatch, init_ray, node_kind, on_cluster,
                                   wait_for_one)
 from galaxy_infer.errors import InputError
 from galaxy_infer.model import ModelInfo, Predictor, check_device, load_model_info
-from galaxy_infer.object_ids import COLLISION
 from galaxy_infer.options import RunOptions
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
-from galaxy_infer.readers import discover
-from galaxy_infer.readers import records_table as to_records_table
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
+from galaxy_infer.worklist import RECORD_SCHEMA, WorkList, discover, plan, scratch_folder
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -210,14 +208,8 @@ def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: s
 
 
 def records_table(inputs: list[str], fields: ShardFields | None = None, id_keyword: str | None = None) -> pa.Table:
-    return to_records_table(discover(inputs, fields, id_keyword))
-
-
-def count_collisions(records: pa.Table) -> int:
-    """Records that discovery made error rows because another input has their object id."""
-    import pyarrow.compute as pc
-
-    return pc.sum(pc.fill_null(pc.starts_with(records.column("error"), COLLISION), False)).as_py() or 0
+    """The records of a few inputs in memory (tools and tests); :func:`classify` streams them from a work list."""
+    return pa.Table.from_pylist(discover(inputs, fields, id_keyword), schema=RECORD_SCHEMA)
 
 
 def error_rows(records: pa.Table, errors: list[str], info: ModelInfo, run_id: str, layout: Layout) -> pa.Table:
@@ -226,9 +218,12 @@ def error_rows(records: pa.Table, errors: list[str], info: ModelInfo, run_id: st
                          run_id, layout)
 
 
-def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunOptions,
+def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, config: RunOptions,
                   on_progress: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
     """Classify ``table``'s records in chunks on Ray and yield one catalog table per chunk as it finishes.
+
+    A :class:`~galaxy_infer.worklist.WorkList` is read a chunk at a time as chunks are submitted,
+    so the driver never holds the run's records.
 
     ``device`` is as asked (``auto``, ``cpu``, ``cuda``); each prediction worker resolves it. The
     number of chunks in flight follows the cluster's current size (see :class:`~galaxy_infer.cluster.WorkerPlan`), so
@@ -270,10 +265,12 @@ def stream_tables(table: pa.Table, info: ModelInfo, device: str, config: RunOpti
             on_progress(done)
         return result
 
-    for start in range(0, table.num_rows, rows):
+    chunks = table.chunks(rows) if isinstance(table, WorkList) else \
+        (table.slice(start, rows) for start in range(0, table.num_rows, rows))
+    for chunk in chunks:
         while len(pending) >= watch.in_flight():
             yield next_finished()
-        pending.submit(table.slice(start, rows))
+        pending.submit(chunk)
     while len(pending):
         yield next_finished()
 
@@ -342,17 +339,23 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
-    table = records_table(config.inputs, config.shard_fields, config.id_keyword)
-    if table.num_rows == 0:
-        raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
-    init_ray(config.address, config.num_cpus, config.object_store_mb)
+    with scratch_folder() as scratch:
+        table, collisions = plan(config.inputs, scratch, config.shard_fields, config.id_keyword)
+        if table.num_rows == 0:
+            raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
+        init_ray(config.address, config.num_cpus, config.object_store_mb)
+        return _classify_work(config, info, device, table, collisions, started)
+
+
+def _classify_work(config: RunConfig, info: ModelInfo, device: str, table: WorkList, collisions: int,
+                   started: float) -> dict[str, Any]:
     with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
                        overwrite=config.overwrite) as writer:
         with Progress(table.num_rows, config.progress) as progress:
             for batch in progress.track(stream_tables(table, info, device, config)):
                 writer.write(batch)
         summary = writer.stats.summary(
-            inputs=table.num_rows, id_collisions=count_collisions(table), run_id=config.run_id,
+            inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id,
             model_id=info.model_id, model_path=config.model, device=writer.stats.workers.devices(),
             output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))

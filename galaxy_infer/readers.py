@@ -1,4 +1,6 @@
-"""Find input cutouts and decode them to pixel arrays.
+"""Cutout formats: suffixes, file-name stems, and decoding each format to pixel arrays.
+
+Finding inputs is :mod:`galaxy_infer.worklist`'s; this module is the layer below it.
 
 Decoding failures raise :class:`~galaxy_infer.errors.InputError` with a reason a person can act
 on; the pipeline turns those into ``error`` rows.
@@ -6,7 +8,6 @@ on; the pipeline turns those into ``error`` rows.
 from __future__ import annotations
 
 import io
-import itertools
 import math
 import os
 import re
@@ -17,12 +18,10 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
-from galaxy_infer import limits, shards, storage
+from galaxy_infer import limits, storage
 from galaxy_infer.errors import ErrorKind, InputError
-from galaxy_infer.object_ids import assign_object_ids, drop_repeats, header_object_ids, id_collisions
 from galaxy_infer.preprocess import Recipe
 
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -215,11 +214,19 @@ def _header_cards(data: bytes | bytearray, at: int) -> tuple[dict[str, str] | No
     return None, at
 
 
+def card_value(text: str) -> str:
+    """A FITS header card's value without quotes or comment."""
+    text = text.strip()
+    if text.startswith("'"):
+        return text[1:].split("'", 1)[0].strip()
+    return text.split("/", 1)[0].strip()
+
+
 def _int_card(cards: dict[str, str], key: str, default: int = 0) -> int:
     if key not in cards:
         return default
     try:
-        return int(shards._card_value(cards[key]))
+        return int(card_value(cards[key]))
     except ValueError:
         raise InputError(f"FITS header keyword {key} is not an integer: {cards[key].strip()[:40]!r}",
                          kind=ErrorKind.CORRUPT) from None
@@ -239,13 +246,13 @@ def _data_bytes(cards: dict[str, str]) -> int:
 
 def _check_hdu_claims(cards: dict[str, str]) -> None:
     run = limits.active()
-    if shards._card_value(cards.get("ZIMAGE", "F")).upper() == "T":
+    if card_value(cards.get("ZIMAGE", "F")).upper() == "T":
         dims = _axes(cards, "ZNAXIS")
         if dims:
             run.check_image(dims, abs(_int_card(cards, "ZBITPIX", 8)) // 8, "tile-compressed FITS image")
         return
     dims = _axes(cards, "NAXIS")
-    extension = shards._card_value(cards.get("XTENSION", "'IMAGE'")).upper()
+    extension = card_value(cards.get("XTENSION", "'IMAGE'")).upper()
     if extension == "IMAGE" and dims and all(n > 0 for n in dims):
         run.check_image(dims, abs(_int_card(cards, "BITPIX", 8)) // 8, "FITS image")
 
@@ -298,178 +305,3 @@ def _centre_radec(header, shape: tuple[int, int]) -> tuple[float | None, float |
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
-
-RECORD_SCHEMA = pa.schema([
-    ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
-    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
-"""One input cutout. ``shard*`` locate a cutout inside a shard (see :mod:`galaxy_infer.shards`);
-``error`` is set when discovery already knows the cutout becomes an error row (an unopenable
-shard, an object id collision, a file name that is not UTF-8)."""
-
-
-def discover(inputs: list[str], fields: shards.ShardFields | None = None, id_keyword: str | None = None) -> list[dict]:
-    """Expand folders/prefixes (recursively), globs, manifests and shards, local or in an object store,
-    into records with unique object ids.
-
-    A record has ``source_path`` (a local path or a URI), ``object_id`` (see
-    :mod:`galaxy_infer.object_ids`), ``ra`` and ``dec``, plus the shard columns of
-    :data:`RECORD_SCHEMA` for cutouts inside shards and ``error`` where a reason is already
-    known. Files named by a manifest are kept even when missing, so they become ``file not
-    found`` rows; an input argument that does not exist raises FileNotFoundError. Hidden files
-    (leading ``.``) are skipped when listing. ``fields`` names the image/id/ra/dec fields of
-    shards whose layout is ambiguous.
-    """
-    records, _ = drop_repeats(find_inputs(inputs, fields))
-    if id_keyword:
-        header_object_ids(records, id_keyword)
-    assign_object_ids(records)
-    for i, reason in id_collisions(records).items():
-        records[i]["error"] = records[i]["error"] or reason
-    return [{k: r.get(k) for k in RECORD_SCHEMA.names if k in RECORD_KEYS or r.get(k) is not None} for r in records]
-
-
-RECORD_KEYS = ("object_id", "source_path", "ra", "dec")
-"""Keys every record has; the shard columns and ``error`` are there only when set."""
-
-
-def find_inputs(inputs: list[str], fields: shards.ShardFields | None = None) -> list[dict]:
-    """Records for every cutout the inputs name, with ``object_id`` only where a manifest or a shard gives one.
-
-    Each record also carries ``relative_path``, its path below its input root, and shard rows
-    without an id of their own their fallback id as ``stem`` (see
-    :func:`galaxy_infer.object_ids.assign_object_ids`).
-    """
-    records: list[dict] = []
-    for item in inputs:
-        storage.check_reachable(item)
-        if _is_manifest(item) and not shards.is_parquet_shard(item):
-            records.extend(read_manifest(item, fields))
-        elif storage.is_dir(item):
-            for p in storage.list_uris(item):
-                if (is_cutout(p) or shards.is_shard_name(p)) and not os.path.basename(p).startswith("."):
-                    records.extend(_expand(p, item, fields, in_folder=True))
-        elif storage.has_magic(item):
-            found = [p for p in storage.glob(item) if is_cutout(p) or shards.is_shard_name(p)]
-            if not found:
-                raise FileNotFoundError(f"no cutout matches {item}")
-            root = _glob_root(item)
-            for p in found:
-                records.extend(_expand(p, root, fields, in_folder=True))
-        elif not storage.exists(item):
-            raise FileNotFoundError(f"input {item} is a broken symbolic link"
-                                    if not storage.is_remote(item) and os.path.lexists(item)
-                                    else f"input {item} does not exist")
-        else:
-            records.extend(_expand(item, storage.parent_and_name(item)[0], fields))
-    return records
-
-
-def _expand(path: str, root: str, fields: shards.ShardFields | None, in_folder: bool = False) -> list[dict]:
-    """A shard's cutouts, or the file itself. In folders, Parquet files without an image column
-    (catalogs, manifests) are not inputs."""
-    record = _record(path, root)
-    if record["error"]:
-        return [record]
-    if in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
-        return []
-    found = shards.shard_records(path, fields)
-    return [_shard_row(r, record["relative_path"]) for r in found] if found else [record]
-
-
-def _shard_row(record: dict, shard_relative_path: str) -> dict:
-    """A shard's record made ready for the id rule.
-
-    Ids the shard holds (its id column, a WebDataset JSON id) are given ids, like a manifest's. Its
-    fallback ids (``<shard name>#<row>``, the tar key, the HDU's EXTNAME) are like file stems:
-    kept when unique in the run, else replaced by ``<shard path below the input root>#<row>``.
-    """
-    given = record.pop("id_given", False)
-    label = record["source_path"][len(record["shard"]):]
-    return {**record, "object_id": record["object_id"] if given else None,
-            "stem": None if given else record["object_id"], "relative_path": shard_relative_path + label}
-
-
-def records_table(records: list[dict]) -> pa.Table:
-    return pa.Table.from_pylist(records, schema=RECORD_SCHEMA)
-
-
-def _glob_root(pattern: str) -> str:
-    """The folder a glob's fixed leading part names (its matches' ids are relative to it)."""
-    sep = "/" if storage.is_remote(pattern) else os.sep
-    fixed = list(itertools.takewhile(lambda part: not storage.has_magic(part), pattern.split(sep)))
-    return sep.join(fixed) or (sep if pattern.startswith(sep) else ".")
-
-
-def _relative(path: str, root: str) -> str:
-    """``path`` below ``root``, ``/``-separated; the path as given when it is not below ``root``."""
-    remote = storage.is_remote(path)
-    sep = "/" if remote else os.sep
-    prefix = root.rstrip(sep) + sep if root else ""
-    if prefix and path.startswith(prefix):
-        return path[len(prefix):].replace(os.sep, "/")
-    if remote:
-        return path
-    rel = os.path.relpath(path, root or ".")
-    return path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
-
-
-def _is_manifest(item: str) -> bool:
-    return item.lower().endswith((".csv", ".parquet")) and storage.is_file(item)
-
-
-def _record(path: str, root: str, object_id: str | None = None, ra: float | None = None,
-            dec: float | None = None) -> dict:
-    error = None
-    try:
-        path.encode("utf-8")
-    except UnicodeEncodeError:  # undecodable bytes of a file name, kept by Python as surrogates
-        path = os.fsencode(path).decode("utf-8", "backslashreplace")
-        error = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
-    return {"source_path": path, "object_id": object_id or None, "ra": ra, "dec": dec, "error": error,
-            "relative_path": _relative(path, root)}
-
-
-def read_manifest(path: str, fields: shards.ShardFields | None = None) -> list[dict]:
-    """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
-
-    Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
-    object store); a ``path`` that is a URI is used as is. A path naming a shard stands for all
-    its cutouts (their ids and positions come from the shard). Paths are read as bytes, so one
-    that is not UTF-8 becomes an error row like such a file name in a folder.
-    """
-    import pyarrow.csv as pv
-    import pyarrow.parquet as pq
-
-    try:
-        with storage.open_input(path) as f:
-            if path.lower().endswith(".parquet"):
-                table = pq.read_table(f)
-            else:
-                table = pv.read_csv(f, convert_options=pv.ConvertOptions(
-                    column_types={"path": pa.binary(), "object_id": pa.string()}, strings_can_be_null=True))
-    except pa.ArrowInvalid as exc:
-        raise ValueError(f"manifest {path}: {exc}") from None
-    if "path" not in table.column_names:
-        raise ValueError(f"manifest {path} has no 'path' column, nor is it a shard with an image-bytes column "
-                         f"(columns: {', '.join(table.column_names)})")
-    base = storage.parent_and_name(path)[0]
-    rows = table.to_pylist()
-    out = []
-    for row in rows:
-        p = row["path"]
-        if p is None or p == b"":
-            continue
-        p = os.fsdecode(p) if isinstance(p, bytes) else p
-        full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
-        ra, dec = row.get("ra"), row.get("dec")
-        record = _record(full, base, None if row.get("object_id") is None else str(row["object_id"]),
-                         None if ra is None else float(ra), None if dec is None else float(dec))
-        shard = None if record["error"] or not (shards.is_shard_name(full) or is_cutout(full)) else \
-            shards.shard_records(full, fields)
-        if shard is not None:
-            out.extend(_shard_row(r, record["relative_path"]) for r in shard)
-        else:
-            out.append(record)
-    return out
-

@@ -681,22 +681,15 @@ def fits_image_hdus(f: BinaryIO) -> list[tuple[int, str | None]] | None:
                     break
                 if card[8:10] == "= ":
                     cards[key] = card[10:]
-        naxis = int(_card_value(cards.get("NAXIS", "0")))
-        dims = [int(_card_value(cards.get(f"NAXIS{i}", "0"))) for i in range(1, naxis + 1)]
-        size = (abs(int(_card_value(cards.get("BITPIX", "8")))) // 8 * int(_card_value(cards.get("GCOUNT", "1")))
-                * (int(_card_value(cards.get("PCOUNT", "0"))) + (math.prod(dims) if dims else 0)))
-        extension = _card_value(cards.get("XTENSION", "'IMAGE'")).upper()
+        naxis = int(readers.card_value(cards.get("NAXIS", "0")))
+        dims = [int(readers.card_value(cards.get(f"NAXIS{i}", "0"))) for i in range(1, naxis + 1)]
+        size = (abs(int(readers.card_value(cards.get("BITPIX", "8")))) // 8 * int(readers.card_value(cards.get("GCOUNT", "1")))
+                * (int(readers.card_value(cards.get("PCOUNT", "0"))) + (math.prod(dims) if dims else 0)))
+        extension = readers.card_value(cards.get("XTENSION", "'IMAGE'")).upper()
         if extension == "IMAGE" and len(dims) >= 2 and size:
-            found.append((index, _card_value(cards["EXTNAME"]) if "EXTNAME" in cards else None))
+            found.append((index, readers.card_value(cards["EXTNAME"]) if "EXTNAME" in cards else None))
         f.seek(-(-size // 2880) * 2880, io.SEEK_CUR)
         index += 1
-
-
-def _card_value(text: str) -> str:
-    text = text.strip()
-    if text.startswith("'"):
-        return text[1:].split("'", 1)[0].strip()
-    return text.split("/", 1)[0].strip()
 
 
 def _fits_records(path: str, hdus: list[tuple[int, str | None]]) -> list[dict]:

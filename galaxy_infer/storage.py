@@ -187,6 +187,55 @@ def list_uris(uri: str, recursive: bool = True) -> list[str]:
     return [_uri(uri, i.path) for i in list_files(uri, recursive)]
 
 
+def walk_files(uri: str, with_mtime: bool = False) -> Iterator[tuple[str, float | None]]:
+    """``(path, mtime)`` of each file under a folder/prefix, a directory at a time, in :func:`list_uris`'s order.
+
+    Only one directory's entries are held at once: locally by ``os.scandir`` in ``os.walk``'s
+    order, in an object store by one delimited listing per prefix level (``FileSelector``,
+    not recursive), merged so that paths come out sorted as one recursive listing would give
+    them. ``mtime`` is None unless ``with_mtime`` (locally it costs a ``stat`` per file).
+    """
+    if not is_remote(uri):
+        yield from _scan_local(_local_path(uri), with_mtime)
+        return
+    filesystem, path = resolve(uri)
+    yield from _scan_remote(filesystem, path, uri)
+
+
+def _scan_local(folder: str, with_mtime: bool) -> Iterator[tuple[str, float | None]]:
+    try:
+        with os.scandir(folder) as entries:
+            listed = [(e.name, e.is_dir(), e.is_symlink()) for e in entries]
+    except OSError:
+        return
+    listed.sort()
+    for name, is_dir, _ in listed:
+        if not is_dir:
+            path = os.path.join(folder, name)
+            yield path, _mtime(path) if with_mtime else None
+    for name, is_dir, is_link in listed:
+        if is_dir and not is_link:
+            yield from _scan_local(os.path.join(folder, name), with_mtime)
+
+
+def _mtime(path: str) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+def _scan_remote(filesystem: pafs.FileSystem, prefix: str, like: str) -> Iterator[tuple[str, float | None]]:
+    found = filesystem.get_file_info(pafs.FileSelector(prefix, recursive=False, allow_not_found=True))
+    # A folder's files sort after its name plus "/": keys so that a depth-first walk is in sorted order.
+    entries = sorted(found, key=lambda i: i.path + "/" if i.type == pafs.FileType.Directory else i.path)
+    for entry in entries:
+        if entry.type == pafs.FileType.Directory:
+            yield from _scan_remote(filesystem, entry.path, like)
+        elif entry.type == pafs.FileType.File:
+            yield _uri(like, entry.path), entry.mtime.timestamp() if entry.mtime is not None else None
+
+
 def mtimes(uri: str) -> dict[str, float]:
     """Modification time of every file under a folder/prefix, from one listing (one LIST per 1,000 objects)."""
     return {_uri(uri, i.path): i.mtime.timestamp() for i in list_files(uri) if i.mtime is not None}

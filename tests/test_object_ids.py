@@ -6,10 +6,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
+from galaxy_infer.ids import LEDGER_SCHEMA, Ledger
 from galaxy_infer.ingest import IngestConfig, pending_records
-from galaxy_infer.readers import discover
+from galaxy_infer.worklist import discover, scratch_folder
 
 
 def touch(root: Path, *names: str, age: float = 0.0) -> None:
@@ -114,8 +117,18 @@ def config(inbox: Path, **kw) -> IngestConfig:
     return IngestConfig(inbox=str(inbox), catalog=str(inbox.parent / "catalog"), **{"settle_seconds": 0, **kw})
 
 
+def pending_table(inbox: Path, held: dict[str, str], **kw) -> tuple[pa.Table, dict]:
+    with scratch_folder() as scratch:
+        ledger = os.path.join(scratch, "ledger.parquet")
+        pq.write_table(pa.table({"object_id": list(held), "source_path": list(held.values()),
+                                 "model_id": ["m"] * len(held), "error": [None] * len(held)},
+                                schema=LEDGER_SCHEMA), ledger)
+        work, counts = pending_records(config(inbox, **kw), Ledger((ledger,), "m"), scratch)
+        return pq.read_table(work.path), counts
+
+
 def pending(inbox: Path, held: dict[str, str], **kw) -> tuple[dict[str, str], dict]:
-    table, counts = pending_records(config(inbox, **kw), held)
+    table, counts = pending_table(inbox, held, **kw)
     return {os.path.relpath(p, inbox): i for p, i in zip(table.column("source_path").to_pylist(),
                                                           table.column("object_id").to_pylist())}, counts
 
@@ -171,10 +184,10 @@ def test_the_ingest_records_a_file_name_that_is_not_utf8_as_an_error_row_once(tm
     inbox.mkdir()
     with open(os.path.join(os.fsencode(inbox), b"J\xff.jpg"), "wb") as f:
         f.write(b"0")
-    table, _ = pending_records(config(inbox), {})
+    table, _ = pending_table(inbox, {})
     [record] = table.to_pylist()
     assert "not valid UTF-8" in record["error"] and record["object_id"] == "J\\xff"
-    table, counts = pending_records(config(inbox), {record["object_id"]: record["source_path"]})
+    table, counts = pending_table(inbox, {record["object_id"]: record["source_path"]})
     assert table.num_rows == 0 and counts["already_held"] == 1
 
 
@@ -186,3 +199,15 @@ def test_a_manifest_path_that_is_not_utf8_is_a_record_with_a_reason_and_a_bad_id
     (tmp_path / "ids.csv").write_bytes(b"path,object_id\na.jpg,caf\xe9\n")
     with pytest.raises(ValueError, match="ids.csv"):
         discover([str(tmp_path / "ids.csv")])
+
+
+def test_dated_inbox_folders_list_only_tonight_and_still_avoid_held_ids(tmp_path):
+    # The layout under which a night lists only what is new: one inbox folder per night, each given as --inbox.
+    touch(tmp_path / "inbox" / "2026-12-01", "J1.jpg", "J2.jpg")
+    night1, _ = pending(tmp_path / "inbox" / "2026-12-01", {})
+    assert night1 == {"J1.jpg": "J1", "J2.jpg": "J2"}
+    night = tmp_path / "inbox" / "2026-12-01"
+    held = {"J1": str(night / "J1.jpg"), "J2": str(night / "J2.jpg")}
+    touch(tmp_path / "inbox" / "2026-12-02", "J1.jpg", "J3.jpg")
+    night2, counts = pending(tmp_path / "inbox" / "2026-12-02", held)
+    assert night2 == {"J1.jpg": "J1.jpg", "J3.jpg": "J3"} and counts["inbox"] == 2 and counts["already_held"] == 0

@@ -5,7 +5,8 @@ import pytest
 
 from galaxy_infer.errors import InputError
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.readers import discover, object_id_from_path, read_cutout
+from galaxy_infer.readers import object_id_from_path, read_cutout
+from galaxy_infer.worklist import discover
 from tests.bad_inputs import write_corpus
 
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from galaxy_infer.pipeline import RunConfig, classify, read_and_preprocess, records_batch
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.readers import discover, records_table
+from galaxy_infer.worklist import RECORD_SCHEMA, discover
 from galaxy_infer.shards import (Layout, ShardFields, fits_image_hdus, read_shard_rows, shard_records,
                                  stamp_pixels)
 from galaxy_infer.synthetic import galaxy_image
@@ -79,7 +79,7 @@ def write_webdataset(path: Path, members: dict[str, bytes]) -> None:
 
 def decode(records: list[dict], recipe: Recipe = Recipe()) -> dict[str, str]:
     """object_id -> error ('' when the cutout became a model input)."""
-    out = read_and_preprocess(records_batch(records_table(records)), recipe)
+    out = read_and_preprocess(records_batch(pa.Table.from_pylist(records, schema=RECORD_SCHEMA)), recipe)
     assert out["pixels"].shape == (len(records), 3, recipe.input_size, recipe.input_size)
     return dict(zip(out["object_id"], out["error"]))
 
@@ -90,7 +90,7 @@ def test_galaxy10_hdf5_gives_one_row_per_cutout_with_positions(tmp_path, jpegs):
     assert [r["object_id"] for r in records] == [f"Galaxy10_DECals.h5#{i}" for i in range(N)]
     assert records[3]["source_path"] == f"{tmp_path / 'Galaxy10_DECals.h5'}#3"
     assert records[-1]["ra"] == pytest.approx(151) and records[0]["dec"] == pytest.approx(2)
-    out = read_and_preprocess(records_batch(records_table(records)), Recipe())
+    out = read_and_preprocess(records_batch(pa.Table.from_pylist(records, schema=RECORD_SCHEMA)), Recipe())
     assert set(out["error"]) == {""}
     assert 0 < out["pixels"].mean() < 1
 

@@ -26,7 +26,8 @@ from galaxy_infer.cli import main as cli_main
 from galaxy_infer.errors import InputError, StorageError, TransientInputError
 from galaxy_infer.pipeline import read_and_preprocess
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.readers import discover, read_cutout
+from galaxy_infer.readers import read_cutout
+from galaxy_infer.worklist import discover
 from galaxy_infer.synthetic import galaxy_image, write_fits_cutout
 from tests import s3_server
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pytest
 
@@ -44,7 +45,8 @@ def test_ingest_defers_objects_that_cannot_be_read_now_and_does_not_hold_them(tm
     # Catalogs that already hold such rows (written before they were withheld) do not hold those objects.
     storage.write_object_atomic(str(tmp_path / "ingest_date=2026-01-02" / "part-old.parquet"),
                                 lambda s: __import__("pyarrow.parquet").parquet.write_table(table, s))
-    assert held_objects(str(tmp_path), "m") == {"b": "b.jpg"}
+    with held_objects(str(tmp_path), "m").scan(con := duckdb.connect(), "held"):
+        assert set(con.sql("SELECT object_id, source_path FROM held").fetchall()) == {("b", "b.jpg")}
 
 
 @pytest.mark.ray

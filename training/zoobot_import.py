@@ -30,7 +30,7 @@ from torch import nn
 from galaxy_infer.model import INPUT_NAME, METADATA_KEY, Predictor, metadata_document
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.readers import discover
+from galaxy_infer.worklist import discover
 from galaxy_infer.schema import Flag, Schema
 from galaxy_infer.trees import from_zoobot, match_builtin
 from training.data import load_input

@@ -1,0 +1,412 @@
+"""Discovery: inputs (folders, prefixes, globs, manifests, shards) streamed into a Parquet work list.
+
+Nothing here holds the whole listing: folders and prefixes are listed a directory at a time,
+manifests read a record batch at a time, and units go to a Parquet file on local scratch in
+batches of :data:`BATCH_ROWS`. :mod:`galaxy_infer.ids` then gives every unit its object id out of
+core, and :class:`WorkList` hands the pipeline its records a chunk at a time.
+
+Files named by a manifest are kept even when missing, so they become ``file not found`` rows; an
+input argument that does not exist raises FileNotFoundError. Hidden files (leading ``.``) are
+skipped when listing. ``fields`` names the image/id/ra/dec fields of shards whose layout is
+ambiguous.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields as dataclass_fields
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from galaxy_infer import ids, shards, storage
+from galaxy_infer.errors import ErrorKind
+from galaxy_infer.readers import is_cutout
+
+BATCH_ROWS = 65_536
+"""Units buffered before they are written to the work list (bounds discovery's memory)."""
+
+RECORD_SCHEMA = pa.schema([
+    ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
+    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
+"""One input cutout as the pipeline takes it. ``shard*`` locate a cutout inside a shard (see
+:mod:`galaxy_infer.shards`); ``error`` is set when discovery already knows the cutout becomes an
+error row (an unopenable shard, an object id collision, a file name that is not UTF-8)."""
+
+NOT_UTF8 = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    """One input found by discovery, before the id rule (see :data:`galaxy_infer.ids.WORK_SCHEMA`)."""
+
+    source_path: str
+    relative_path: str
+    given_id: str | None = None
+    stem: str | None = None
+    ra: float | None = None
+    dec: float | None = None
+    shard: str | None = None
+    shard_layout: str | None = None
+    shard_pos: int | None = None
+    error: str | None = None
+    error_kind: str | None = None
+    mtime: float | None = None
+
+
+_UNIT_FIELDS = [f.name for f in dataclass_fields(Unit)]
+
+
+class WorkListWriter:
+    """Appends units (or whole Arrow batches of them) to a Parquet work list, numbering them in order."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.writer = pq.ParquetWriter(path, ids.WORK_SCHEMA)
+        self.rows = 0
+        self.pending: list[Unit] = []
+
+    def add(self, unit: Unit) -> None:
+        self.pending.append(unit)
+        if len(self.pending) >= BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            columns = {name: [getattr(u, name) for u in self.pending] for name in _UNIT_FIELDS}
+            columns["norm_path"] = [ids.normalised_path(u.source_path) for u in self.pending]
+            self.pending = []
+            self._write(columns)
+
+    def add_columns(self, columns: dict) -> None:
+        """Units as columns (lists or Arrow arrays) named as :data:`~galaxy_infer.ids.WORK_SCHEMA`'s, ``seq`` aside."""
+        self.flush()
+        self._write(columns)
+
+    def _write(self, columns: dict) -> None:
+        n = len(columns["source_path"])
+        columns = {**columns, "seq": pa.arange(self.rows, self.rows + n)}
+        self.writer.write_table(pa.table({f.name: _column(columns.get(f.name), f.type, n) for f in ids.WORK_SCHEMA},
+                                         schema=ids.WORK_SCHEMA))
+        self.rows += n
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()
+
+
+def _column(values: list | pa.Array | pa.ChunkedArray | None, type_: pa.DataType, n: int) -> pa.Array | pa.ChunkedArray:
+    if values is None:
+        return pa.nulls(n, type_)
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        return values if values.type == type_ else values.cast(type_)
+    return pa.array(values, type_)
+
+
+def write_worklist(inputs: list[str], path: str, fields: shards.ShardFields | None = None,
+                   with_mtime: bool = False) -> int:
+    """Discover ``inputs`` into the work list at ``path``; returns how many units it holds.
+
+    ``with_mtime`` records each listed file's modification time (the nightly ingest's settle check).
+    """
+    writer = WorkListWriter(path)
+    try:
+        for item in inputs:
+            _discover_one(item, writer, fields, with_mtime)
+    finally:
+        writer.close()
+    return writer.rows
+
+
+def _discover_one(item: str, writer: WorkListWriter, fields: shards.ShardFields | None, with_mtime: bool) -> None:
+    storage.check_reachable(item)
+    if _is_manifest(item) and not shards.is_parquet_shard(item):
+        read_manifest(item, writer, fields)
+    elif storage.is_dir(item):
+        for p, mtime in storage.walk_files(item, with_mtime):
+            if (is_cutout(p) or shards.is_shard_name(p)) and not os.path.basename(p).startswith("."):
+                for unit in _expand(p, item, fields, in_folder=True, mtime=mtime):
+                    writer.add(unit)
+    elif storage.has_magic(item):
+        found = [p for p in storage.glob(item) if is_cutout(p) or shards.is_shard_name(p)]
+        if not found:
+            raise FileNotFoundError(f"no cutout matches {item}")
+        root = _glob_root(item)
+        mtimes = storage.mtimes(root) if with_mtime else {}
+        for p in found:
+            for unit in _expand(p, root, fields, in_folder=True, mtime=mtimes.get(p)):
+                writer.add(unit)
+    elif not storage.exists(item):
+        raise FileNotFoundError(f"input {item} is a broken symbolic link"
+                                if not storage.is_remote(item) and os.path.lexists(item)
+                                else f"input {item} does not exist")
+    else:
+        mtime = storage.info(item).mtime.timestamp() if with_mtime else None
+        for unit in _expand(item, storage.parent_and_name(item)[0], fields, mtime=mtime):
+            writer.add(unit)
+
+
+def _expand(path: str, root: str, fields: shards.ShardFields | None, in_folder: bool = False,
+            mtime: float | None = None) -> Iterable[Unit]:
+    """A shard's cutouts, or the file itself. In folders, Parquet files without an image column
+    (catalogs, manifests) are not inputs."""
+    unit = _unit(path, root, mtime=mtime)
+    if unit.error:
+        return [unit]
+    if in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
+        return []
+    found = shards.shard_records(path, fields)
+    return [_shard_unit(r, unit.relative_path, mtime) for r in found] if found else [unit]
+
+
+def _shard_unit(record: dict, shard_relative_path: str, mtime: float | None) -> Unit:
+    """A shard's record as a unit.
+
+    Ids the shard holds (its id column, a WebDataset JSON id) are given ids, like a manifest's. Its
+    fallback ids (``<shard name>#<row>``, the tar key, the HDU's EXTNAME) are like file stems:
+    kept when unique in the run, else replaced by ``<shard path below the input root>#<row>``.
+    """
+    given = record.get("id_given", False)
+    label = record["source_path"][len(record["shard"]):]
+    return Unit(source_path=record["source_path"], relative_path=shard_relative_path + label,
+                given_id=record["object_id"] if given else None, stem=None if given else record["object_id"],
+                ra=record["ra"], dec=record["dec"], shard=record["shard"], shard_layout=record["shard_layout"],
+                shard_pos=record["shard_pos"], error=record["error"],
+                error_kind=None if record["error"] is None else ErrorKind.CORRUPT.value, mtime=mtime)
+
+
+def _glob_root(pattern: str) -> str:
+    """The folder a glob's fixed leading part names (its matches' ids are relative to it)."""
+    sep = "/" if storage.is_remote(pattern) else os.sep
+    fixed = list(itertools.takewhile(lambda part: not storage.has_magic(part), pattern.split(sep)))
+    return sep.join(fixed) or (sep if pattern.startswith(sep) else ".")
+
+
+def _relative(path: str, root: str) -> str:
+    """``path`` below ``root``, ``/``-separated; the path as given when it is not below ``root``."""
+    remote = storage.is_remote(path)
+    sep = "/" if remote else os.sep
+    prefix = root.rstrip(sep) + sep if root else ""
+    if prefix and path.startswith(prefix):
+        return path[len(prefix):].replace(os.sep, "/")
+    if remote:
+        return path
+    rel = os.path.relpath(path, root or ".")
+    return path if rel == ".." or rel.startswith(".." + os.sep) else rel.replace(os.sep, "/")
+
+
+def _is_manifest(item: str) -> bool:
+    return item.lower().endswith((".csv", ".parquet")) and storage.is_file(item)
+
+
+def _unit(path: str, root: str, given_id: str | None = None, ra: float | None = None,
+          dec: float | None = None, mtime: float | None = None) -> Unit:
+    error = None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes of a file name, kept by Python as surrogates
+        path = os.fsencode(path).decode("utf-8", "backslashreplace")
+        error = NOT_UTF8
+    return Unit(source_path=path, relative_path=_relative(path, root), given_id=given_id or None, ra=ra, dec=dec,
+                error=error, error_kind=None if error is None else ErrorKind.UNSUPPORTED.value, mtime=mtime)
+
+
+_NEEDS_PYTHON = re.compile(r"(^|/)\.\.?(/|$)|//")
+"""Paths whose normalised form needs :func:`os.path.normpath` (``.``/``..`` parts, doubled slashes)."""
+
+
+def read_manifest(path: str, writer: WorkListWriter, fields: shards.ShardFields | None = None) -> None:
+    """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
+
+    Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
+    object store); a ``path`` that is a URI is used as is. A path naming a shard stands for all
+    its cutouts (their ids and positions come from the shard). Paths are read as bytes, so one
+    that is not UTF-8 becomes an error row like such a file name in a folder.
+
+    Read a record batch at a time; plain file rows are turned into units with Arrow compute
+    (a Python object per row measured ~1 us each, too slow for 10^8 rows), shard and FITS rows
+    (a FITS file may hold several cutouts) one by one.
+    """
+    base = storage.parent_and_name(path)[0]
+    for batch in _manifest_batches(path):
+        _manifest_batch(batch, base, writer, fields)
+
+
+def _manifest_batches(path: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pv
+
+    try:
+        with storage.open_input(path) as f:
+            if path.lower().endswith(".parquet"):
+                reader = pq.ParquetFile(f)
+                _check_path_column(path, reader.schema_arrow.names)
+                yield from reader.iter_batches(batch_size=BATCH_ROWS)
+            else:
+                reader = pv.open_csv(f, read_options=pv.ReadOptions(block_size=1 << 22),
+                                     convert_options=pv.ConvertOptions(
+                                         column_types={"path": pa.binary(), "object_id": pa.string()},
+                                         strings_can_be_null=True))
+                _check_path_column(path, reader.schema.names)
+                yield from reader
+    except pa.ArrowInvalid as exc:
+        raise ValueError(f"manifest {path}: {exc}") from None
+
+
+def _check_path_column(path: str, names: list[str]) -> None:
+    if "path" not in names:
+        raise ValueError(f"manifest {path} has no 'path' column, nor is it a shard with an image-bytes column "
+                         f"(columns: {', '.join(names)})")
+
+
+_SPECIAL = "(?i)(" + "|".join(re.escape(s) for s in shards.SHARD_SUFFIXES + shards.MEF_SUFFIXES) + ")$"
+
+
+def _manifest_batch(batch: pa.RecordBatch, base: str, writer: WorkListWriter,
+                    fields: shards.ShardFields | None) -> None:
+    table = pa.Table.from_batches([batch])
+    raw = table.column("path")
+    if not pa.types.is_binary(raw.type):
+        raw = raw.cast(pa.string()).cast(pa.binary())
+    keep = pc.fill_null(pc.greater(pc.binary_length(raw), 0), False)
+    table, raw = table.filter(keep), raw.filter(keep)
+    if table.num_rows == 0:
+        return
+    given = _optional(table, "object_id", pa.string())
+    ra, dec = _optional(table, "ra", pa.float64()), _optional(table, "dec", pa.float64())
+    try:
+        text = raw.cast(pa.string())
+    except pa.ArrowInvalid:  # a path that is not UTF-8: this batch row by row
+        for i, p in enumerate(raw.to_pylist()):
+            _manifest_row(os.fsdecode(p), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py(), writer, fields)
+        return
+    special = pc.match_substring_regex(text, _SPECIAL)
+    start = 0  # shards and FITS files are opened row by row; runs of plain files between them stay vectorised
+    for i in pc.indices_nonzero(special).to_pylist() + [len(text)]:
+        if i > start:
+            _plain_rows(text.slice(start, i - start), base, given.slice(start, i - start), ra.slice(start, i - start),
+                        dec.slice(start, i - start), writer)
+        if i < len(text):
+            _manifest_row(text[i].as_py(), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py(), writer, fields)
+        start = i + 1
+
+
+def _optional(table: pa.Table, name: str, type_: pa.DataType) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        return pa.chunked_array([pa.nulls(table.num_rows, type_)])
+    column = table.column(name)
+    if name == "object_id" and column.type != pa.string():  # ids as Python's str() writes them (1.0, not 1)
+        return pa.chunked_array([pa.array([None if v is None else str(v) for v in column.to_pylist()], pa.string())])
+    return column.cast(type_) if column.type != type_ else column
+
+
+def _plain_rows(text: pa.ChunkedArray, base: str, given: pa.ChunkedArray, ra: pa.ChunkedArray,
+                dec: pa.ChunkedArray, writer: WorkListWriter) -> None:
+    """Manifest rows naming plain files, as :func:`_unit` would make them, with Arrow compute."""
+    absolute = pc.or_(pc.starts_with(text, "/"), pc.match_substring(text, "://"))
+    prefix = base.rstrip("/") + "/"
+    full = pc.if_else(absolute, text, pc.binary_join_element_wise(prefix, text, ""))
+    relative = pc.if_else(pc.starts_with(full, prefix), pc.utf8_slice_codeunits(full, len(prefix)), full)
+    if storage.is_remote(base):
+        norm = full
+    else:
+        absolute_base = os.path.abspath(base).rstrip("/") + "/"
+        norm = pc.if_else(absolute, text, pc.binary_join_element_wise(absolute_base, text, ""))
+        odd = pc.match_substring_regex(norm, _NEEDS_PYTHON.pattern)
+        if pc.any(odd).as_py():
+            values = norm.to_pylist()
+            for i in pc.indices_nonzero(odd).to_pylist():
+                values[i] = os.path.normpath(values[i])
+            norm = pa.array(values, pa.string())
+    writer.add_columns({"source_path": full, "relative_path": relative, "norm_path": norm,
+                        "given_id": pc.if_else(pc.equal(given, ""), pa.scalar(None, pa.string()), given),
+                        "ra": ra, "dec": dec})
+
+
+def _manifest_row(p: str, base: str, given: str | None, ra: float | None, dec: float | None,
+                  writer: WorkListWriter, fields: shards.ShardFields | None) -> None:
+    full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
+    unit = _unit(full, base, None if given is None else str(given), ra, dec)
+    found = None if unit.error or not (shards.is_shard_name(full) or is_cutout(full)) else \
+        shards.shard_records(full, fields)
+    if found is not None:
+        for r in found:
+            writer.add(_shard_unit(r, unit.relative_path, None))
+    else:
+        writer.add(unit)
+
+
+@contextmanager
+def scratch_folder(where: str | None = None) -> Iterator[str]:
+    """A local folder for a run's work list and DuckDB spill files, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="galaxy-infer-work-", dir=where) as folder:
+        yield folder
+
+
+class WorkList:
+    """A run's records (:data:`RECORD_SCHEMA`) in a local Parquet file, handed out a chunk at a time."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        metadata = pq.ParquetFile(path).metadata
+        self.num_rows = metadata.num_rows
+
+    def chunks(self, rows: int) -> Iterator[pa.Table]:
+        """Consecutive tables of ``rows`` records (the last may be shorter)."""
+        buffered: list[pa.RecordBatch] = []
+        count = 0
+        for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows):
+            buffered.append(batch)
+            count += batch.num_rows
+            while count >= rows:
+                table = pa.Table.from_batches(buffered, RECORD_SCHEMA).combine_chunks()
+                yield table.slice(0, rows)
+                rest = table.slice(rows)
+                buffered, count = rest.to_batches(), rest.num_rows
+        if count:
+            yield pa.Table.from_batches(buffered, RECORD_SCHEMA)
+
+
+def write_records(batches: Iterable[pa.RecordBatch], path: str) -> WorkList:
+    """Record batches (:func:`galaxy_infer.ids.record_batches`) into the run's final work list."""
+    with pq.ParquetWriter(path, RECORD_SCHEMA) as writer:
+        for batch in batches:
+            writer.write_table(pa.Table.from_batches([batch]).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA))
+    return WorkList(path)
+
+
+def plan(inputs: list[str], folder: str, fields: shards.ShardFields | None = None,
+         id_keyword: str | None = None) -> tuple[WorkList, int]:
+    """Discover ``inputs`` and give every unit its id: the run's work list in ``folder``, and its collision count."""
+    listed = os.path.join(folder, "listed.parquet")
+    write_worklist(inputs, listed, fields)
+    con = ids.connect(folder)
+    try:
+        ids.assign(con, listed, id_keyword)
+        collisions = con.execute("SELECT count(*) FROM records WHERE error IS NULL AND collision IS NOT NULL"
+                                 ).fetchall()[0][0]
+        work = write_records(ids.record_batches(con), os.path.join(folder, "records.parquet"))
+    finally:
+        con.close()
+    return work, collisions
+
+
+def discover(inputs: list[str], fields: shards.ShardFields | None = None, id_keyword: str | None = None) -> list[dict]:
+    """The records of :func:`plan` as dicts, for small inputs (tests, tools that take a few files).
+
+    A record has ``source_path`` (a local path or a URI), ``object_id`` (see
+    :mod:`galaxy_infer.ids`), ``ra`` and ``dec``, plus the shard columns of :data:`RECORD_SCHEMA`
+    for cutouts inside shards and ``error`` where a reason is already known.
+    """
+    with scratch_folder() as folder:
+        work, _ = plan(inputs, folder, fields, id_keyword)
+        rows = pq.read_table(work.path).to_pylist()
+    return [{k: v for k, v in r.items() if k in RECORD_KEYS or v is not None} for r in rows]
+
+
+RECORD_KEYS = ("object_id", "source_path", "ra", "dec")
+"""Keys every record of :func:`discover` has; the shard columns and ``error`` are there only when set."""
