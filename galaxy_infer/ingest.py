@@ -38,9 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import storage
-from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
+from galaxy_infer.catalog import (Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields,
+                                  unreadable_now)
 from galaxy_infer.cluster import init_ray
-from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import bundled_model_path, check_device, load_model_info, resolve_model
 from galaxy_infer.object_ids import (EXAMPLES, assign_object_ids, drop_repeats, header_object_ids, id_collisions,
                                      normalised_path)
@@ -113,6 +113,14 @@ def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
     return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
+def _read_present(uri: str, columns: list[str]) -> pa.Table:
+    """Those of ``columns`` the file has (files of schema version 1 have no ``error_kind``)."""
+    filesystem, path = storage.resolve(uri)
+    with filesystem.open_input_file(path) as f:
+        parquet = pq.ParquetFile(f)
+        return parquet.read(columns=[c for c in columns if c in parquet.schema_arrow.names])
+
+
 def held_objects(catalog: str, model_id: str) -> dict[str, str]:
     """``object_id -> source_path`` of each row for ``model_id`` in a committed file (a corrupt file is an error).
 
@@ -121,9 +129,8 @@ def held_objects(catalog: str, model_id: str) -> dict[str, str]:
     """
     held: dict[str, str] = {}
     for path in committed_files(catalog):
-        table = _read(path, columns=["object_id", "source_path", "model_id", "error"])
-        keep = pc.and_(pc.equal(table.column("model_id"), model_id),
-                       pc.invert(pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)))
+        table = _read_present(path, ["object_id", "source_path", "model_id", "error", "error_kind"])
+        keep = pc.and_(pc.equal(table.column("model_id"), model_id), pc.invert(unreadable_now(table)))
         table = table.filter(keep)
         for oid, source in zip(table.column("object_id").to_pylist(), table.column("source_path").to_pylist()):
             held.setdefault(oid, source)
@@ -168,7 +175,7 @@ class ChunkWriter:
             self.duplicates_dropped += len(ids) - len(keep)
             table = table.take(keep)
         self.seen.update(table.column("object_id").to_pylist())
-        transient = pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)
+        transient = unreadable_now(table)
         self.deferred += pc.sum(transient).as_py() or 0
         table = table.filter(pc.invert(transient))
         self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
@@ -254,7 +261,8 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
             "held_before": len(held), **counts, "pending": table.num_rows,
         }
         if table.num_rows == 0:
-            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
+            return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "error_examples": {},
+                    "errors_by_reason": {}, "other_error_reasons": 0,
                     "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
                     "wall_seconds": round(time.perf_counter() - started, 3)}
         device = check_device(config.device)

@@ -21,7 +21,7 @@ import pyarrow as pa
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from galaxy_infer import shards, storage
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.object_ids import assign_object_ids, drop_repeats, header_object_ids, id_collisions
 from galaxy_infer.preprocess import Recipe
 
@@ -96,7 +96,8 @@ def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.n
             im = Image.open(io.BytesIO(data))
             w, h = im.size
             if w * h > MAX_PIXELS:
-                raise InputError(f"image over the {MAX_PIXELS // 1_000_000} megapixel limit: {w}x{h} pixels")
+                raise InputError(f"image over the {MAX_PIXELS // 1_000_000} megapixel limit: {w}x{h} pixels",
+                                 kind=ErrorKind.TOO_LARGE)
             if im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, recipe.decode_size(w, h))
             im.load()
@@ -106,7 +107,7 @@ def _decode_raster(data: bytes, path: str, recipe: Recipe) -> Image.Image | np.n
     except UnidentifiedImageError:
         raise InputError("not a readable image (unknown or corrupt format)") from None
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image too large: {exc}") from None
+        raise InputError(f"image too large: {exc}", kind=ErrorKind.TOO_LARGE) from None
     except OSError as exc:
         message = str(exc)
         if "truncated" in message or "broken data stream" in message or "premature end" in message.lower():
@@ -130,7 +131,7 @@ def _raster_array(im: Image.Image) -> np.ndarray:
         if im.mode in ("LA", "1"):
             return np.asarray(im.convert("L"))[:, :, None]
         return np.asarray(im.convert("RGB"))
-    raise InputError(f"unsupported image mode {im.mode}")
+    raise InputError(f"unsupported image mode {im.mode}", kind=ErrorKind.UNSUPPORTED)
 
 
 def read_fits(data: bytes) -> Decoded:
@@ -165,7 +166,7 @@ def decode_fits_hdu(hdu) -> Decoded:
     shape = _fits_shape(hdu.header)
     if math.prod(shape) > MAX_PIXELS:
         raise InputError(f"FITS image over the {MAX_PIXELS // 1_000_000} megapixel limit: "
-                         f"its header gives {'x'.join(map(str, shape))} pixels")
+                         f"its header gives {'x'.join(map(str, shape))} pixels", kind=ErrorKind.TOO_LARGE)
     data, header = hdu.data, hdu.header
     if data is None or not data.size:
         raise InputError("FITS HDU has no image data")
@@ -173,7 +174,8 @@ def decode_fits_hdu(hdu) -> Decoded:
     if data.ndim == 2:
         data = data[None]
     elif data.ndim != 3:
-        raise InputError(f"FITS image is {data.ndim}-D; expected 2-D (y, x) or 3-D (bands, y, x)")
+        raise InputError(f"FITS image is {data.ndim}-D; expected 2-D (y, x) or 3-D (bands, y, x)",
+                         kind=ErrorKind.UNSUPPORTED)
     if not np.isfinite(data).any():
         raise InputError("FITS image is all NaN/inf")
     ra, dec = _centre_radec(header, data.shape[-2:])
@@ -209,10 +211,12 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 
 RECORD_SCHEMA = pa.schema([
     ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
-    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
+    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string()),
+    ("error_kind", pa.string())])
 """One input cutout. ``shard*`` locate a cutout inside a shard (see :mod:`galaxy_infer.shards`);
 ``error`` is set when discovery already knows the cutout becomes an error row (an unopenable
-shard, an object id collision, a file name that is not UTF-8)."""
+shard, an object id collision, a file name that is not UTF-8), with its ``error_kind`` where that
+is not ``corrupt``."""
 
 
 def discover(inputs: list[str], fields: shards.ShardFields | None = None, id_keyword: str | None = None) -> list[dict]:
@@ -232,7 +236,8 @@ def discover(inputs: list[str], fields: shards.ShardFields | None = None, id_key
         header_object_ids(records, id_keyword)
     assign_object_ids(records)
     for i, reason in id_collisions(records).items():
-        records[i]["error"] = records[i]["error"] or reason
+        if not records[i]["error"]:
+            records[i]["error"], records[i]["error_kind"] = reason, ErrorKind.ID_COLLISION.value
     return [{k: r.get(k) for k in RECORD_SCHEMA.names if k in RECORD_KEYS or r.get(k) is not None} for r in records]
 
 
@@ -334,6 +339,7 @@ def _record(path: str, root: str, object_id: str | None = None, ra: float | None
         path = os.fsencode(path).decode("utf-8", "backslashreplace")
         error = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
     return {"source_path": path, "object_id": object_id or None, "ra": ra, "dec": dec, "error": error,
+            "error_kind": ErrorKind.UNSUPPORTED.value if error else None,
             "relative_path": _relative(path, root)}
 
 

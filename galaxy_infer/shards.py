@@ -35,7 +35,7 @@ from typing import Any, BinaryIO, Union
 import numpy as np
 
 from galaxy_infer import readers, storage
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.preprocess import Recipe
 
 Source = Union[str, "os.PathLike[str]", BinaryIO, bytes]
@@ -315,15 +315,17 @@ def _npy_header(f: BinaryIO) -> tuple[tuple[int, ...], np.dtype, int]:
     read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
     shape, fortran, dtype = read_header(f)
     if fortran and len(shape) > 1:
-        raise InputError("Fortran-ordered .npy stacks are not supported; save the stack in C order")
+        raise InputError("Fortran-ordered .npy stacks are not supported; save the stack in C order",
+                         kind=ErrorKind.UNSUPPORTED)
     if dtype.hasobject:
-        raise InputError(f"the stack holds Python objects ({dtype}); save a numeric array")
+        raise InputError(f"the stack holds Python objects ({dtype}); save a numeric array", kind=ErrorKind.UNSUPPORTED)
     return shape, dtype, f.tell()
 
 
 def _stack_records(path: str, shape: tuple[int, ...], layout: Layout, ids=None, ra=None, dec=None) -> list[dict]:
     if len(shape) < 3:
-        raise InputError(f"the array is {len(shape)}-D {shape}; a stack of cutouts is N x H x W or N x C x H x W")
+        raise InputError(f"the array is {len(shape)}-D {shape}; a stack of cutouts is N x H x W or N x C x H x W",
+                         kind=ErrorKind.UNSUPPORTED)
     rows = list(range(shape[0]))
     return _records(path, layout, rows, [str(r) for r in rows], ids, ra, dec)
 
@@ -632,7 +634,7 @@ def stamp_pixels(array: np.ndarray) -> readers.Decoded:
     """
     a = np.asarray(array)
     if a.dtype.kind not in "uif":
-        raise InputError(f"stamp of type {a.dtype} is not numeric pixels")
+        raise InputError(f"stamp of type {a.dtype} is not numeric pixels", kind=ErrorKind.UNSUPPORTED)
     if a.ndim == 2:
         a = a[None]
     elif a.ndim == 3:
@@ -641,9 +643,11 @@ def stamp_pixels(array: np.ndarray) -> readers.Decoded:
             a = a.transpose(2, 0, 1)
         elif not (first <= MAX_BANDS and first < last):
             raise InputError(f"cannot tell the band axis of a stamp shaped {a.shape}; "
-                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands")
+                             f"expected (H, W, C) or (C, H, W) with at most {MAX_BANDS} bands",
+                             kind=ErrorKind.UNSUPPORTED)
     else:
-        raise InputError(f"stamp is {a.ndim}-D {a.shape}; expected (H, W), (H, W, C) or (C, H, W)")
+        raise InputError(f"stamp is {a.ndim}-D {a.shape}; expected (H, W), (H, W, C) or (C, H, W)",
+                         kind=ErrorKind.UNSUPPORTED)
     if a.dtype in (np.uint8, np.uint16):
         return readers.Decoded(np.ascontiguousarray(a.transpose(1, 2, 0)))
     a = a.astype(np.float32)
