@@ -95,7 +95,7 @@ def run_and_report(config: RunConfig, max_error_fraction: float) -> int:
     status = EXIT_OK
     if summary["id_collisions"]:
         print(f"galaxy-infer: {summary['id_collisions']} inputs share an object id with another input; they are "
-              "error rows naming each other (see 'object id collision')", file=sys.stderr)
+              "error rows naming each other (error_kind 'id-collision')", file=sys.stderr)
         status = EXIT_TOO_MANY_ERRORS
     share = summary["errors"] / summary["rows"] if summary["rows"] else 0.0
     if share > max_error_fraction:

@@ -2,9 +2,12 @@
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from galaxy_infer.catalog import ErrorTally, RunStats, catalog_table, reason_head, unreadable_now
+from galaxy_infer.catalog import ErrorTally, RunStats, catalog_table, read_catalog, reason_head, unreadable_now
 from galaxy_infer.errors import ErrorKind
+from galaxy_infer.ingest import held_objects, read_ingest_catalog
+from galaxy_infer.summary import summarize
 
 
 def ids_for(n: int) -> dict[str, list]:
@@ -76,3 +79,23 @@ def test_reason_head_drops_the_particulars():
     assert reason_head("truncated JPEG") == "truncated JPEG"
     assert reason_head("cannot read now: permission denied") == "cannot read now: permission denied"
     assert reason_head("cannot read now: read failed: AWS Error NETWORK_CONNECTION ...") == "cannot read now: read failed"
+
+
+def test_schema_1_catalogs_without_error_kind_still_read_and_summarise(tmp_path):
+    reasons = [None, "truncated JPEG", "cannot read now: permission denied"]
+    v2 = catalog_table(ids_for(3), reasons, None, "m", "r2", kinds=[None, None, ErrorKind.UNREADABLE_NOW])
+    v1 = v2.drop_columns(["error_kind"])
+    (tmp_path / "old").mkdir()
+    pq.write_table(v1, tmp_path / "old" / "part-00000.parquet")
+    assert read_catalog(tmp_path / "old").column_names == v1.column_names
+    described = summarize(str(tmp_path / "old"))
+    assert described["errors"] == 2 and "errors_by_kind" not in described
+    stats = RunStats()
+    stats.add(v1)
+    assert stats.summary()["errors_by_kind"] == {"corrupt": 2}
+    for night, table in (("2026-01-01", v1), ("2026-01-02", v2)):
+        (tmp_path / "ingest" / f"ingest_date={night}").mkdir(parents=True)
+        pq.write_table(table, tmp_path / "ingest" / f"ingest_date={night}" / "part-a.parquet")
+    both = read_ingest_catalog(tmp_path / "ingest")
+    assert both.num_rows == 6 and both.column("error_kind").to_pylist() == [None] * 3 + [None, "corrupt", "unreadable-now"]
+    assert held_objects(str(tmp_path / "ingest"), "m") == {"0": "/in/0.jpg", "1": "/in/1.jpg"}
