@@ -1,6 +1,6 @@
 """The Parquet catalog: its Arrow schema, file metadata and an atomic writer.
 
-The column contract is ``docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.SCHEMA_VERSION`):
+The column contract is ``docs/catalog-schema.md`` (version :data:`~galaxy_infer.schema.CATALOG_SCHEMA_VERSION`):
 the prediction columns are a function of the model's tree, flags and output options
 (:class:`Layout`), which every file's metadata records, so the Arrow schema can be rebuilt from it.
 A catalog is written into a hidden stage beside its output and published only when complete
@@ -20,21 +20,25 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import __version__, storage
 from galaxy_infer.environment import versions
-from galaxy_infer.errors import TRANSIENT_PREFIX, is_transient
+from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind, is_transient
 from galaxy_infer.model import ModelInfo
-from galaxy_infer.schema import GZ2, SCHEMA_VERSION, Flag, Schema
+from galaxy_infer.schema import CATALOG_SCHEMA_VERSION, GZ2, Flag, Schema
 from galaxy_infer.trees import resolve_tree, tree_reference
-from galaxy_infer.workers import DEVICES_METADATA_KEY, WorkerTally
+from galaxy_infer.workers import DEVICES_METADATA_KEY, WORKER_KEY, WorkerTally
 
 SUMMARY_NAME = "_run_summary.json"
 """Leading underscore: pyarrow, pandas and DuckDB globs skip it when reading the folder."""
 PARTS_GLOB = "part-*.parquet"
 STAGE_TIMING_KEY = b"galaxy_infer.stage_seconds"
 ERROR_EXAMPLES = 3
+TOP_REASONS = 10
+TRACKED_REASONS = 100
+"""Distinct reason heads a run counts by name; more are counted together (a reason without a colon is its own head)."""
 TREE_KEY = "galaxy_infer.tree"
 FLAGS_KEY = "galaxy_infer.flags"
 OUTPUT_KIND_KEY = "galaxy_infer.output_kind"
@@ -104,6 +108,7 @@ def arrow_schema(metadata: dict[str, str] | None = None, layout: Layout | Schema
         pa.field("dec", pa.float64()),
         pa.field("status", pa.string(), nullable=False),
         pa.field("error", pa.string()),
+        pa.field("error_kind", pa.string()),
         *prediction_fields(layout),
         pa.field("model_id", pa.string(), nullable=False),
         pa.field("run_id", pa.string(), nullable=False),
@@ -114,7 +119,7 @@ def arrow_schema(metadata: dict[str, str] | None = None, layout: Layout | Schema
 def file_metadata(model: ModelInfo, run_id: str, intervals: bool = False) -> dict[str, str]:
     """Key-value metadata written into every Parquet file of a run (the tree and flags included)."""
     return {
-        "galaxy_infer.schema_version": SCHEMA_VERSION,
+        "galaxy_infer.schema_version": CATALOG_SCHEMA_VERSION,
         "galaxy_infer.model_id": model.model_id,
         "galaxy_infer.model_sha256": model.sha256,
         "galaxy_infer.recipe": model.recipe.to_json(),
@@ -129,13 +134,18 @@ def file_metadata(model: ModelInfo, run_id: str, intervals: bool = False) -> dic
 
 
 def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: dict[str, np.ndarray] | None,
-                  model_id: str, run_id: str, layout: Layout = Layout()) -> pa.Table:
+                  model_id: str, run_id: str, layout: Layout = Layout(),
+                  kinds: list[str | None] | None = None) -> pa.Table:
     """One batch of catalog rows; prediction columns are null where ``errors`` has a reason.
 
     ``ids`` holds ``object_id``, ``source_path``, ``ra`` and ``dec`` sequences; ``predictions``
     holds one value per row for every prediction column of ``layout`` (ignored on error rows).
+    ``kinds`` gives each error row its :class:`~galaxy_infer.errors.ErrorKind` (default ``corrupt``).
     """
     n = len(errors)
+    if kinds is None:
+        kinds = [None] * n
+    kinds = [None if e is None else (k or ErrorKind.CORRUPT) for e, k in zip(errors, kinds)]
     failed = np.array([e is not None for e in errors], dtype=bool)
     columns: dict[str, pa.Array] = {
         "object_id": pa.array(ids["object_id"], pa.string()),
@@ -144,6 +154,7 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
         "dec": pa.array(ids["dec"], pa.float64(), from_pandas=True),
         "status": pa.array(np.where(failed, "error", "ok"), pa.string()),
         "error": pa.array(errors, pa.string()),
+        "error_kind": pa.array([None if k is None else str(k) for k in kinds], pa.string()),
     }
     for f in prediction_fields(layout):
         if predictions is None:
@@ -155,15 +166,83 @@ def catalog_table(ids: dict[str, Any], errors: list[str | None], predictions: di
     return pa.Table.from_pydict(columns, schema=arrow_schema(layout=layout))
 
 
-def error_kind(reason: str) -> str:
-    """A reason without its particulars (what follows the first ':'), so the summary groups like with like.
+def unreadable_now(table: pa.Table) -> pa.ChunkedArray:
+    """Rows whose bytes could not be read this time (kind ``unreadable-now``): not held, tried again.
+
+    Files of schema version 1 have no ``error_kind``; their reasons start ``cannot read now:``.
+    """
+    if "error_kind" in table.column_names:
+        return pc.fill_null(pc.equal(table.column("error_kind"), ErrorKind.UNREADABLE_NOW.value), False)
+    return pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)
+
+
+def reason_head(reason: str) -> str:
+    """A reason without its particulars (what follows the first ':'), for the summary's ``errors_by_reason``.
 
     Reasons that the bytes could not be read now keep their ``cannot read now:`` prefix
     (``cannot read now: permission denied``), so transient kinds stay apart from bad bytes.
     """
     if is_transient(reason):
-        return TRANSIENT_PREFIX + error_kind(reason[len(TRANSIENT_PREFIX):])
+        return TRANSIENT_PREFIX + reason_head(reason[len(TRANSIENT_PREFIX):])
     return reason.split(":", 1)[0].strip()
+
+
+class ErrorTally:
+    """Errors by kind with a few examples each, and by reason head: bounded however many rows fail.
+
+    Kinds are the few :class:`~galaxy_infer.errors.ErrorKind` values; reason heads are free text
+    (a reason without a colon is its own head), so at most :data:`TRACKED_REASONS` are counted by
+    name and the rest as ``other_error_reasons``. A tally travels as :meth:`to_dict` (a worker's
+    record of its chunk) and is added up with :meth:`merge`.
+    """
+
+    def __init__(self) -> None:
+        self.kinds: collections.Counter[str] = collections.Counter()
+        self.examples: dict[str, list[dict[str, str]]] = {}
+        self.reasons: collections.Counter[str] = collections.Counter()
+        self.other_reasons = 0
+
+    def add(self, table: pa.Table) -> None:
+        """Count a catalog batch's error rows (tables without ``error_kind``, schema version 1, count as ``corrupt``)."""
+        errors = table.column("error")
+        if errors.null_count == len(errors):
+            return
+        failed = table.filter(pc.is_valid(errors))
+        kinds = (failed.column("error_kind").to_pylist() if "error_kind" in failed.column_names
+                 else [None] * failed.num_rows)
+        for path, reason, kind in zip(failed.column("source_path").to_pylist(), failed.column("error").to_pylist(),
+                                      kinds):
+            self._count_kind(kind or ErrorKind.CORRUPT.value, 1, [{"source_path": path, "error": reason}])
+            self._count_reason(reason_head(reason), 1)
+
+    def _count_kind(self, kind: str, n: int, examples: list[dict[str, str]]) -> None:
+        self.kinds[kind] += n
+        kept = self.examples.setdefault(kind, [])
+        kept += examples[:ERROR_EXAMPLES - len(kept)]
+
+    def _count_reason(self, head: str, n: int) -> None:
+        if head in self.reasons or len(self.reasons) < TRACKED_REASONS:
+            self.reasons[head] += n
+        else:
+            self.other_reasons += n
+
+    def merge(self, record: dict[str, Any]) -> None:
+        """Add a tally sent as :meth:`to_dict`."""
+        for kind, n in record["errors_by_kind"].items():
+            self._count_kind(kind, n, record["error_examples"].get(kind, []))
+        for head, n in record["errors_by_reason"].items():
+            self._count_reason(head, n)
+        self.other_reasons += record["other_error_reasons"]
+
+    def total(self) -> int:
+        return sum(self.kinds.values())
+
+    def to_dict(self, top_reasons: int | None = None) -> dict[str, Any]:
+        shown = self.reasons.most_common(top_reasons)
+        return {"errors_by_kind": dict(self.kinds.most_common()),
+                "error_examples": {kind: self.examples[kind] for kind, _ in self.kinds.most_common()},
+                "errors_by_reason": dict(shown),
+                "other_error_reasons": self.other_reasons + sum(self.reasons.values()) - sum(n for _, n in shown)}
 
 
 class RunStats:
@@ -172,8 +251,7 @@ class RunStats:
     def __init__(self) -> None:
         self.rows = 0
         self.ok = 0
-        self.errors: collections.Counter[str] = collections.Counter()
-        self.examples: dict[str, list[dict[str, str]]] = collections.defaultdict(list)
+        self.errors = ErrorTally()
         self.started = time.perf_counter()
         self.stage_seconds: collections.Counter[str] = collections.Counter()
         self.workers = WorkerTally()
@@ -185,25 +263,25 @@ class RunStats:
             self.stage_seconds.update(json.loads(timing))
         self.workers.add(table)
         self.rows += table.num_rows
-        errors = table.column("error").to_pylist()
-        paths = table.column("source_path").to_pylist()
-        for path, reason in zip(paths, errors):
-            if reason is None:
-                continue
-            kind = error_kind(reason)
-            self.errors[kind] += 1
-            if len(self.examples[kind]) < ERROR_EXAMPLES:
-                self.examples[kind].append({"source_path": path, "error": reason})
-        self.ok += table.num_rows - sum(e is not None for e in errors)
+        self.errors.add(table)
+        self.ok += table.column("error").null_count
+
+    def add_record(self, record: dict[str, Any]) -> None:
+        """Count a part a worker wrote, from the small record it returned (see :class:`PartTarget`)."""
+        self.rows += record["rows"]
+        self.ok += record["ok"]
+        self.errors.merge(record["errors"])
+        self.stage_seconds.update(record["stage_seconds"])
+        if record.get("worker"):
+            self.workers.add_record(record["worker"], record["rows"])
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
         return {
             "rows": self.rows,
             "ok": self.ok,
-            "errors": sum(self.errors.values()),
-            "errors_by_reason": dict(self.errors.most_common()),
-            "error_examples": {kind: self.examples[kind] for kind, _ in self.errors.most_common()},
+            "errors": self.errors.total(),
+            **self.errors.to_dict(TOP_REASONS),
             "seconds": round(seconds, 3),
             "rows_per_second": round(self.rows / seconds, 1) if seconds > 0 else None,
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
@@ -214,12 +292,55 @@ class RunStats:
 
 
 def format_errors(summary: dict[str, Any]) -> list[str]:
-    """Summary lines: count and kind of error, then its example paths."""
+    """Summary lines: count and kind of error, then its example paths (summaries of schema version 1
+    runs, which have no kinds, are shown by reason)."""
     lines = []
-    for kind, count in summary.get("errors_by_reason", {}).items():
+    by_kind = summary.get("errors_by_kind")
+    for kind, count in (by_kind if by_kind is not None else summary.get("errors_by_reason", {})).items():
         lines.append(f"  {count:>8}  {kind}")
-        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in summary["error_examples"][kind]]
+        lines += [f"            e.g. {e['source_path']}: {e['error']}" for e in summary["error_examples"].get(kind, [])]
     return lines
+
+
+@dataclass(frozen=True)
+class PartTarget:
+    """Where the tasks of one run write their parts: the run's hidden stage and the file metadata.
+
+    A task names its part after its chunk's first row in the run's input order
+    (``part-000000001024.parquet``), so a retried task overwrites its own part, and the first piece of a
+    chunk split after worker deaths overwrites whatever the dead task left. Each part is one atomic
+    write (:func:`~galaxy_infer.storage.write_object_atomic`), and the stage is published only by
+    :meth:`CatalogWriter.commit`, so nothing a task writes reads as rows before the commit.
+    """
+
+    stage: str
+    metadata: dict[str, str]
+
+    def uri(self, start: int) -> str:
+        return storage.join(self.stage, f"part-{start:012d}.parquet")
+
+    def write(self, table: pa.Table, start: int) -> dict[str, Any]:
+        """Write ``table`` (one chunk's catalog rows) as the chunk's part; return the record the driver counts.
+
+        The record is small whatever the chunk: rows, ok rows, errors by kind with a few examples,
+        stage timings (this write included) and the worker that ran the chunk.
+        """
+        started = time.perf_counter()
+        metadata = table.schema.metadata or {}
+        tally = WorkerTally()
+        tally.add(table)
+        devices = json.dumps(tally.summary()["prediction_workers"])
+        uri = self.uri(start)
+        part = table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices})
+        storage.write_object_atomic(uri, lambda stream: pq.write_table(part, stream, compression="zstd"))
+        errors = ErrorTally()
+        errors.add(table)
+        timing = json.loads(metadata.get(STAGE_TIMING_KEY, b"{}"))
+        timing["write"] = time.perf_counter() - started
+        worker = metadata.get(WORKER_KEY)
+        return {"part": os.path.basename(uri), "rows": table.num_rows, "ok": table.num_rows - errors.total(),
+                "errors": errors.to_dict(TOP_REASONS), "stage_seconds": timing,
+                "worker": json.loads(worker) if worker else None}
 
 
 class CatalogWriter:
@@ -229,7 +350,9 @@ class CatalogWriter:
     beside it; a second run fails at once with :class:`~galaxy_infer.storage.Locked`). Holding
     it, the writer first cleans up after killed runs on this output (a publish a kill interrupted is
     finished, see :func:`~galaxy_infer.storage.clean_stale_stages`). Part files go to a
-    hidden stage ``.<name>.tmp-<run_id>`` beside the output (fsynced locally); :meth:`commit` adds
+    hidden stage ``.<name>.tmp-<run_id>`` beside the output (fsynced locally), written by the run's
+    tasks (:meth:`part_target`, :meth:`add_part`) or here (:meth:`write`); :meth:`commit` drops
+    whatever else the stage holds, adds
     ``_run_summary.json`` and publishes the stage (:func:`~galaxy_infer.storage.publish_folder`:
     one rename locally; copies with the summary last on an object store). An existing output is
     replaced only with ``overwrite`` and only if it is a galaxy-infer catalog. Use as a context
@@ -251,6 +374,7 @@ class CatalogWriter:
             self.lock.__exit__(None, None, None)
             raise
         self.stage = storage.join(parent, f".{name}.tmp-{run_id}")
+        self.metadata = metadata
         self.schema = arrow_schema(metadata)
         self.rows_per_file = rows_per_file
         self.stats = RunStats()
@@ -259,6 +383,17 @@ class CatalogWriter:
         self._rows_in_file = 0
         self._files = 0
         self._file_workers = WorkerTally()
+        self.parts: set[str] = set()
+        """Names of the parts in the stage that this run's catalog holds (written here or by tasks)."""
+
+    def part_target(self) -> PartTarget:
+        """Where tasks write their own parts; register each returned record with :meth:`add_part`."""
+        return PartTarget(self.stage, dict(self.metadata))
+
+    def add_part(self, record: dict[str, Any]) -> None:
+        """Count a part a task wrote into the stage (see :meth:`PartTarget.write`)."""
+        self.stats.add_record(record)
+        self.parts.add(record["part"])
 
     def write(self, table: pa.Table) -> None:
         started = time.perf_counter()
@@ -278,6 +413,7 @@ class CatalogWriter:
 
     def _open_file(self) -> None:
         self._path = storage.join(self.stage, f"part-{self._files:05d}.parquet")
+        self.parts.add(os.path.basename(self._path))
         filesystem, path = storage.resolve(self._path)
         if not storage.is_remote(self._path):
             os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -298,9 +434,10 @@ class CatalogWriter:
     def commit(self, summary: dict[str, Any]) -> str:
         """Publish the catalog, ``_run_summary.json`` last; returns the output."""
         self._close_file()
-        if self._files == 0:
+        if not self.parts:
             self._open_file()
             self._close_file()
+        self._drop_strays()
         storage.write_bytes(storage.join(self.stage, SUMMARY_NAME), (json.dumps(summary, indent=2) + "\n").encode())
         if not storage.is_remote(self.stage):
             storage.fsync_dir(self.stage)
@@ -308,6 +445,13 @@ class CatalogWriter:
         storage.publish_folder(self.stage, self.out, SUMMARY_NAME, replace=self.overwrite)
         self.lock.__exit__(None, None, None)
         return self.out
+
+    def _drop_strays(self) -> None:
+        """Delete what the stage holds besides this run's parts: a temp file or part of a task that died
+        part-way (its chunk was split and its pieces wrote their own parts), so the catalog holds each row once."""
+        for uri in storage.list_uris(self.stage):
+            if os.path.basename(uri) not in self.parts:
+                storage.delete_file(uri)
 
     def abort(self) -> None:
         try:
@@ -364,4 +508,4 @@ def read_catalog(path: str | os.PathLike) -> pa.Table:
     for f in files:
         filesystem, inner = storage.resolve(f)
         tables.append(pq.read_table(inner, filesystem=filesystem))
-    return pa.concat_tables(tables)
+    return pa.concat_tables(tables, promote_options="default")  # schema 1 files have no error_kind

@@ -76,7 +76,7 @@ def run_classify(config: RunConfig, prog: str = "galaxy-infer") -> int:
         return summary
     print(format_summary(summary))
     return exit_status(summary, config, prog, "inputs share an object id with another input; they are error rows "
-                                              "naming each other (see 'object id collision')")
+                                              "naming each other (error_kind 'id-collision')")
 
 
 def add_ingest_options(parser: argparse.ArgumentParser) -> None:

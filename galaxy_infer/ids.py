@@ -66,7 +66,7 @@ WORK_SCHEMA = pa.schema([
 ``stem`` the rule-3 name where it is not the file name's (shard rows); ``mtime`` the modification
 time of the file (the shard, for a shard row) where the listing gave one."""
 
-RECORD_COLUMNS = ("object_id", "source_path", "ra", "dec", "shard", "shard_layout", "shard_pos", "error")
+RECORD_COLUMNS = ("object_id", "source_path", "ra", "dec", "shard", "shard_layout", "shard_pos", "error", "error_kind")
 
 _KNOWN_SUFFIX = "(?i)(" + "|".join(s.replace(".", "\\.") for s in FITS_SUFFIXES + RASTER_SUFFIXES) + ")$"
 _STEM_SQL = f"""CASE WHEN regexp_matches(name, '{_KNOWN_SUFFIX}') THEN regexp_replace(name, '{_KNOWN_SUFFIX}', '')

@@ -38,9 +38,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import ids, storage
-from galaxy_infer.catalog import Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields
+from galaxy_infer.catalog import (Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields,
+                                  unreadable_now)
 from galaxy_infer.cluster import init_ray
-from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
 from galaxy_infer.pipeline import stream_tables
@@ -136,7 +136,7 @@ class ChunkWriter:
             self.duplicates_dropped += len(ids) - len(keep)
             table = table.take(keep)
         self.seen.update(table.column("object_id").to_pylist())
-        transient = pc.fill_null(pc.starts_with(table.column("error"), TRANSIENT_PREFIX), False)
+        transient = unreadable_now(table)
         self.deferred += pc.sum(transient).as_py() or 0
         table = table.filter(pc.invert(transient))
         self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
@@ -231,7 +231,8 @@ def _ingest_work(config: IngestConfig, catalog: str, info: ModelInfo, table: Wor
                  lock: storage.OutputLock, started: float, on_batch: Callable[[int], None] | None) -> dict[str, Any]:
     """Classify the pending work list and commit it chunk by chunk (see :class:`ChunkWriter`)."""
     if table.num_rows == 0:
-        return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_reason": {}, "error_examples": {},
+        return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "error_examples": {},
+                "errors_by_reason": {}, "other_error_reasons": 0,
                 "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
                 "wall_seconds": round(time.perf_counter() - started, 3)}
     device = check_device(config.device)

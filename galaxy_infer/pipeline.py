@@ -3,8 +3,9 @@
 The driver cuts the inputs into chunks and keeps a bounded number in flight as Ray tasks. On CPU
 one task runs read, preprocess, predict and postprocess for its chunk, so pixels never leave the
 process that decoded them; on GPU, decode tasks on CPUs feed prediction tasks that reserve
-``num_gpus``. Each worker process builds its onnxruntime session once and keeps it. The driver
-writes the catalog as chunks finish.
+``num_gpus``. Each worker process builds its onnxruntime session once and keeps it. Each task
+writes its chunk's rows as a part of the run's hidden stage and returns a small record; the driver
+keeps counters and the list of parts and commits the catalog (:class:`~galaxy_infer.catalog.CatalogWriter`).
 
 Plain tasks rather than Ray Data: measured on 2 cores, Ray Data's block conversions between
 operators, its executor and its helper actors took about 40% of the CPU this pipeline needs.
@@ -23,10 +24,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from galaxy_infer import storage
-from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, catalog_table, file_metadata
+from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, PartTarget, catalog_table, file_metadata
 from galaxy_infer.cluster import (ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
                                   wait_for_one)
-from galaxy_infer.errors import InputError
+from galaxy_infer.errors import ErrorKind, InputError
 from galaxy_infer.model import ModelInfo, Predictor, check_device, load_model_info
 from galaxy_infer.options import RunOptions
 from galaxy_infer.postprocess import postprocess
@@ -78,6 +79,8 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
     n = len(batch["source_path"])
     pixels = np.zeros((n, recipe.channels, recipe.input_size, recipe.input_size), dtype=np.float32)
     errors = np.full(n, "", dtype=object)
+    kinds = np.full(n, None, dtype=object)
+    known = batch.get("error_kind") or [None] * n
     ra = np.asarray(batch["ra"], dtype=np.float64).copy()
     dec = np.asarray(batch["dec"], dtype=np.float64).copy()
     started = time.perf_counter()
@@ -86,18 +89,18 @@ def read_and_preprocess(batch: dict[str, np.ndarray], recipe: Recipe,
             decoded = load()
             preprocess(decoded.image, recipe, out=pixels[i])
         except InputError as exc:
-            errors[i] = str(exc)
+            errors[i], kinds[i] = str(exc), known[i] or exc.kind
             continue
         except (MemoryError, RecursionError) as exc:
-            errors[i] = f"could not decode: {type(exc).__name__}"
+            errors[i], kinds[i] = f"could not decode: {type(exc).__name__}", ErrorKind.TOO_LARGE
             continue
         except Exception as exc:  # noqa: BLE001 - one odd file must not stop a night's run
-            errors[i] = f"unexpected {type(exc).__name__} while decoding: {exc}"[:300]
+            errors[i], kinds[i] = f"unexpected {type(exc).__name__} while decoding: {exc}"[:300], ErrorKind.CORRUPT
             continue
         if decoded.ra is not None and np.isnan(ra[i]):
             ra[i], dec[i] = decoded.ra, decoded.dec
     return {**{k: batch[k] for k in ("object_id", "source_path")}, "ra": ra, "dec": dec,
-            "error": errors, "pixels": pixels, STAGE_SECONDS_KEY: time.perf_counter() - started}
+            "error": errors, "error_kind": kinds, "pixels": pixels, STAGE_SECONDS_KEY: time.perf_counter() - started}
 
 
 def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor, run_id: str,
@@ -107,6 +110,7 @@ def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor
     info = predictor.info
     layout = Layout.of(info, intervals)
     errors = [e if e else None for e in decoded["error"]]
+    kinds = list(decoded["error_kind"])
     ok = np.array([e is None for e in errors], dtype=bool)
     predictions = None
     started = predicted = time.perf_counter()
@@ -123,7 +127,9 @@ def predict_and_postprocess(decoded: dict[str, np.ndarray], predictor: Predictor
                 non_finite |= ok & ~np.isfinite(column)
         for i in np.flatnonzero(non_finite):
             errors[i] = f"{NON_FINITE}: the model gave NaN or inf for this input; check the model and the file's pixels"
-    table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, info.model_id, run_id, layout)
+            kinds[i] = ErrorKind.MODEL_OUTPUT
+    table = catalog_table({k: decoded[k] for k in ID_COLUMNS}, errors, predictions, info.model_id, run_id, layout,
+                          kinds)
     timing = {"read_preprocess": float(decoded[STAGE_SECONDS_KEY]), "predict": predicted - started,
               "postprocess": time.perf_counter() - predicted}
     return table.replace_schema_metadata({STAGE_TIMING_KEY: json.dumps(timing)})
@@ -181,18 +187,25 @@ def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
              "source_path": np.asarray(records.column("source_path").to_pylist(), dtype=object),
              "ra": records.column("ra").to_numpy(zero_copy_only=False),
              "dec": records.column("dec").to_numpy(zero_copy_only=False)}
-    for name in ("shard", "shard_layout", "shard_pos", "error"):
+    for name in ("shard", "shard_layout", "shard_pos", "error", "error_kind"):
         if name in records.column_names:
             batch[name] = records.column(name).to_pylist()
     return batch
 
 
-def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str) -> pa.Table:
-    """All four stages in one worker, so pixels never leave the process that decoded them (the CPU path)."""
+def finish(table: pa.Table, sink: PartTarget | None, start: int) -> pa.Table | dict[str, Any]:
+    """A chunk's catalog rows as they leave its task: written as its part with ``sink`` (the small
+    record goes back), else the table itself (the nightly ingest commits tables in its own chunks)."""
+    return table if sink is None else sink.write(table, start)
+
+
+def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str,
+                   sink: PartTarget | None = None, start: int = 0) -> pa.Table | dict[str, Any]:
+    """All five stages in one worker, so pixels never leave the process that decoded them (the CPU path)."""
     predictor = cached_predictor(spec)
     table = predict_and_postprocess(read_and_preprocess(records_batch(records), recipe), predictor, run_id,
                                     spec.intervals)
-    return with_worker_record(table, worker_record(predictor, node_kind()))
+    return finish(with_worker_record(table, worker_record(predictor, node_kind())), sink, start)
 
 
 def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
@@ -201,10 +214,11 @@ def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
     return {**read_and_preprocess(records_batch(records), recipe), "decoded_on": node_kind()}
 
 
-def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: str) -> pa.Table:
+def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: str, sink: PartTarget | None = None,
+                  start: int = 0) -> pa.Table | dict[str, Any]:
     predictor = cached_predictor(spec)
     table = predict_and_postprocess(decoded, predictor, run_id, spec.intervals)
-    return with_worker_record(table, worker_record(predictor, str(decoded["decoded_on"])))
+    return finish(with_worker_record(table, worker_record(predictor, str(decoded["decoded_on"]))), sink, start)
 
 
 def records_table(inputs: list[str], fields: ShardFields | None = None, id_keyword: str | None = None) -> pa.Table:
@@ -212,15 +226,21 @@ def records_table(inputs: list[str], fields: ShardFields | None = None, id_keywo
     return pa.Table.from_pylist(discover(inputs, fields, id_keyword), schema=RECORD_SCHEMA)
 
 
-def error_rows(records: pa.Table, errors: list[str], info: ModelInfo, run_id: str, layout: Layout) -> pa.Table:
-    """Catalog rows with ``status = 'error'`` for records that never reached a worker's result."""
+def error_rows(records: pa.Table, errors: list[str], kind: ErrorKind, info: ModelInfo, run_id: str,
+               layout: Layout) -> pa.Table:
+    """Catalog rows with ``status = 'error'`` (of ``kind``) for records that never reached a worker's result."""
     return catalog_table({k: records.column(k).to_pylist() for k in ID_COLUMNS}, errors, None, info.model_id,
-                         run_id, layout)
+                         run_id, layout, [kind] * len(errors))
 
 
 def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, config: RunOptions,
-                  on_progress: Callable[[int], None] | None = None) -> Iterator[pa.Table]:
-    """Classify ``table``'s records in chunks on Ray and yield one catalog table per chunk as it finishes.
+                  on_progress: Callable[[int], None] | None = None,
+                  sink: PartTarget | None = None) -> Iterator[pa.Table | dict[str, Any]]:
+    """Classify ``table``'s records in chunks on Ray and yield one result per chunk as it finishes.
+
+    With ``sink`` each task writes its chunk's rows as a part of the run's stage and the result is
+    the small record it returns (:meth:`~galaxy_infer.catalog.PartTarget.write`), so no row passes
+    through the driver; without, the result is the chunk's catalog table.
 
     A :class:`~galaxy_infer.worklist.WorkList` is read a chunk at a time as chunks are submitted,
     so the driver never holds the run's records.
@@ -243,34 +263,36 @@ def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, conf
     if plan.gpus_per_task:
         decode, predict = ray.remote(decode_chunk), ray.remote(predict_chunk)
 
-        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+        def submit(chunk: pa.Table, start: int, retries: int) -> ray.ObjectRef:
             retry = {"max_retries": retries, "retry_exceptions": False}
             decoded = decode.options(num_cpus=1, **retry).remote(chunk, info.recipe)
-            return predict.options(**plan.task_resources, **retry).remote(decoded, spec, config.run_id)
+            return predict.options(**plan.task_resources, **retry).remote(decoded, spec, config.run_id, sink, start)
     else:
         whole = ray.remote(classify_chunk)
 
-        def submit(chunk: pa.Table, retries: int) -> ray.ObjectRef:
+        def submit(chunk: pa.Table, start: int, retries: int) -> ray.ObjectRef:
             return whole.options(**plan.task_resources, max_retries=retries, retry_exceptions=False).remote(
-                chunk, info.recipe, spec, config.run_id)
+                chunk, info.recipe, spec, config.run_id, sink, start)
 
-    pending = ChunkResults(submit, watch, info, config.run_id, Layout.of(info, config.dirichlet_intervals))
+    pending = ChunkResults(submit, watch, info, config.run_id, Layout.of(info, config.dirichlet_intervals), sink)
     done = 0
 
-    def next_finished() -> pa.Table:
+    def next_finished() -> pa.Table | dict[str, Any]:
         nonlocal done
         result = pending.next_finished()
-        done += result.num_rows
+        done += result["rows"] if isinstance(result, dict) else result.num_rows
         if on_progress is not None:
             on_progress(done)
         return result
 
     chunks = table.chunks(rows) if isinstance(table, WorkList) else \
         (table.slice(start, rows) for start in range(0, table.num_rows, rows))
+    start = 0
     for chunk in chunks:
         while len(pending) >= watch.in_flight():
             yield next_finished()
-        pending.submit(chunk)
+        pending.submit(chunk, start)
+        start += chunk.num_rows
     while len(pending):
         yield next_finished()
 
@@ -289,26 +311,28 @@ class ChunkResults:
     :func:`~galaxy_infer.cluster.wait_for_one`, so a cluster that cannot run prediction still fails the run.
     """
 
-    def __init__(self, submit: Callable[[pa.Table, int], Any], watch: ClusterWatch, info: ModelInfo, run_id: str,
-                 layout: Layout) -> None:
+    def __init__(self, submit: Callable[[pa.Table, int, int], Any], watch: ClusterWatch, info: ModelInfo,
+                 run_id: str, layout: Layout, sink: PartTarget | None = None) -> None:
         self._submit = submit
         self.watch = watch
-        self.info, self.run_id, self.layout = info, run_id, layout
-        self.chunks: dict[Any, pa.Table] = {}
+        self.info, self.run_id, self.layout, self.sink = info, run_id, layout, sink
+        self.chunks: dict[Any, tuple[int, pa.Table]] = {}
 
     def __len__(self) -> int:
         return len(self.chunks)
 
-    def submit(self, chunk: pa.Table, retries: int | None = None) -> None:
-        self.chunks[self._submit(chunk, TASK_RETRIES if retries is None else retries)] = chunk
+    def submit(self, chunk: pa.Table, start: int, retries: int | None = None) -> None:
+        """Run ``chunk``, whose first row is row ``start`` of the run's inputs (which names its part)."""
+        self.chunks[self._submit(chunk, start, TASK_RETRIES if retries is None else retries)] = (start, chunk)
 
-    def next_finished(self) -> pa.Table:
-        """The next chunk's catalog rows; a chunk being split yields its pieces as they finish."""
+    def next_finished(self) -> pa.Table | dict[str, Any]:
+        """The next chunk's result (its table, or the record of the part it wrote); a chunk being split
+        yields its pieces as they finish."""
         import ray
 
         while True:
             ref, _ = wait_for_one(list(self.chunks), self.watch)
-            chunk = self.chunks.pop(ref)
+            start, chunk = self.chunks.pop(ref)
             try:
                 return ray.get(ref)
             except ray.exceptions.RayError as exc:
@@ -317,10 +341,11 @@ class ChunkResults:
             if chunk.num_rows == 1:
                 reason = (f"{WORKER_DIED}: the worker process reading this file died on every try (a crash or "
                           "out of memory); the other files of its chunk were classified")
-                return error_rows(chunk, [reason], self.info, self.run_id, self.layout)
+                rows = error_rows(chunk, [reason], ErrorKind.WORKER_DIED, self.info, self.run_id, self.layout)
+                return finish(rows, self.sink, start)
             half = (chunk.num_rows + 1) // 2
-            for piece in (chunk.slice(0, half), chunk.slice(half)):
-                self.submit(piece, SPLIT_RETRIES if piece.num_rows == 1 else 0)
+            for offset, piece in ((0, chunk.slice(0, half)), (half, chunk.slice(half))):
+                self.submit(piece, start + offset, SPLIT_RETRIES if piece.num_rows == 1 else 0)
 
 
 def worker_died(exc: BaseException) -> bool:
@@ -352,8 +377,9 @@ def _classify_work(config: RunConfig, info: ModelInfo, device: str, table: WorkL
     with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
                        overwrite=config.overwrite) as writer:
         with Progress(table.num_rows, config.progress) as progress:
-            for batch in progress.track(stream_tables(table, info, device, config)):
-                writer.write(batch)
+            for record in stream_tables(table, info, device, config, sink=writer.part_target()):
+                writer.add_part(record)
+                progress.update(record["rows"], record["rows"] - record["ok"])
         summary = writer.stats.summary(
             inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id,
             model_id=info.model_id, model_path=config.model, device=writer.stats.workers.devices(),

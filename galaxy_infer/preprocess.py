@@ -223,7 +223,8 @@ def _to_channels(planes: np.ndarray, recipe: Recipe) -> np.ndarray:
         return np.ascontiguousarray(planes, dtype=np.float32)
     if n == 1:
         return np.ascontiguousarray(np.repeat(planes, recipe.channels, axis=0), dtype=np.float32)
-    raise InputError(f"image has {n} bands; the model takes {recipe.channels} (or 1, repeated)")
+    raise InputError(f"image has {n} bands; the model takes {recipe.channels} (or 1, repeated)",
+                     kind=ErrorKind.UNSUPPORTED)
 
 
 def preprocess(pixels: np.ndarray | Image.Image, recipe: Recipe, out: np.ndarray | None = None) -> np.ndarray:

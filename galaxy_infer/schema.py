@@ -14,6 +14,10 @@ from typing import Any
 import numpy as np
 
 SCHEMA_VERSION = "1"
+"""Version of the prediction columns a tree gives (what a model's ``schema_version`` names): unchanged since 1."""
+CATALOG_SCHEMA_VERSION = "2"
+"""Version of the whole catalog contract (``docs/catalog-schema.md``), written into every Parquet file;
+2 added ``error_kind``. Models are not tied to it: a model for prediction columns version 1 writes version 2 catalogs."""
 
 ODD_FEATURES = ("ring", "lens_or_arc", "disturbed", "irregular", "other", "merger", "dust_lane")
 

@@ -34,7 +34,7 @@ import pyarrow.fs as pafs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
 from galaxy_infer import limits
-from galaxy_infer.errors import TRANSIENT_PREFIX, InputError, StorageError, TransientInputError
+from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind, InputError, StorageError, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
@@ -264,6 +264,7 @@ def glob(pattern: str) -> list[str]:
 
 TRANSIENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.ETIMEDOUT, errno.EAGAIN, errno.ECONNRESET,
                     errno.ESTALE, errno.EBUSY, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH}
+MISSING_ERRNOS = {errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.ENAMETOOLONG}
 LOCAL_ADVICE = {errno.EACCES: "make it readable by the user running galaxy-infer",
                 errno.EPERM: "make it readable by the user running galaxy-infer",
                 errno.EIO: "check the disk or network filesystem"}
@@ -289,9 +290,9 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
             data = f.read(cap + 1)
         limits.active().check_file(len(data))
     except FileNotFoundError:
-        raise InputError("file not found") from None
+        raise InputError("file not found", kind=ErrorKind.NOT_FOUND) from None
     except IsADirectoryError:
-        raise InputError("is a directory, not an image") from None
+        raise InputError("is a directory, not an image", kind=ErrorKind.NOT_FOUND) from None
     except OSError as exc:
         if isinstance(exc, PermissionError):
             raise TransientInputError("permission denied; make it readable by the user running galaxy-infer") from None
@@ -302,7 +303,7 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
         kind, status = found.group(1), found.group(2) or ""
         code = kind + (f" (HTTP {status})" if status else "")
         if kind in ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_BUCKET"):
-            raise InputError("file not found") from None
+            raise InputError("file not found", kind=ErrorKind.NOT_FOUND) from None
         if kind == "ACCESS_DENIED" or status == "403":
             raise TransientInputError("access denied by the store (HTTP 403); check the bucket policy or the "
                                       "credentials' read permission") from None
@@ -323,15 +324,16 @@ def _read_local(path: str) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
-        raise InputError("broken symbolic link" if os.path.islink(path) else "file not found") from None
+        raise InputError("broken symbolic link" if os.path.islink(path) else "file not found",
+                         kind=ErrorKind.NOT_FOUND) from None
     except OSError as exc:
         raise _local_error(exc) from None
     try:
         mode = os.fstat(fd).st_mode
         if stat.S_ISDIR(mode):
-            raise InputError("is a directory, not an image")
+            raise InputError("is a directory, not an image", kind=ErrorKind.NOT_FOUND)
         if not stat.S_ISREG(mode):
-            raise InputError("not a regular file (a FIFO, socket or device)")
+            raise InputError("not a regular file (a FIFO, socket or device)", kind=ErrorKind.NOT_FOUND)
         limits.active().check_file(os.fstat(fd).st_size)
         with open(fd, "rb", closefd=False) as f:
             data = f.read()
@@ -349,7 +351,8 @@ def _local_error(exc: OSError) -> InputError:
         reason = os.strerror(exc.errno).lower()
         advice = LOCAL_ADVICE.get(exc.errno, "retry later")
         return TransientInputError(f"{reason}; {advice}")
-    return InputError(f"cannot read file: {exc.strerror or exc}")
+    return InputError(f"cannot read file: {exc.strerror or exc}",
+                      kind=ErrorKind.NOT_FOUND if exc.errno in MISSING_ERRNOS else ErrorKind.CORRUPT)
 
 
 def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
@@ -450,7 +453,8 @@ def fsync_dir(path: str) -> None:
 def write_object_atomic(uri: str, write) -> None:
     """Commit one file whole: ``write(stream)`` fills it.
 
-    Local: a hidden ``.name.tmp`` beside it, fsync, rename, fsync the folder. Object store: one
+    Local: a hidden ``.name-<random>.suffix.tmp`` beside it (random, so two writers of one name, such as
+    two attempts of one task, never share a temp file), fsync, rename, fsync the folder. Object store: one
     PUT (or multipart upload completed at close), which is all or nothing; a killed writer leaves
     no object (only an incomplete upload that a bucket lifecycle rule aborts).
     """
@@ -461,7 +465,8 @@ def write_object_atomic(uri: str, write) -> None:
     path = _local_path(uri)
     folder, name = os.path.split(path)
     os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f".{name}.tmp")
+    stem, dot, suffix = name.partition(".")
+    tmp = os.path.join(folder, f".{stem}-{uuid.uuid4().hex[:8]}{dot}{suffix}.tmp")
     with open(tmp, "wb") as stream:
         write(stream)
         stream.flush()
@@ -471,16 +476,20 @@ def write_object_atomic(uri: str, write) -> None:
 
 
 PUBLISHING_MARKER = "_publishing"
+PUBLISH_CONCURRENCY = 32
+"""Server-side copies in flight while an object-store catalog is published."""
 
 
-def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> None:
+def publish_folder(stage: str, out: str, summary_name: str, replace: bool,
+                   concurrency: int = PUBLISH_CONCURRENCY) -> None:
     """Make the staged catalog ``stage`` (complete, its summary included) visible at ``out``.
 
     Local: one rename (atomic; refused when ``out`` exists unless ``replace``, then the old
     folder is renamed aside first and removed after). Object store: there is no rename, so a
     ``_publishing`` marker is put in the stage, then :func:`_copy_stage` replaces what is at
     ``out`` (the old summary deleted first, so a half-replaced catalog never reads as complete)
-    and copies the stage, summary last. A run killed in between leaves ``out`` without a summary
+    and copies the stage, summary last: server-side copies (no byte passes through this process),
+    ``concurrency`` at a time, the summary only after every part. A run killed in between leaves ``out`` without a summary
     and the complete stage with its marker; :func:`clean_stale_stages` (the next writer on
     ``out``) finishes the publish, so the killed run's catalog is not lost.
     """
@@ -502,20 +511,29 @@ def publish_folder(stage: str, out: str, summary_name: str, replace: bool) -> No
         raise FileExistsError(f"{out} appeared while this run was writing (another run?); "
                               f"this run's catalog is left unpublished")
     write_bytes(join(stage, PUBLISHING_MARKER), b"")
-    _copy_stage(stage, out, summary_name)
+    _copy_stage(stage, out, summary_name, concurrency)
 
 
-def _copy_stage(stage: str, out: str, summary_name: str) -> None:
+def _copy_stage(stage: str, out: str, summary_name: str, concurrency: int = PUBLISH_CONCURRENCY) -> None:
     """Object store: delete what is at ``out`` (its summary first), copy the stage's files server-side
-    (the summary last), delete the stage. Repeatable: a rerun after a kill ends in the same state."""
+    (the summary last), delete the stage. Repeatable: a rerun after a kill ends in the same state.
+
+    Object stores have no rename, and a run's parts are written by its tasks, so publishing is one
+    CopyObject per part: issued ``concurrency`` at a time from a thread pool (pyarrow's S3
+    filesystem is thread-safe), so a 2,000-part catalog costs about 2,000 / ``concurrency`` round
+    trips rather than 2,000.
+    """
     filesystem, out_path = resolve(out)
     delete_file(join(out, summary_name))
-    for file_info in list_files(out):
-        filesystem.delete_file(file_info.path)
+    old = list_files(out)
     _, stage_path = resolve(stage)
-    names = [i.path[len(stage_path) + 1:] for i in list_files(stage)]
-    for name in sorted((n for n in names if n != PUBLISHING_MARKER), key=lambda n: n == summary_name):
-        filesystem.copy_file(f"{stage_path}/{name}", f"{out_path}/{name}")
+    names = [i.path[len(stage_path) + 1:] for i in list_files(stage) if not i.path.endswith(f"/{PUBLISHING_MARKER}")]
+    parts = [n for n in names if n != summary_name]
+    with ThreadPoolExecutor(max(1, concurrency)) as pool:
+        list(pool.map(lambda info: filesystem.delete_file(info.path), old))
+        list(pool.map(lambda name: filesystem.copy_file(f"{stage_path}/{name}", f"{out_path}/{name}"), parts))
+    if summary_name in names:
+        filesystem.copy_file(f"{stage_path}/{summary_name}", f"{out_path}/{summary_name}")
     delete_tree(stage)
 
 

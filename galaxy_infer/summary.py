@@ -76,6 +76,9 @@ def summarize(source: str | os.PathLike | list[str], top_reasons: int = TOP_REAS
         "errors_by_reason": dict(reasons.most_common(top_reasons)),
         "other_error_reasons": sum(reasons.values()) - sum(c for _, c in reasons.most_common(top_reasons)),
     }
+    if "error_kind" in names:  # schema version 2 on
+        kinds = pc.value_counts(_column(dataset, "error_kind", ok_only=False).drop_null()).to_pylist()
+        summary["errors_by_kind"] = {k["values"]: k["counts"] for k in sorted(kinds, key=lambda k: -k["counts"])}
     summary["flags"] = {}
     for name in names:
         if name.endswith("_flag") and pa.types.is_boolean(dataset.schema.field(name).type):
@@ -134,6 +137,8 @@ def format_summary(s: dict[str, Any]) -> str:
             lines.append("  recipe: " + ", ".join(f"{k}={v}" for k, v in run["recipe"].items()))
         if "thresholds" in run:
             lines.append("  flag thresholds: " + ", ".join(f"{k} {v:.3g}" for k, v in run["thresholds"].items()))
+    if s.get("errors_by_kind"):
+        lines.append("errors by kind: " + "  ".join(f"{kind} ({n:,})" for kind, n in s["errors_by_kind"].items()))
     if s["errors"]:
         lines.append("most frequent errors:")
         lines += [f"  {count:>8,}  {reason}" for reason, count in s["errors_by_reason"].items()]

@@ -2,7 +2,8 @@
 
 Every chunk's table carries a record of its prediction worker in its schema metadata
 (``galaxy_infer.worker``: node kind, device, execution provider, accelerator, node, where it was
-decoded); the run summary and the catalog's file metadata report the tally.
+decoded), and the record a worker returns for the part it wrote carries the same; the run summary
+and the catalog's file metadata report the tally.
 """
 from __future__ import annotations
 
@@ -25,9 +26,11 @@ class WorkerTally:
 
     def add(self, table: pa.Table) -> None:
         raw = (table.schema.metadata or {}).get(WORKER_KEY)
-        if not raw:
-            return
-        record = json.loads(raw)
+        if raw:
+            self.add_record(json.loads(raw), table.num_rows)
+
+    def add_record(self, record: dict[str, str], rows: int) -> None:
+        """Count a chunk of ``rows`` that the worker described by ``record`` ran."""
         kind = self.kinds.setdefault(record["kind"], {"devices": set(), "providers": set(), "accelerators": set(),
                                                       "nodes": set(), "chunks": 0, "rows": 0})
         kind["devices"].add(record["device"])
@@ -36,8 +39,8 @@ class WorkerTally:
             kind["accelerators"].add(record["accelerator"])
         kind["nodes"].add(record["node"])
         kind["chunks"] += 1
-        kind["rows"] += table.num_rows
-        self.decoded[record["decoded_on"]] += table.num_rows
+        kind["rows"] += rows
+        self.decoded[record["decoded_on"]] += rows
 
     def devices(self) -> str:
         """The devices prediction really ran on, e.g. ``cuda``, ``cpu`` or ``cpu+cuda``."""

@@ -33,10 +33,12 @@ BATCH_ROWS = 65_536
 
 RECORD_SCHEMA = pa.schema([
     ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
-    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string())])
+    ("shard", pa.string()), ("shard_layout", pa.string()), ("shard_pos", pa.int64()), ("error", pa.string()),
+    ("error_kind", pa.string())])
 """One input cutout as the pipeline takes it. ``shard*`` locate a cutout inside a shard (see
-:mod:`galaxy_infer.shards`); ``error`` is set when discovery already knows the cutout becomes an
-error row (an unopenable shard, an object id collision, a file name that is not UTF-8)."""
+:mod:`galaxy_infer.shards`); ``error`` and its ``error_kind`` are set when discovery already knows
+the cutout becomes an error row (an unopenable shard, an object id collision, a file name that is
+not UTF-8)."""
 
 NOT_UTF8 = "file name is not valid UTF-8: rename the file (the path shows the bad bytes as \\xNN)"
 
@@ -177,7 +179,8 @@ def _shard_unit(record: dict, shard_relative_path: str, mtime: float | None) -> 
                 given_id=record["object_id"] if given else None, stem=None if given else record["object_id"],
                 ra=record["ra"], dec=record["dec"], shard=record["shard"], shard_layout=record["shard_layout"],
                 shard_pos=record["shard_pos"], error=record["error"],
-                error_kind=None if record["error"] is None else ErrorKind.CORRUPT.value, mtime=mtime)
+                error_kind=None if record["error"] is None else shards.listed_error(record["error"]).kind.value,
+                mtime=mtime)
 
 
 def _glob_root(pattern: str) -> str:

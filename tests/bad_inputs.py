@@ -17,6 +17,12 @@ def _jpeg_bytes(image: np.ndarray, mode: str = "RGB") -> bytes:
     return buf.getvalue()
 
 
+KINDS = {"empty.jpg": "corrupt", "truncated.jpg": "corrupt", "text.jpg": "corrupt", "bomb.png": "too-large",
+         "no_data.fits": "corrupt", "all_nan.fits": "corrupt", "one_d.fits": "unsupported",
+         "truncated_fits.fits": "corrupt", "dangling.jpg": "not-found", "missing.jpg": "not-found"}
+"""The ``error_kind`` each error row of the corpus gets."""
+
+
 def write_corpus(folder: Path) -> tuple[Path, dict[str, str | None]]:
     """Write the corpus and a manifest whose object ids are the file names.
 

@@ -96,7 +96,7 @@ def test_empty_catalog_takes_the_models_columns_and_the_model_picks_the_batch_si
     assert empty.column_names == arrow_schema(layout=Layout.of(info)).names + ["ingest_date"]
     assert "bar_strong_fraction" in empty.column_names and "bar_yes_fraction" not in empty.column_names  # not GZ2
     assert read_ingest_catalog(tmp_path / "catalog").column_names == [
-        "object_id", "source_path", "ra", "dec", "status", "error", "model_id", "run_id", "ingest_date"]
+        "object_id", "source_path", "ra", "dec", "status", "error", "error_kind", "model_id", "run_id", "ingest_date"]
 
     config = IngestConfig(inbox=str(tmp_path), catalog=str(tmp_path / "catalog"), model=str(desi))
     run = RunConfig(inputs=[], out="", model=str(desi), batch_size=config.batch_size, task_rows=config.task_rows)
@@ -144,6 +144,7 @@ def test_a_file_unreadable_for_one_night_is_not_held_and_is_classified_once_read
     assert summary["retry_next_run"] == 1 and summary["rows"] == len(ids)
     assert summary["errors_by_reason"]["cannot read now: permission denied; make it readable by the user "
                                        "running galaxy-infer"] == 1
+    assert summary["errors_by_kind"] == {"unreadable-now": 1, "not-found": 1}
     assert first.returncode == 3  # 2 of 7 objects not classified: cron hears of it
 
     locked.chmod(0o644)

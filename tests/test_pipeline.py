@@ -1,4 +1,5 @@
 """End to end through a real local Ray, real onnxruntime and real Parquet."""
+import collections
 import json
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from galaxy_infer.schema import GZ2, ODD_FEATURES
 from galaxy_infer.synthetic import write_fits_cutout, write_sample
 from PIL import Image
 
-from tests.bad_inputs import write_corpus
+from tests.bad_inputs import KINDS, write_corpus
 from tests.onnx_models import build_log_model
 
 pytestmark = pytest.mark.ray
@@ -44,6 +45,15 @@ def test_bad_input_corpus_gives_one_row_per_input_with_reasons(corpus_run):
         else:
             assert row.status == "error" and outcome in row.error, (row.object_id, row.error)
     assert summary["errors"] == sum(v is not None for v in expected.values())
+
+
+def test_each_error_row_of_the_corpus_has_its_kind_and_the_summary_counts_kinds(corpus_run):
+    summary, expected, frame = corpus_run
+    kinds = dict(zip(frame.object_id, frame.error_kind))
+    assert {name: kinds[name] for name, outcome in expected.items() if outcome is not None} == KINDS
+    assert all(pd.isna(kinds[name]) for name, outcome in expected.items() if outcome is None)
+    assert summary["errors_by_kind"] == dict(collections.Counter(KINDS.values()).most_common())
+    assert set(summary["error_examples"]) == set(KINDS.values())
 
 
 def test_error_rows_have_null_predictions_and_ok_rows_are_consistent(corpus_run):
@@ -129,7 +139,7 @@ def test_colliding_object_ids_are_error_rows_naming_both_paths_and_exit_3(tmp_pa
     assert status == 3 and "share an object id" in captured.err
     frame = pd.read_parquet(tmp_path / "cat")
     same = frame[frame.object_id == "SAME"]
-    assert len(same) == 2 and (same.status == "error").all()
+    assert len(same) == 2 and (same.status == "error").all() and (same.error_kind == "id-collision").all()
     first, second = same.sort_values("source_path").itertuples()
     assert second.source_path in first.error and first.source_path in second.error
     # The folder's files share stems with nothing else, so they keep them; all were classified.
@@ -179,7 +189,7 @@ def test_non_finite_model_outputs_are_error_rows_not_ok_rows_of_nan(tmp_path, lo
                                  progress=False))
     frame = pd.read_parquet(tmp_path / "cat").set_index("object_id")
     black = frame.loc["black"]
-    assert black.status == "error" and black.error.startswith("model output is not finite")
+    assert black.status == "error" and black.error.startswith("model output is not finite") and black.error_kind == "model-output"
     assert pd.isna(black.odd_ring_prob) and not black.odd_ring_flag
     ok = frame.drop(index="black")
     assert (ok.status == "ok").all() and summary["errors"] == 1
@@ -193,9 +203,9 @@ def test_error_summary_groups_reasons_by_kind_with_a_few_examples(tmp_path, tiny
         (tmp_path / f"text{i:02d}.png").write_bytes(b"not a png %d" % i)
     summary = classify(RunConfig(inputs=[str(tmp_path)], out=str(tmp_path / "cat"), model=str(tiny_model),
                                  progress=False))
-    kinds, examples = summary["errors_by_reason"], summary["error_examples"]
-    assert sum(kinds.values()) == summary["errors"] == 24
-    assert len(kinds) <= 3 and set(examples) == set(kinds) and all(len(e) <= 3 for e in examples.values())
+    kinds, examples = summary["errors_by_kind"], summary["error_examples"]
+    assert kinds == {"corrupt": 24} == {k: sum(summary["errors_by_reason"].values()) for k in kinds}
+    assert set(examples) == set(kinds) and all(len(e) == 3 for e in examples.values())
     example = next(iter(examples.values()))[0]
     assert set(example) == {"source_path", "error"} and example["source_path"].startswith(str(tmp_path))
 

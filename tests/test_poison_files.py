@@ -66,6 +66,7 @@ def scenario(workdir: Path, model: str) -> dict:
                                  device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
         return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
                 "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"],
+                "errors_by_kind": first["errors_by_kind"],
                 "seconds": round(seconds, 1),
                 "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
                 "gpu_layout_errors": gpu["errors_by_reason"]}
@@ -83,12 +84,14 @@ def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_clas
     assert len(table) == figures["objects_sent"] == figures["rows"] and table.index.is_unique
     poison = table.loc["poison"]
     assert poison.status == "error" and poison.error.startswith("worker died while decoding")
+    assert poison.error_kind == "worker-died" and figures["errors_by_kind"] == {"worker-died": 1}
     assert (table.drop(index="poison").status == "ok").all()
     assert figures["errors"] == 1 and figures["errors_by_reason"] == {"worker died while decoding": 1}
     assert figures["rows_next_night"] == 0
     assert figures["gpu_layout_rows"] == figures["objects_sent"]
     assert figures["gpu_layout_errors"] == {"worker died while decoding": 1}
     gpu = pd.read_parquet(tmp_path / "gpu-catalog").set_index("object_id")
+    assert gpu.loc["poison"].error_kind == "worker-died"
     assert gpu.loc["poison"].status == "error" and (gpu.drop(index="poison").status == "ok").all()
 
 

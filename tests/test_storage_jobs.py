@@ -11,12 +11,13 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, catalog_table, read_catalog
-from galaxy_infer.errors import TRANSIENT_PREFIX
 from galaxy_infer.cli import EXIT_OK
+from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
 from galaxy_infer.ingest import ChunkWriter, committed_files, held_objects, read_ingest_catalog
 from tests.ray_procs import descendants, end_processes, wait_for, write_night
 from tests.test_storage import new_bucket, put
@@ -36,17 +37,20 @@ def test_ingest_defers_objects_that_cannot_be_read_now_and_does_not_hold_them(tm
     ids = {"object_id": ["a", "b", "c"], "source_path": ["a.jpg", "b.jpg", "c.jpg"], "ra": [None] * 3,
            "dec": [None] * 3}
     reasons = [f"{TRANSIENT_PREFIX}permission denied", "truncated JPEG", f"{TRANSIENT_PREFIX}i/o error"]
-    table = catalog_table(ids, reasons, None, "m", "r1")
+    kinds = [ErrorKind.UNREADABLE_NOW, None, ErrorKind.UNREADABLE_NOW]
+    table = catalog_table(ids, reasons, None, "m", "r1", kinds=kinds)
     writer = ChunkWriter(str(tmp_path / "ingest_date=2026-01-01"), {}, "r1", chunk_rows=10)
     writer.add(table)
     writer.flush()
     assert writer.deferred == 2 and writer.rows_committed == 1
     assert read_ingest_catalog(tmp_path).column("object_id").to_pylist() == ["b"]
-    # Catalogs that already hold such rows (written before they were withheld) do not hold those objects.
-    storage.write_object_atomic(str(tmp_path / "ingest_date=2026-01-02" / "part-old.parquet"),
-                                lambda s: __import__("pyarrow.parquet").parquet.write_table(table, s))
-    with held_objects(str(tmp_path), "m").scan(con := duckdb.connect(), "held"):
-        assert set(con.sql("SELECT object_id, source_path FROM held").fetchall()) == {("b", "b.jpg")}
+    # Catalogs that already hold such rows (written before they were withheld, schema version 1 without
+    # error_kind, or version 2) do not hold those objects.
+    for name, old in (("v1", table.drop_columns(["error_kind"])), ("v2", table)):
+        storage.write_object_atomic(str(tmp_path / "ingest_date=2026-01-02" / f"part-{name}.parquet"),
+                                    lambda s, old=old: pq.write_table(old, s))
+        with held_objects(str(tmp_path), "m").scan(con := duckdb.connect(), "held"):
+            assert set(con.sql("SELECT object_id, source_path FROM held").fetchall()) == {("b", "b.jpg")}
 
 
 @pytest.mark.ray

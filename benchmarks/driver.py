@@ -1,0 +1,91 @@
+"""``python -m benchmarks.driver [--rows 200000]``: what the driver spends per row, and its peak memory.
+
+Classifies a manifest of ``--rows`` rows (one real 64-pixel JPEG named again on every row, each
+row with its own object id) with a tiny ONNX model (:mod:`tests.onnx_models`), so prediction costs
+almost nothing and the driver's own work shows. ``classify`` runs in a child process on a local
+Ray with ``--num-cpus`` CPUs; the child reports its own CPU time (user + system, Ray's worker and
+raylet processes excluded) and its peak resident memory (``VmHWM``). ``--code`` runs another
+checkout's ``galaxy_infer`` (e.g. ``/work/main``) with the same inputs, for a before/after figure.
+With two sizes (the default) it also prints the driver CPU per *added* row, which leaves out the
+fixed cost of imports and Ray's start-up. Prints a line per size and a JSON line of figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, resource, sys, time
+from galaxy_infer.pipeline import RunConfig, classify
+started = time.perf_counter()
+summary = classify(RunConfig(inputs=[sys.argv[1]], out=sys.argv[2], model=sys.argv[3], num_cpus=int(sys.argv[4]),
+                             object_store_mb=512, progress=False))
+usage = resource.getrusage(resource.RUSAGE_SELF)
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"rows": summary["rows"], "ok": summary["ok"], "driver_cpu_seconds": usage.ru_utime + usage.ru_stime,
+                  "driver_peak_mb": hwm / 1024, "wall_seconds": time.perf_counter() - started}))
+"""
+
+
+def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
+    """A 64-pixel JPEG, a manifest naming it ``rows`` times with distinct ids, and the tiny model."""
+    sys.path.insert(0, str(ROOT))
+    from tests.onnx_models import build_tiny_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "g.jpg", quality=90)
+    manifest = folder / "manifest.csv"
+    with open(manifest, "w") as f:
+        f.write("path,object_id\n")
+        f.writelines(f"g.jpg,obj{i}\n" for i in range(rows))
+    return manifest, build_tiny_model(folder / "tiny.onnx")
+
+
+def run(rows: int, num_cpus: int, code: str) -> dict:
+    with tempfile.TemporaryDirectory(prefix="driver-bench-") as tmp:
+        manifest, model = write_inputs(Path(tmp), rows)
+        env = {**os.environ, "PYTHONPATH": code, "RAY_USAGE_STATS_ENABLED": "0"}
+        done = subprocess.run([sys.executable, "-c", CHILD, str(manifest), f"{tmp}/catalog", str(model),
+                               str(num_cpus)], env=env, cwd=tmp, capture_output=True, text=True)
+        if done.returncode:
+            sys.exit(done.stderr[-3000:])
+        figures = json.loads(done.stdout.strip().splitlines()[-1])
+    figures = {k: round(v, 3) if isinstance(v, float) else v for k, v in figures.items()}
+    figures["driver_us_per_row"] = round(1e6 * figures["driver_cpu_seconds"] / figures["rows"], 2)
+    print(f"{figures['rows']:>9,} rows: driver CPU {figures['driver_cpu_seconds']:.2f} s "
+          f"({figures['driver_us_per_row']:.1f} us/row), driver peak memory {figures['driver_peak_mb']:.0f} MB, "
+          f"wall {figures['wall_seconds']:.0f} s")
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[50_000, 200_000],
+                        help="manifest sizes; with two or more, also the CPU per added row (start-up excluded)")
+    parser.add_argument("--num-cpus", type=int, default=2)
+    parser.add_argument("--code", default=str(ROOT), help="checkout whose galaxy_infer runs (default: this one)")
+    args = parser.parse_args()
+    print(f"galaxy_infer from {args.code}")
+    runs = [run(rows, args.num_cpus, args.code) for rows in args.rows]
+    result = {"code": args.code, "runs": runs}
+    if len(runs) > 1:
+        first, last = runs[0], runs[-1]
+        marginal = (last["driver_cpu_seconds"] - first["driver_cpu_seconds"]) / (last["rows"] - first["rows"])
+        result["driver_us_per_added_row"] = round(1e6 * marginal, 2)
+        print(f"driver CPU per added row (imports and Ray start-up excluded): {1e6 * marginal:.1f} us")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
