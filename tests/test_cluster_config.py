@@ -39,7 +39,7 @@ def test_cluster_has_cpu_head_and_gpu_workers_from_zero(cluster_config):
 def locked(lock: str) -> dict[str, str]:
     """Package -> version pinned in ``requirements/<lock>``."""
     text = (ROOT / "requirements" / lock).read_text()
-    return dict(re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, flags=re.M))
+    return {k.lower().replace("_", "-"): v for k, v in re.findall(r"^([A-Za-z0-9_.\-]+)==(\S+)", text, flags=re.M)}
 
 
 def test_setup_installs_the_gpu_lock_and_never_both_onnxruntime_wheels(cluster_config):
@@ -58,6 +58,23 @@ def test_images_run_the_locked_ray(cluster_config):
     images = [cluster_config["docker"]["head_image"], cluster_config["docker"]["worker_image"],
               (ROOT / "k8s" / "Dockerfile").read_text().split("FROM ", 1)[1].split()[0]]
     assert all(image.startswith(f"rayproject/ray:{ray}-py311") for image in images)
+
+
+def test_locks_hold_what_pyproject_asks_for():
+    """A dependency added to pyproject.toml without `make lock` would be missing where the locks install."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = re.compile(r"^[A-Za-z0-9_.\-]+")
+
+    def names(requirements: list[str]) -> set[str]:
+        return {name.match(r).group(0).lower().replace("_", "-") for r in requirements}
+
+    extras = project["optional-dependencies"]
+    base = names(project["dependencies"])
+    assert base | names(extras["cpu"]) <= set(locked("cpu.txt"))
+    assert base | names(extras["gpu"]) <= set(locked("gpu.txt"))
+    assert base | {n for e in ("cpu", "dev", "train", "zoobot", "lsdb") for n in names(extras[e])} <= set(locked("test.txt"))
 
 
 def test_locks_agree_on_every_package_they_share():
