@@ -88,6 +88,25 @@ def end_processes(procs: list[psutil.Process], grace: float = 5.0) -> None:
     psutil.wait_procs(alive, timeout=grace)
 
 
+def kill_when(proc: subprocess.Popen, predicate, timeout: float = 240, interval: float = 0.05):
+    """SIGKILL ``proc`` (a driver) once ``predicate()`` holds, then end the local Ray it started.
+
+    Returns what the predicate gave (None on timeout) and the driver's stderr.
+    """
+    children: list[psutil.Process] = []
+    stderr = ""
+    try:
+        found = wait_for(predicate, timeout=timeout, interval=interval)
+        children = descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    end_processes(children)
+    return found, stderr or ""
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

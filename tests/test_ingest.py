@@ -24,7 +24,7 @@ from astropy.io import fits
 from galaxy_infer.cli import EXIT_LOCKED, EXIT_OK
 from galaxy_infer.ingest import (LOCK_NAME, IngestConfig, committed_files, ingest,
                                  read_ingest_catalog)
-from tests.ray_procs import descendants, end_processes, wait_for, write_night
+from tests.ray_procs import kill_when, write_night
 
 ROOT = Path(__file__).resolve().parents[1]
 JOB = ROOT / "jobs" / "nightly_ingest.py"
@@ -173,15 +173,7 @@ def test_three_nights_with_a_sigkill_and_reruns_hold_every_object_exactly_once(t
     proc = subprocess.Popen([sys.executable, str(JOB), *common, "--date", night, "--chunk-rows", "4",
                              "--batch-size", "2"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    try:
-        first = wait_for(lambda: committed_files(catalog), timeout=240, interval=0.02)
-        children = descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    end_processes(children)  # the local Ray that the killed driver started
+    first, _ = kill_when(proc, lambda: committed_files(catalog), interval=0.02)
     assert first, "no chunk was committed before the timeout"
     assert proc.returncode == -signal.SIGKILL
     after_kill = read_ingest_catalog(catalog)

@@ -19,7 +19,7 @@ from galaxy_infer.catalog import SUMMARY_NAME, catalog_table, read_catalog
 from galaxy_infer.cli import EXIT_OK
 from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
 from galaxy_infer.ingest import ChunkWriter, committed_files, held_objects, read_ingest_catalog
-from tests.ray_procs import descendants, end_processes, wait_for, write_night
+from tests.ray_procs import kill_when, write_night
 from tests.test_storage import new_bucket, put
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -66,15 +66,7 @@ def test_nightly_ingest_on_s3_killed_mid_run_then_rerun_holds_every_object_exact
     env = s3.env(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     proc = subprocess.Popen([sys.executable, str(INGEST), *common, "--chunk-rows", "4", "--batch-size", "2"],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = wait_for(lambda: committed_files(catalog), timeout=240, interval=0.05)
-        children = descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    end_processes(children)
+    first, stderr = kill_when(proc, lambda: committed_files(catalog))
     assert first and proc.returncode == -signal.SIGKILL, stderr[-3000:]
     after_kill = read_ingest_catalog(catalog).num_rows
     assert 0 < after_kill < len(expected), "the kill did not land part-way"

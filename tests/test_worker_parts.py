@@ -25,7 +25,7 @@ from galaxy_infer.pipeline import PredictorSpec, classify_chunk, records_table
 from galaxy_infer.summary import summarize
 from galaxy_infer.synthetic import write_sample
 from galaxy_infer.workers import DEVICES_METADATA_KEY
-from tests.ray_procs import descendants, end_processes, wait_for
+from tests.ray_procs import kill_when
 from tests.test_storage import new_bucket
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,16 +98,7 @@ def test_a_run_killed_after_tasks_wrote_parts_leaves_nothing_that_reads_as_rows(
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "in"), str(out), str(tiny_model)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    children = []
-    try:
-        stages = wait_for(lambda: [p for p in tmp_path.glob(".cat.tmp-*/part-*.parquet")], timeout=240)
-        children = descendants(proc.pid)
-        proc.send_signal(signal.SIGKILL)
-        _, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    end_processes(children)
+    stages, stderr = kill_when(proc, lambda: list(tmp_path.glob(".cat.tmp-*/part-*.parquet")))
     assert stages and proc.returncode == -signal.SIGKILL, stderr[-3000:]
     assert not out.exists()
     assert not list(tmp_path.glob(f".cat.tmp-*/{SUMMARY_NAME}"))  # the stage is hidden and never complete
