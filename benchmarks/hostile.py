@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -50,27 +49,15 @@ def build(folder: Path, good: int, hostile: bool = True) -> dict[str, str]:
     return {name: f"{what} ({(folder / name).stat().st_size / MB:.1f} MB on disk)" for name, what in files.items()}
 
 
-class MachineMemory:
+class MachineMemory(PeakMemory):
     """Peak of the machine's used memory (``psutil.virtual_memory().used``) above its value at the start."""
 
     def __init__(self, interval: float = 0.1) -> None:
+        super().__init__(os.getpid(), interval)
         self.start = psutil.virtual_memory().used
-        self.peak = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, psutil.virtual_memory().used - self.start)
-            self._stop.wait(0.1)
-
-    def __enter__(self) -> MachineMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+    def _sample(self) -> int:
+        return psutil.virtual_memory().used - self.start
 
 
 def main() -> None:
