@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from galaxy_infer import __version__, storage
@@ -504,8 +505,21 @@ def read_catalog(path: str | os.PathLike) -> pa.Table:
                  if fnmatch.fnmatch(os.path.basename(u), PARTS_GLOB)]
     else:
         files = [path]
-    tables = []
-    for f in files:
-        filesystem, inner = storage.resolve(f)
-        tables.append(pq.read_table(inner, filesystem=filesystem))
-    return pa.concat_tables(tables, promote_options="default")  # schema 1 files have no error_kind
+    return open_parts(files).to_table()
+
+
+def open_parts(files: list[str], partitioning: ds.Partitioning | None = None,
+               base: str | None = None) -> ds.Dataset:
+    """Catalog Parquet files as one dataset whose schema holds every file's columns; a column a file
+    lacks (``error_kind`` in schema 1 files, another tree's answers after a model change) is null in
+    its rows. ``partitioning`` (with the ``base`` folder it starts below) turns folders into columns."""
+    filesystem = storage.resolve(files[0])[0]
+    paths = [storage.resolve(f)[1] for f in files]
+    options = {"format": "parquet", "filesystem": filesystem, "partitioning": partitioning,
+               "partition_base_dir": storage.resolve(base)[1] if base else None}
+    found = ds.dataset(paths, **options)
+    schema = pa.unify_schemas([f.physical_schema for f in found.get_fragments()],  # the first file's metadata
+                              promote_options="default")
+    if partitioning is not None:
+        schema = pa.unify_schemas([schema, partitioning.schema])
+    return ds.dataset(paths, schema=schema, **options)

@@ -35,11 +35,12 @@ from typing import Any, Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from galaxy_infer import ids, storage
-from galaxy_infer.catalog import (Layout, RunStats, arrow_schema, file_metadata, format_errors, prediction_fields,
-                                  unreadable_now)
+from galaxy_infer.catalog import (Layout, RunStats, arrow_schema, file_metadata, format_errors, open_parts,
+                                  prediction_fields, unreadable_now)
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
@@ -86,11 +87,6 @@ def committed_files(catalog: str) -> list[str]:
                 and not parts[1].startswith(".")):
             found.append(uri)
     return found
-
-
-def _read(uri: str, columns: list[str] | None = None) -> pa.Table:
-    filesystem, path = storage.resolve(uri)
-    return pq.read_table(path, columns=columns, filesystem=filesystem)
 
 
 def held_objects(catalog: str, model_id: str) -> ids.Ledger:
@@ -283,13 +279,10 @@ def read_ingest_catalog(catalog: str | os.PathLike, model: str | None = None) ->
     model's columns, otherwise only those every catalog has (ids, position, status, error,
     model_id, run_id), never another tree's.
     """
-    tables = []
-    for path in committed_files(str(catalog)):
-        t = _read(path).replace_schema_metadata(None)
-        date = path.rsplit("/", 2)[-2].split("=", 1)[1]
-        tables.append(t.append_column(PARTITION_KEY, pa.array([date] * t.num_rows, pa.string())))
-    if tables:
-        return pa.concat_tables(tables, promote_options="default")
+    files = committed_files(str(catalog))
+    if files:
+        partitioning = ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive")
+        return open_parts(files, partitioning, str(catalog)).to_table().replace_schema_metadata(None)
     if model is not None:
         schema = arrow_schema(layout=Layout.of(load_model_info(resolve_model(model))))
     else:

@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from galaxy_infer import storage
+from galaxy_infer.catalog import open_parts
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 TOP_REASONS = 10
@@ -35,9 +36,7 @@ def open_catalog(source: str | os.PathLike | list[str]) -> ds.Dataset:
     ``_ingest_runs/``) are skipped, as pandas and DuckDB skip them.
     """
     if isinstance(source, list):
-        located = [storage.resolve(str(s)) for s in source]
-        return ds.dataset([path for _, path in located], format="parquet",
-                          filesystem=located[0][0] if located else None)
+        return open_parts([str(s) for s in source])
     filesystem, path = storage.resolve(str(source))
     return ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem)
 
