@@ -44,7 +44,7 @@ def bundled_model_path(name: str = "default") -> Path:
 
 def resolve_model(model: str | os.PathLike) -> str:
     """A local path to the model: a bundled model's name becomes its path (unless a file of that name
-    exists); an object-store URI is fetched once into :func:`model_cache` (onnxruntime opens files)."""
+    exists); an object-store URI is read and kept in :func:`model_cache` (onnxruntime opens files)."""
     model = str(model)
     if storage.is_remote(model):
         return fetch_model(model)

@@ -27,7 +27,6 @@ from galaxy_infer.preprocess import Recipe
 RASTER_SUFFIXES = (".jpg", ".jpeg", ".png")
 FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fits.fz")
 GZIP_MAGIC = b"\x1f\x8b"
-MAX_PIXELS = limits.DEFAULT.pixels
 """Pillow's own bomb guard; the run's limit (:mod:`galaxy_infer.limits`) is checked before it."""
 
 
@@ -304,4 +303,4 @@ def _centre_radec(header, shape: tuple[int, int]) -> tuple[float | None, float |
 
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+Image.MAX_IMAGE_PIXELS = limits.DEFAULT.pixels  # each decode sets the run's own
