@@ -2,7 +2,8 @@
 
 Each case runs in a fresh Python process (``python -m benchmarks.scale --case ...``) so its peak
 memory is its own: ``VmHWM`` of that process (the driver of a real run), CPU seconds of all its
-threads (DuckDB's included) and wall time to the first chunk of records ready to submit.
+threads (DuckDB's included), wall time to the first chunk of records ready to submit and to the
+end (every chunk read as the driver submits them, the id rule, the rows it amends).
 
 - ``manifest``: a Parquet manifest of N rows (real cutout paths repeated, unique ``object_id``s),
   discovered into a work list and given ids. Run at 1e5 and 1e6 to compare memory and CPU per row.
@@ -85,8 +86,11 @@ def make_catalog(catalog: Path, held: int, inbox: Path) -> None:
 
 
 def run_case(case: str, path: str, extra: str) -> dict:
-    """Inside the measured process: discovery and ids (or the ledger join) up to the first chunk."""
-    from galaxy_infer.worklist import plan, scratch_folder
+    """Inside the measured process: the driver's share of a run without Ray (discovery, the chunks it
+    would submit, the id rule and its overrides), or the nightly ledger join up to the first chunk."""
+    import os
+
+    from galaxy_infer.worklist import Listing, scratch_folder
 
     started = time.perf_counter()
     cpu = _cpu_seconds()
@@ -96,13 +100,23 @@ def run_case(case: str, path: str, extra: str) -> dict:
 
             config = IngestConfig(inbox=path, catalog=str(Path(path).parent / "catalog"), settle_seconds=0)
             work, counts = pending_records(config, held_objects(config.catalog, "m"), scratch)
-            collisions = counts["id_collisions"]
+            first = next(work.chunks(1024))
+            ready = time.perf_counter() - started
+            rows, collisions, amended = work.num_rows, counts["id_collisions"], 0
         else:
-            work, collisions = plan([path], scratch)
-        first = next(work.chunks(1024))
-        ready = time.perf_counter() - started
-        return {"case": case, "rows": work.num_rows, "collisions": collisions, "first_chunk_rows": first.num_rows,
-                "seconds_to_first_chunk": round(ready, 2), "cpu_seconds": round(_cpu_seconds() - cpu, 2),
+            from galaxy_infer.pipeline import settle_ids
+
+            listing = Listing([path], os.path.join(scratch, "listed"))
+            chunks = listing.chunks(1024)
+            first = next(chunks)
+            ready = time.perf_counter() - started
+            for _ in chunks:
+                pass
+            rows, collisions, fixes = settle_ids(listing, scratch, None)
+            amended = pq.ParquetFile(fixes).metadata.num_rows
+        return {"case": case, "rows": rows, "collisions": collisions, "amended_rows": amended,
+                "first_chunk_rows": first.num_rows, "seconds_to_first_chunk": round(ready, 2),
+                "seconds": round(time.perf_counter() - started, 2), "cpu_seconds": round(_cpu_seconds() - cpu, 2),
                 "vmhwm_mb": round(_vmhwm_mb(), 1)}
 
 

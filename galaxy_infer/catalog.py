@@ -227,21 +227,22 @@ class ErrorTally:
         else:
             self.other_reasons += n
 
-    def merge(self, record: dict[str, Any]) -> None:
-        """Add a tally sent as :meth:`to_dict`."""
+    def merge(self, record: dict[str, Any], sign: int = 1) -> None:
+        """Add a tally sent as :meth:`to_dict` (``sign=-1`` takes back rows counted before and since amended)."""
         for kind, n in record["errors_by_kind"].items():
-            self._count_kind(kind, n, record["error_examples"].get(kind, []))
+            self._count_kind(kind, sign * n, record["error_examples"].get(kind, []) if sign > 0 else [])
         for head, n in record["errors_by_reason"].items():
-            self._count_reason(head, n)
-        self.other_reasons += record["other_error_reasons"]
+            self._count_reason(head, sign * n)
+        self.other_reasons += sign * record["other_error_reasons"]
 
     def total(self) -> int:
-        return sum(self.kinds.values())
+        return sum((+self.kinds).values())
 
     def to_dict(self, top_reasons: int | None = None) -> dict[str, Any]:
-        shown = self.reasons.most_common(top_reasons)
-        return {"errors_by_kind": dict(self.kinds.most_common()),
-                "error_examples": {kind: self.examples[kind] for kind, _ in self.kinds.most_common()},
+        shown = (+self.reasons).most_common(top_reasons)
+        kinds = (+self.kinds).most_common()
+        return {"errors_by_kind": dict(kinds),
+                "error_examples": {kind: self.examples[kind] for kind, _ in kinds},
                 "errors_by_reason": dict(shown),
                 "other_error_reasons": self.other_reasons + sum(self.reasons.values()) - sum(n for _, n in shown)}
 
@@ -269,12 +270,20 @@ class RunStats:
 
     def add_record(self, record: dict[str, Any]) -> None:
         """Count a part a worker wrote, from the small record it returned (see :class:`PartTarget`)."""
-        self.rows += record["rows"]
-        self.ok += record["ok"]
-        self.errors.merge(record["errors"])
+        self._count(record)
         self.stage_seconds.update(record["stage_seconds"])
         if record.get("worker"):
             self.workers.add_record(record["worker"], record["rows"])
+
+    def amend(self, change: dict[str, Any]) -> None:
+        """Count a part's amendment (:meth:`PartTarget.amend`): its old rows out, their new ones in."""
+        self._count(change["removed"], -1)
+        self._count(change["added"])
+
+    def _count(self, record: dict[str, Any], sign: int = 1) -> None:
+        self.rows += sign * record["rows"]
+        self.ok += sign * record["ok"]
+        self.errors.merge(record["errors"], sign)
 
     def summary(self, **extra: Any) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
@@ -320,6 +329,11 @@ class PartTarget:
     def uri(self, start: int) -> str:
         return storage.join(self.stage, f"part-{start:012d}.parquet")
 
+    @staticmethod
+    def start_of(part: str) -> int:
+        """The first row of the chunk a part (named by :meth:`uri` or :meth:`amend`) holds."""
+        return int(part[len("part-"):len("part-") + 12])
+
     def write(self, table: pa.Table, start: int) -> dict[str, Any]:
         """Write ``table`` (one chunk's catalog rows) as the chunk's part; return the record the driver counts.
 
@@ -332,16 +346,59 @@ class PartTarget:
         tally.add(table)
         devices = json.dumps(tally.summary()["prediction_workers"])
         uri = self.uri(start)
-        part = table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices})
-        storage.write_object_atomic(uri, lambda stream: pq.write_table(part, stream, compression="zstd"))
-        errors = ErrorTally()
-        errors.add(table)
+        self._put(uri, table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices}))
         timing = json.loads(metadata.get(STAGE_TIMING_KEY, b"{}"))
         timing["write"] = time.perf_counter() - started
         worker = metadata.get(WORKER_KEY)
-        return {"part": os.path.basename(uri), "rows": table.num_rows, "ok": table.num_rows - errors.total(),
-                "errors": errors.to_dict(TOP_REASONS), "stage_seconds": timing,
+        return {"part": os.path.basename(uri), **_counts(table), "stage_seconds": timing,
                 "worker": json.loads(worker) if worker else None}
+
+    def amend(self, start: int, fixes: pa.Table) -> dict[str, Any]:
+        """Give the part of chunk ``start`` the id rule's final answers, as a new part that replaces it.
+
+        ``fixes`` (:func:`galaxy_infer.ids.overrides`, with ``pos``, the row in the part) sets final
+        object ids, turns colliding rows into ``id-collision`` error rows and removes second
+        listings of one input. The amended rows go to ``part-<start>-ids.parquet`` and the part as
+        the task wrote it stays until the commit drops it, so a retried amendment gives the same
+        file. Returns the names and the change to the run's counts (``removed``: the changed rows
+        as they were; ``added``: as they are now).
+        """
+        part = pq.read_table(pa.BufferReader(storage.read_bytes(self.uri(start))))
+        pos = fixes.column("pos").to_numpy()
+        if part.column("source_path").take(pos).to_pylist() != fixes.column("source_path").to_pylist():
+            raise RuntimeError(f"{self.uri(start)}: its rows are not the work list's rows from {start}")
+        dropped = fixes.column("dropped").to_numpy(zero_copy_only=False)
+        collides = pc.is_valid(fixes.column("collision")).to_numpy(zero_copy_only=False) & ~dropped
+        object_ids = part.column("object_id").to_pylist()
+        for p, oid in zip(pos[~dropped], fixes.column("object_id").filter(pa.array(~dropped)).to_pylist()):
+            object_ids[p] = oid
+        part = part.set_column(part.schema.get_field_index("object_id"), part.schema.field("object_id"),
+                               pa.array(object_ids, pa.string()))
+        changed = part.take(np.concatenate([pos[collides], pos[dropped]]))
+        collided = changed.slice(0, int(collides.sum()))
+        errors = catalog_table({k: collided.column(k).to_pylist() for k in ("object_id", "source_path", "ra", "dec")},
+                               fixes.column("collision").filter(pa.array(collides)).to_pylist(), None,
+                               part.column("model_id")[0].as_py(), part.column("run_id")[0].as_py(),
+                               Layout.from_metadata(self.metadata), [ErrorKind.ID_COLLISION] * collided.num_rows)
+        source = np.arange(part.num_rows)
+        source[pos[collides]] = part.num_rows + np.arange(collided.num_rows)
+        keep = np.ones(part.num_rows, dtype=bool)
+        keep[pos[dropped]] = False
+        uri = storage.join(self.stage, f"part-{start:012d}-ids.parquet")
+        self._put(uri, pa.concat_tables([part, errors.cast(part.schema)]).take(source[keep]))
+        return {"part": os.path.basename(uri), "replaces": os.path.basename(self.uri(start)),
+                "removed": _counts(changed), "added": _counts(errors)}
+
+    @staticmethod
+    def _put(uri: str, table: pa.Table) -> None:
+        storage.write_object_atomic(uri, lambda stream: pq.write_table(table, stream, compression="zstd"))
+
+
+def _counts(table: pa.Table) -> dict[str, Any]:
+    """Rows, ok rows and the error tally of catalog rows: what the driver adds up."""
+    errors = ErrorTally()
+    errors.add(table)
+    return {"rows": table.num_rows, "ok": table.num_rows - errors.total(), "errors": errors.to_dict(TOP_REASONS)}
 
 
 class CatalogWriter:
@@ -395,6 +452,12 @@ class CatalogWriter:
         """Count a part a task wrote into the stage (see :meth:`PartTarget.write`)."""
         self.stats.add_record(record)
         self.parts.add(record["part"])
+
+    def amend_part(self, change: dict[str, Any]) -> None:
+        """Count a part's amendment (:meth:`PartTarget.amend`); the amended part replaces it in the catalog."""
+        self.stats.amend(change)
+        self.parts.discard(change["replaces"])
+        self.parts.add(change["part"])
 
     def write(self, table: pa.Table) -> None:
         started = time.perf_counter()

@@ -30,7 +30,10 @@ that id. The same file listed twice with the same id is one input.
 The rule runs out of core: it is SQL over a Parquet *work list* (see :data:`WORK_SCHEMA`, written
 by :mod:`galaxy_infer.worklist`) in DuckDB, which spills to disk past its memory limit, so the
 driver's memory does not grow with the number of inputs. Counting stems needs the whole listing,
-so ids are known only once the listing has ended.
+so a run does not wait for it: tasks start on each unit's *provisional* id (rule 1, else rule 3's
+stem, :func:`provisional_records`), and once the listing has ended :func:`overrides` names the
+few units whose id or status the whole rule changes (a shared stem, a collision, a second listing
+of one input), which are amended before anything is committed.
 """
 from __future__ import annotations
 
@@ -63,15 +66,31 @@ WORK_SCHEMA = pa.schema([
     ("error_kind", pa.string()), ("mtime", pa.float64())])
 """One discovered input. ``seq`` is its place in the listing; ``norm_path`` the comparable path
 (:func:`normalised_path`); ``given_id`` an id from a manifest, a shard or a FITS header (rules 1-2);
-``stem`` the rule-3 name where it is not the file name's (shard rows); ``mtime`` the modification
+``stem`` the rule-3 name (the file name's stem, :func:`stems`, or a shard's fallback); ``mtime`` the modification
 time of the file (the shard, for a shard row) where the listing gave one."""
+
+OVERRIDES_SCHEMA = pa.schema([("seq", pa.int64()), ("source_path", pa.string()), ("object_id", pa.string()),
+                              ("collision", pa.string()), ("dropped", pa.bool_())])
+"""What :func:`overrides` yields."""
 
 RECORD_COLUMNS = ("object_id", "source_path", "ra", "dec", "shard", "shard_layout", "shard_pos", "error", "error_kind")
 
 _KNOWN_SUFFIX = "(?i)(" + "|".join(s.replace(".", "\\.") for s in FITS_SUFFIXES + RASTER_SUFFIXES) + ")$"
-_STEM_SQL = f"""CASE WHEN regexp_matches(name, '{_KNOWN_SUFFIX}') THEN regexp_replace(name, '{_KNOWN_SUFFIX}', '')
-                ELSE regexp_replace(name, '^(.+)\\.[^.]+$', '\\1') END"""
-""":func:`galaxy_infer.readers.object_id_from_path` in SQL: a known cutout suffix, else ``Path.suffix``."""
+
+
+def stems(paths: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Rule 3's name of each path: :func:`galaxy_infer.readers.object_id_from_path` in Arrow compute
+    (a known cutout suffix, else ``Path.suffix``, comes off the file name)."""
+    name = pc.replace_substring_regex(paths, r"^.*/", "")
+    return pc.if_else(pc.match_substring_regex(name, _KNOWN_SUFFIX), pc.replace_substring_regex(name, _KNOWN_SUFFIX, ""),
+                      pc.replace_substring_regex(name, r"^(.+)\.[^.]+$", r"\1"))
+
+
+def provisional_records(listed: pa.RecordBatch) -> pa.RecordBatch:
+    """Work list rows as pipeline records (:data:`RECORD_COLUMNS`) with the id each has unless the
+    rule, once the whole listing is known, says otherwise: the given id, else the stem."""
+    return pa.RecordBatch.from_pydict({"object_id": pc.coalesce(listed.column("given_id"), listed.column("stem")),
+                                       **{name: listed.column(name) for name in RECORD_COLUMNS[1:]}})
 
 
 def normalised_path(path: str) -> str:
@@ -80,68 +99,101 @@ def normalised_path(path: str) -> str:
 
 
 def connect(scratch: str) -> duckdb.DuckDBPyConnection:
-    """A DuckDB database in ``scratch`` (a local folder) with bounded memory."""
-    con = duckdb.connect(os.path.join(scratch, "ids.duckdb"))
+    """An in-memory DuckDB database with bounded memory that spills to ``scratch`` (a local folder).
+
+    In memory rather than a file in ``scratch``: the rule's tables are scratch, and writing them to
+    a database file (compressed, checkpointed) took about a quarter of its CPU (measured at 10^6 rows).
+    """
+    con = duckdb.connect()
     con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET temp_directory = '{os.path.join(scratch, 'spill')}';"
-                "SET preserve_insertion_order = false; SET threads = 2")
+                "SET preserve_insertion_order = false; SET threads = 2; SET enable_progress_bar = false")
     return con
 
 
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
            held: Ledger | None = None, new_only: bool = False) -> int:
-    """Run the rule over the Parquet work list at ``worklist``; leaves view ``records`` in ``con``
-    and returns how many inputs it has (one file reached twice counts once).
+    """Run the rule over the Parquet work list ``worklist`` (a file or a glob); leaves views
+    ``records`` and ``named`` in ``con`` and returns how many inputs it has (one file reached twice
+    counts once).
 
     ``records`` has :data:`WORK_SCHEMA`'s columns plus ``object_id``, ``held`` (the nightly ingest:
     the catalog already has this file) and ``collision`` (the reason when another input, or a held
     object, has the same id). The ``held`` objects' ids are taken (rule 3) and their paths are
     not new. The ledger is streamed twice, as probes against the listing, so only the held rows
     that matter are kept. With ``new_only`` header ids are read, and collisions found, among new files only.
+
+    Only what differs from an input's provisional id (:func:`provisional_records`) is stored:
+    second listings (``dropped``), header ids, the rule-4/5 fallbacks and collisions. Whether a
+    value is shared is asked of 64-bit hashes first (:func:`_maybe_shared`) and confirmed on the
+    few candidates, so the common run (unique ids or stems) makes no table that grows with its inputs.
     """
-    con.execute(f"""CREATE OR REPLACE TABLE listed AS SELECT seq, source_path, norm_path, given_id, stem, relative_path,
-        error IS NOT NULL AS has_error FROM read_parquet('{worklist}')""")
-    con.execute(f"""DELETE FROM listed WHERE seq IN (SELECT seq FROM (
+    work = f"read_parquet('{worklist}')"
+    con.execute(f"""CREATE OR REPLACE TABLE dropped AS SELECT seq FROM (
         SELECT seq, row_number() OVER (PARTITION BY norm_path, given_id ORDER BY seq) AS rn
-        FROM listed WHERE {_maybe_shared("listed", "norm_path, given_id")}) WHERE rn > 1)""")
-    inputs = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
+        FROM {work} WHERE {_maybe_shared(work, "norm_path, given_id")}) WHERE rn > 1""")
+    con.execute(f"CREATE OR REPLACE VIEW listed AS SELECT * FROM {work} ANTI JOIN dropped USING (seq)")
+    listed, given = con.execute(f"SELECT count(*), count(given_id) FROM {work}").fetchall()[0]
+    inputs = listed - con.execute("SELECT count(*) FROM dropped").fetchall()[0][0]
     held = held if held is not None else Ledger((), "")
-    cwd = os.getcwd().replace("'", "''")
-    with held.scan(con, "held_source"):
-        con.execute(f"""CREATE OR REPLACE TABLE held_paths AS SELECT DISTINCT norm_path FROM (
-            SELECT CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
-                        ELSE '{cwd}/' || source_path END AS norm_path FROM held_source)
-            WHERE norm_path IN (SELECT norm_path FROM listed)""")
-    con.execute("""CREATE OR REPLACE TABLE flagged AS SELECT l.*, h.norm_path IS NOT NULL AS held
-        FROM listed l LEFT JOIN held_paths h USING (norm_path)""")
+    con.execute("CREATE OR REPLACE TABLE held_seq (seq BIGINT); CREATE OR REPLACE TABLE header_ids (seq BIGINT, id VARCHAR)")
+    con.execute("CREATE OR REPLACE TABLE held_ids (object_id VARCHAR, held_path VARCHAR)")
+    if held.files:
+        cwd = os.getcwd().replace("'", "''")
+        with held.scan(con, "held_source"):
+            con.execute(f"""INSERT INTO held_seq SELECT seq FROM listed WHERE norm_path IN (
+                SELECT CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
+                            ELSE '{cwd}/' || source_path END FROM held_source)""")
+    con.execute("""CREATE OR REPLACE VIEW names AS
+        SELECT l.* REPLACE (coalesce(h.id, l.given_id) AS given_id), s.seq IS NOT NULL AS held
+        FROM listed l LEFT JOIN header_ids h USING (seq) LEFT JOIN held_seq s USING (seq)""")
     if id_keyword:
         _header_ids(con, id_keyword, "NOT held" if new_only else "true")
-    con.execute(f"""CREATE OR REPLACE TABLE derived AS
-        SELECT seq, relative_path, source_path, coalesce(stem, {_STEM_SQL}) AS c0
-        FROM (SELECT *, regexp_extract(source_path, '[^/]*$') AS name FROM flagged WHERE given_id IS NULL)""")
-    with held.scan(con, "held_source"):  # only the held ids an input could take: the ledger is probed, not loaded
-        con.execute("""CREATE OR REPLACE TABLE held_ids AS
-            SELECT object_id, min(source_path) AS held_path FROM held_source
-            WHERE object_id IN (SELECT given_id FROM flagged UNION ALL SELECT c0 FROM derived
-                                UNION ALL SELECT relative_path FROM derived UNION ALL SELECT source_path FROM derived)
-            GROUP BY object_id""")
-    con.execute("""CREATE OR REPLACE TABLE taken AS
-        SELECT DISTINCT given_id AS id FROM flagged WHERE given_id IS NOT NULL
-        UNION SELECT object_id FROM held_ids""")
-    for before, after, fallback in (("c0", "c1", "relative_path"), ("c1", "c2", "source_path")):
-        con.execute(f"""CREATE OR REPLACE TABLE derived AS
-            WITH shared AS (SELECT seq FROM (
-                SELECT seq, count(*) OVER (PARTITION BY {before}) AS n FROM derived
-                WHERE {_maybe_shared("derived", before)}) WHERE n > 1)
-            SELECT d.*, CASE WHEN s.seq IS NULL AND t.id IS NULL THEN d.{before} ELSE d.{fallback} END AS {after}
-            FROM derived d LEFT JOIN shared s USING (seq) LEFT JOIN taken t ON t.id = d.{before}""")
-    con.execute("""CREATE OR REPLACE TABLE named AS
-        SELECT f.seq, f.source_path, f.held, coalesce(f.given_id, d.c2) AS object_id
-        FROM flagged f LEFT JOIN derived d USING (seq)""")
+        given = con.execute("SELECT count(given_id) FROM names").fetchall()[0][0]
+    if held.files:
+        with held.scan(con, "held_source"):  # only the held ids an input could take: the ledger is probed, not loaded
+            con.execute("""INSERT INTO held_ids SELECT object_id, min(source_path) FROM held_source
+                WHERE object_id IN (SELECT given_id FROM names UNION ALL SELECT stem FROM names WHERE given_id IS NULL
+                    UNION ALL SELECT relative_path FROM names WHERE given_id IS NULL
+                    UNION ALL SELECT source_path FROM names WHERE given_id IS NULL)
+                GROUP BY object_id""")
+    _fallbacks(con, derived=listed > given, mixed=0 < given < listed)
+    con.execute("""CREATE OR REPLACE VIEW named AS
+        SELECT n.*, coalesce(n.given_id, f.object_id, n.stem) AS object_id
+        FROM names n LEFT JOIN fallback f USING (seq)""")
     _collisions(con, "NOT held" if new_only else "true")
-    con.execute(f"""CREATE OR REPLACE VIEW records AS
-        SELECT w.*, i.object_id, i.held, i.collision FROM read_parquet('{worklist}') w JOIN named_ids i USING (seq)""")
-    con.execute("DROP TABLE listed; DROP TABLE flagged; DROP TABLE derived; DROP TABLE named; DROP TABLE taken")
+    con.execute("CREATE OR REPLACE VIEW records AS SELECT n.*, r.collision FROM named n LEFT JOIN reasons r USING (seq)")
     return inputs
+
+
+def _fallbacks(con: duckdb.DuckDBPyConnection, derived: bool, mixed: bool) -> None:
+    """Table ``fallback`` (``seq``, ``object_id``): the units without a given id that do not keep their stem.
+
+    Rule 3 fails for a stem another unit shares, or one taken (a given or held id): set ``s0``;
+    those units try their relative path (rule 4), which fails when it equals another unit's
+    relative path or a stem that kept (``t1`` holds both sides) or is taken; those take the path as
+    given (rule 5). ``derived``: some unit has no given id; ``mixed``: some have one too.
+    """
+    con.execute("CREATE OR REPLACE TABLE fallback (seq BIGINT, object_id VARCHAR)")
+    if not derived:
+        return
+    con.execute("CREATE OR REPLACE VIEW derived AS SELECT seq, stem, relative_path, source_path FROM names "
+                "WHERE given_id IS NULL")
+    con.execute("""CREATE OR REPLACE VIEW taken AS
+        SELECT given_id AS id FROM names WHERE given_id IS NOT NULL UNION ALL SELECT object_id FROM held_ids""")
+    by_given = "OR hash(stem) IN (SELECT hash(id) FROM taken)" if mixed else "OR stem IN (SELECT object_id FROM held_ids)"
+    con.execute(f"""CREATE OR REPLACE TABLE s0 AS SELECT seq, stem, relative_path, source_path FROM (
+        SELECT *, count(*) OVER (PARTITION BY stem) AS n FROM derived
+        WHERE {_maybe_shared("derived", "stem")} {by_given})
+        WHERE n > 1 OR stem IN (SELECT id FROM taken WHERE id IN (SELECT stem FROM derived WHERE {_maybe_shared("derived", "stem")} {by_given}))""")
+    if not con.execute("SELECT count(*) FROM s0").fetchall()[0][0]:
+        return
+    con.execute("""CREATE OR REPLACE TABLE t1 AS
+        SELECT seq, relative_path AS c1, source_path FROM s0
+        UNION ALL SELECT seq, stem, source_path FROM derived
+        WHERE stem IN (SELECT relative_path FROM s0) AND seq NOT IN (SELECT seq FROM s0)""")
+    con.execute("""INSERT INTO fallback SELECT seq, CASE WHEN n > 1 OR c1 IN (SELECT id FROM taken
+                                                     WHERE id IN (SELECT c1 FROM t1)) THEN source_path ELSE c1 END
+        FROM (SELECT *, count(*) OVER (PARTITION BY c1) AS n FROM t1)""")
 
 
 @dataclass(frozen=True)
@@ -206,7 +258,7 @@ def _maybe_shared(table: str, columns: str) -> str:
 
 
 def _collisions(con: duckdb.DuckDBPyConnection, among: str) -> None:
-    """Table ``records``: ``named`` with ``collision`` set where another input (or a held object) shares the id."""
+    """Table ``reasons`` (``seq``, ``collision``): the units of ``named`` whose id another input (or a held object) has."""
     con.execute(f"""CREATE OR REPLACE TABLE clash AS
         WITH c AS (SELECT seq, object_id, source_path FROM named WHERE {among}
                    AND ({_maybe_shared(f"(SELECT object_id FROM named WHERE {among})", "object_id")}
@@ -231,9 +283,7 @@ def _collisions(con: duckdb.DuckDBPyConnection, among: str) -> None:
         con.register("batch_reasons", pa.table({"seq": seq, "collision": text}))
         con.execute("INSERT INTO reasons SELECT * FROM batch_reasons")
         con.unregister("batch_reasons")
-    con.execute("""CREATE OR REPLACE TABLE named_ids AS
-        SELECT n.seq, n.object_id, n.held, r.collision FROM named n LEFT JOIN reasons r USING (seq)""")
-    con.execute("DROP TABLE clash; DROP TABLE reasons")
+    con.execute("DROP TABLE clash")
 
 
 def collision_reason(object_id: str, other: str, others: int) -> str:
@@ -245,10 +295,9 @@ def collision_reason(object_id: str, other: str, others: int) -> str:
 def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str) -> None:
     """Rule 2: ``given_id`` from FITS header ``keyword``, read a batch of files at a time."""
     suffixes = " OR ".join(f"ends_with(lower(source_path), '{s}')" for s in FITS_SUFFIXES)
-    batches = con.cursor().sql(f"""SELECT seq, source_path FROM flagged
-        WHERE given_id IS NULL AND NOT has_error AND ({suffixes}) AND {among}""").to_arrow_reader(10_000)
-    con.execute("CREATE OR REPLACE TABLE header_ids (seq BIGINT, id VARCHAR)")
-    for batch in batches:
+    con.execute(f"""CREATE OR REPLACE TABLE header_todo AS SELECT seq, source_path FROM names
+        WHERE given_id IS NULL AND error IS NULL AND ({suffixes}) AND {among}""")
+    for batch in con.cursor().sql("SELECT * FROM header_todo").to_arrow_reader(10_000):
         found = [(s, v) for s, v in zip(batch.column(0).to_pylist(),
                                         map(lambda p: header_value(p, keyword), batch.column(1).to_pylist()))
                  if v is not None]
@@ -256,8 +305,7 @@ def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str) -> Non
             con.register("batch_ids", pa.table({"seq": [s for s, _ in found], "id": [v for _, v in found]}))
             con.execute("INSERT INTO header_ids SELECT * FROM batch_ids")
             con.unregister("batch_ids")
-    con.execute("""UPDATE flagged SET given_id = h.id FROM header_ids h WHERE flagged.seq = h.seq;
-                   DROP TABLE header_ids""")
+    con.execute("DROP TABLE header_todo")
 
 
 def header_value(path: str, keyword: str) -> str | None:
@@ -279,6 +327,23 @@ def header_value(path: str, keyword: str) -> str | None:
     except Exception:  # noqa: BLE001 - an unreadable file keeps the file-name rule; decoding says why
         return None
     return str(value).strip() if value is not None and str(value).strip() else None
+
+
+def overrides(con: duckdb.DuckDBPyConnection, worklist: str, rows: int = 65_536) -> Iterator[pa.RecordBatch]:
+    """After :func:`assign`: the units whose final record differs from its provisional one
+    (:func:`provisional_records`), in listing order: ``seq``, ``source_path``, the final ``object_id``,
+    the ``collision`` reason (only where discovery found no error first) and ``dropped`` (a second
+    listing of one input). Few, unless many stems collide; only they are looked up."""
+    return con.sql(f"""WITH changed AS (SELECT seq FROM dropped UNION SELECT seq FROM header_ids
+                                      UNION SELECT seq FROM fallback UNION SELECT seq FROM reasons)
+        SELECT w.seq, w.source_path, n.object_id, CASE WHEN w.error IS NULL THEN r.collision END AS collision,
+               n.seq IS NULL AS dropped
+        FROM (SELECT * FROM read_parquet('{worklist}') WHERE seq IN (SELECT seq FROM changed)) w
+        LEFT JOIN (SELECT * FROM named WHERE seq IN (SELECT seq FROM changed)) n USING (seq)
+        LEFT JOIN reasons r USING (seq)
+        WHERE n.seq IS NULL OR (w.error IS NULL AND r.collision IS NOT NULL)
+           OR n.object_id IS DISTINCT FROM coalesce(w.given_id, w.stem)
+        ORDER BY w.seq""").to_arrow_reader(rows)
 
 
 def record_batches(con: duckdb.DuckDBPyConnection, where: str = "true", order: str = "seq",

@@ -46,7 +46,7 @@ from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve
 from galaxy_infer.options import RunOptions
 from galaxy_infer.pipeline import stream_tables
 from galaxy_infer.progress import Progress
-from galaxy_infer.worklist import WorkList, scratch_folder, write_records, write_worklist
+from galaxy_infer.worklist import WorkList, scratch_folder, worklist_files, write_records, write_worklist
 
 LOCK_NAME = ".ingest.lock"
 RUNS_DIR = "_ingest_runs"
@@ -166,11 +166,11 @@ def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tup
     ids differ. Rows with ``error`` set (a file name that is not UTF-8) are error rows before any
     decoding.
     """
-    listed = os.path.join(scratch, "listed.parquet")
+    listed = os.path.join(scratch, "listed")
     write_worklist([config.inbox], listed, config.shard_fields, with_mtime=config.settle_seconds > 0)
     con = ids.connect(scratch)
     try:
-        inputs = ids.assign(con, listed, config.id_keyword, held=held, new_only=True)
+        inputs = ids.assign(con, worklist_files(listed), config.id_keyword, held=held, new_only=True)
         with held.scan(con, "held_rows"):
             held_rows = con.execute("SELECT count(*) FROM held_rows").fetchall()[0][0]
         settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \

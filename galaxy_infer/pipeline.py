@@ -13,7 +13,10 @@ operators, its executor and its helper actors took about 40% of the CPU this pip
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -21,9 +24,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
-from galaxy_infer import storage
+from galaxy_infer import ids, storage
 from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, PartTarget, catalog_table, file_metadata
 from galaxy_infer.cluster import (ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
                                   wait_for_one)
@@ -35,7 +40,7 @@ from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
-from galaxy_infer.worklist import RECORD_SCHEMA, WorkList, discover, plan, scratch_folder
+from galaxy_infer.worklist import RECORD_SCHEMA, Listing, WorkList, discover, scratch_folder, worklist_files
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -233,7 +238,7 @@ def error_rows(records: pa.Table, errors: list[str], kind: ErrorKind, info: Mode
                          run_id, layout, [kind] * len(errors))
 
 
-def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, config: RunOptions,
+def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device: str, config: RunOptions,
                   on_progress: Callable[[int], None] | None = None,
                   sink: PartTarget | None = None) -> Iterator[pa.Table | dict[str, Any]]:
     """Classify ``table``'s records in chunks on Ray and yield one result per chunk as it finishes.
@@ -243,7 +248,8 @@ def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, conf
     through the driver; without, the result is the chunk's catalog table.
 
     A :class:`~galaxy_infer.worklist.WorkList` is read a chunk at a time as chunks are submitted,
-    so the driver never holds the run's records.
+    and a :class:`~galaxy_infer.worklist.Listing` while discovery is still listing, so the driver
+    never holds the run's records.
 
     ``device`` is as asked (``auto``, ``cpu``, ``cuda``); each prediction worker resolves it. The
     number of chunks in flight follows the cluster's current size (see :class:`~galaxy_infer.cluster.WorkerPlan`), so
@@ -257,7 +263,8 @@ def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, conf
     plan = plan_workers(device, config.num_gpus_per_worker, config.num_workers)
     watch = ClusterWatch(plan, config.gpu_wait_seconds, can_grow=on_cluster(config.address))
     batch_size, task_rows = run_sizes(info, config)
-    rows = plan.chunk_rows(table.num_rows, task_rows, watch.resources())
+    listed = table.num_rows if table.num_rows is not None else sys.maxsize  # a listing still running is large
+    rows = plan.chunk_rows(listed, task_rows, watch.resources())
     spec = PredictorSpec(info.model_id, config.model, device, batch_size, 2 if plan.gpus_per_task else 1,
                          ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
     if plan.gpus_per_task:
@@ -285,7 +292,7 @@ def stream_tables(table: pa.Table | WorkList, info: ModelInfo, device: str, conf
             on_progress(done)
         return result
 
-    chunks = table.chunks(rows) if isinstance(table, WorkList) else \
+    chunks = table.chunks(rows) if isinstance(table, (WorkList, Listing)) else \
         (table.slice(start, rows) for start in range(0, table.num_rows, rows))
     start = 0
     for chunk in chunks:
@@ -357,7 +364,13 @@ def worker_died(exc: BaseException) -> bool:
 
 
 def classify(config: RunConfig) -> dict[str, Any]:
-    """Run the pipeline and commit the catalog; returns the run summary."""
+    """Run the pipeline and commit the catalog; returns the run summary.
+
+    Discovery runs beside classification (:class:`~galaxy_infer.worklist.Listing`): tasks start
+    on the first listed batch with provisional ids; once the listing has ended the id rule runs
+    over it out of core, and the few parts holding a row whose id or status it changes are
+    amended (:meth:`~galaxy_infer.catalog.PartTarget.amend`) before the commit.
+    """
     started = time.perf_counter()
     config.apply_storage()
     info = load_model_info(config.model)
@@ -365,28 +378,95 @@ def classify(config: RunConfig) -> dict[str, Any]:
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
     with scratch_folder() as scratch:
-        table, collisions = plan(config.inputs, scratch, config.shard_fields, config.id_keyword)
-        if table.num_rows == 0:
+        listing = Listing(config.inputs, os.path.join(scratch, "listed"), config.shard_fields)
+        if listing.first_batch() == 0:
             raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
         init_ray(config.address, config.num_cpus, config.object_store_mb)
-        return _classify_work(config, info, device, table, collisions, started)
+        return _classify_work(config, info, device, listing, scratch, started)
 
 
-def _classify_work(config: RunConfig, info: ModelInfo, device: str, table: WorkList, collisions: int,
+def _classify_work(config: RunConfig, info: ModelInfo, device: str, listing: Listing, scratch: str,
                    started: float) -> dict[str, Any]:
     with CatalogWriter(config.out, file_metadata(info, config.run_id, config.dirichlet_intervals), config.run_id,
-                       overwrite=config.overwrite) as writer:
-        with Progress(table.num_rows, config.progress) as progress:
-            for record in stream_tables(table, info, device, config, sink=writer.part_target()):
+                       overwrite=config.overwrite) as writer, ThreadPoolExecutor(1) as id_thread:
+        final_ids: Future | None = None
+        with Progress(listing.num_rows, config.progress) as progress:
+            for record in stream_tables(listing, info, device, config, sink=writer.part_target()):
                 writer.add_part(record)
                 progress.update(record["rows"], record["rows"] - record["ok"])
+                if final_ids is None and listing.finished:
+                    progress.set_total(listing.wait())
+                    final_ids = id_thread.submit(settle_ids, listing, scratch, config.id_keyword)
+        inputs, collisions, fixes = (final_ids or id_thread.submit(settle_ids, listing, scratch,
+                                                                   config.id_keyword)).result()
+        amend_parts(writer, fixes)
         summary = writer.stats.summary(
-            inputs=table.num_rows, id_collisions=collisions, run_id=config.run_id,
+            inputs=inputs, id_collisions=collisions, run_id=config.run_id,
             model_id=info.model_id, model_path=config.model, device=writer.stats.workers.devices(),
             output=config.out if storage.is_remote(config.out) else str(Path(config.out).resolve()),
             wall_seconds=round(time.perf_counter() - started, 3))
         summary["rows_per_second_wall"] = round(summary["rows"] / summary["wall_seconds"], 1)
-        if summary["rows"] != table.num_rows:
-            raise RuntimeError(f"pipeline produced {summary['rows']} rows for {table.num_rows} inputs")
+        if summary["rows"] != inputs:
+            raise RuntimeError(f"pipeline produced {summary['rows']} rows for {inputs} inputs")
         writer.commit(summary)
     return summary
+
+
+def settle_ids(listing: Listing, scratch: str, id_keyword: str | None) -> tuple[int, int, str]:
+    """The id rule over the ended listing: how many inputs, how many collide, and the Parquet file of
+    the records it changes (:func:`~galaxy_infer.ids.overrides`)."""
+    listing.wait()
+    con = ids.connect(scratch)
+    try:
+        files = worklist_files(listing.folder)
+        inputs = ids.assign(con, files, id_keyword)
+        collisions = con.execute("SELECT count(*) FROM records WHERE error IS NULL AND collision IS NOT NULL"
+                                 ).fetchall()[0][0]
+        path = os.path.join(scratch, "overrides.parquet")
+        with pq.ParquetWriter(path, ids.OVERRIDES_SCHEMA) as out:
+            for batch in ids.overrides(con, files):
+                out.write_batch(batch)
+    finally:
+        con.close()
+    return inputs, collisions, path
+
+
+AMENDS_IN_FLIGHT = 8
+
+
+def amend_part(target: PartTarget, start: int, fixes: pa.Table) -> dict[str, Any]:
+    return target.amend(start, fixes)
+
+
+def amend_parts(writer: CatalogWriter, fixes: str) -> None:
+    """Amend each staged part holding a row of ``fixes`` (a Parquet file in listing order), as Ray tasks."""
+    import ray
+
+    starts = np.array(sorted(PartTarget.start_of(name) for name in writer.parts), dtype=np.int64)
+    amend = ray.remote(amend_part)
+    target = writer.part_target()
+    pending: list[ray.ObjectRef] = []
+
+    def submit(part: int, rows: list[pa.RecordBatch]) -> None:
+        nonlocal pending
+        table = pa.Table.from_batches(rows)
+        table = table.append_column("pos", pc.subtract(table.column("seq"), starts[part]))
+        pending.append(amend.remote(target, int(starts[part]), table))
+        while len(pending) >= AMENDS_IN_FLIGHT:
+            done, pending = ray.wait(pending, num_returns=1)
+            writer.amend_part(ray.get(done[0]))
+
+    current, rows = -1, []
+    for batch in pq.ParquetFile(fixes).iter_batches():
+        parts = np.searchsorted(starts, batch.column("seq").to_numpy(), side="right") - 1
+        for part in np.unique(parts):
+            piece = batch.filter(pa.array(parts == part))
+            if part != current and rows:
+                submit(current, rows)
+                rows = []
+            current = part
+            rows.append(piece)
+    if rows:
+        submit(current, rows)
+    for change in ray.get(pending):
+        writer.amend_part(change)

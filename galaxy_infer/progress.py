@@ -35,7 +35,7 @@ class Progress:
     plain lines (the first at once, then every ``every`` seconds, and a last one at the end).
     """
 
-    def __init__(self, total: int, enabled: bool | None = None, what: str = "classified",
+    def __init__(self, total: int | None, enabled: bool | None = None, what: str = "classified",
                  stream: TextIO | None = None, every: float | None = None) -> None:
         self.total = total
         self.what = what
@@ -56,6 +56,13 @@ class Progress:
             self._bar.set_postfix(errors=0)
         elif self.mode == "lines":
             self._line()
+
+    def set_total(self, total: int) -> None:
+        """The number of rows, once known (a run that starts while its inputs are still listed)."""
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
 
     def track(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
         """Yield each catalog table unchanged, counting its rows and ``status == 'error'`` rows."""
@@ -78,9 +85,10 @@ class Progress:
         elapsed = time.monotonic() - self.started
         rate = self.done / elapsed if elapsed > 0 else 0.0
         share = f" ({self.done / self.total:.1%})" if self.total else ""
-        left = duration((self.total - self.done) / rate) if rate > 0 else "?"
+        left = duration((self.total - self.done) / rate) if rate > 0 and self.total is not None else "?"
+        total = "?" if self.total is None else f"{self.total:,}"
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return (f"{stamp} {self.what} {self.done:,} / {self.total:,}{share}  {rate:,.0f} rows/s  "
+        return (f"{stamp} {self.what} {self.done:,} / {total}{share}  {rate:,.0f} rows/s  "
                 f"elapsed {duration(elapsed)}  time left {left}  errors {self.errors:,}")
 
     def _line(self) -> None:

@@ -16,6 +16,7 @@ from galaxy_infer.cluster import WorkerPlan
 from galaxy_infer.pipeline import RunConfig, classify
 from galaxy_infer.schema import GZ2, ODD_FEATURES
 from galaxy_infer.synthetic import write_fits_cutout, write_sample
+from galaxy_infer.worklist import discover
 from PIL import Image
 
 from tests.bad_inputs import KINDS, write_corpus
@@ -157,6 +158,32 @@ def test_the_same_file_name_in_many_folders_gives_distinct_ids_and_all_rows_ok(t
     frame = pd.read_parquet(tmp_path / "cat")
     assert summary["id_collisions"] == 0 and (frame.status == "ok").all()
     assert sorted(frame.object_id) == ["obj1/cutout.fits", "obj2/cutout.fits", "obj3/cutout.fits"]
+
+
+def test_ids_settled_after_the_listing_amend_the_parts_already_written(tmp_path, tiny_model, local_ray):
+    """Tasks start on provisional ids (given, else the stem); the rule's final answers, known once the
+    listing ends, amend the staged parts: the catalog equals the rule's records row for row."""
+    for sub in ("a", "b"):
+        write_sample(tmp_path / "in" / sub, n=3)
+    for sub in ("a", "b"):  # same stem in two folders: both fall back to their relative paths
+        write_fits_cutout(tmp_path / "in" / sub / "twin.fits", np.random.default_rng(len(sub)))
+    files = sorted(p for p in (tmp_path / "in").rglob("*") if p.is_file())
+    manifest = tmp_path / "in.csv"
+    manifest.write_text("path,object_id\n" + f"{files[0]},M1\n{files[0]},M1\n{files[1]},SAME\n{files[2]},SAME\n")
+    inputs = [str(tmp_path / "in"), str(manifest)]
+    summary = classify(RunConfig(inputs=inputs, out=str(tmp_path / "cat"), model=str(tiny_model), task_rows=2,
+                                 max_error_fraction=1.0, progress=False))
+    frame = pd.read_parquet(tmp_path / "cat")
+    expected = pd.DataFrame(discover(inputs))
+    assert len(frame) == len(expected) == summary["inputs"] == summary["rows"] == len(files) + 3
+    got = sorted(zip(frame.object_id, frame.source_path, frame.error_kind.fillna("")))
+    want = sorted(zip(expected.object_id, expected.source_path, expected.get("error_kind", "").fillna("")))
+    assert got == want
+    assert {"a/twin.fits", "b/twin.fits"} <= set(frame.object_id)
+    assert summary["id_collisions"] == 2 and summary["errors_by_kind"] == {"id-collision": 2}
+    assert summary["ok"] == len(frame) - 2
+    parts = sorted(p.name for p in (tmp_path / "cat").glob("*.parquet"))
+    assert len({name[:17] for name in parts}) == len(parts)  # an amended part replaced its original
 
 
 def test_a_missing_input_argument_fails_before_any_work_with_exit_1(tmp_path, tiny_model, capsys):
