@@ -475,6 +475,22 @@ def write_object_atomic(uri: str, write) -> None:
     fsync_dir(folder)
 
 
+def publish_file(staged: str, final: str) -> None:
+    """Give a whole staged file its final name, so that it appears complete or not at all.
+
+    Local: a rename (atomic), then an fsync of the folder. Object store (no rename): a server-side copy
+    (no byte passes through this process, and the object appears whole), then the staged object is
+    deleted; a kill between the two leaves the file published and a stale staged object.
+    """
+    if not is_remote(final):
+        os.rename(_local_path(staged), _local_path(final))
+        fsync_dir(os.path.dirname(os.path.abspath(_local_path(final))))
+        return
+    filesystem, path = resolve(final)
+    filesystem.copy_file(resolve(staged)[1], path)
+    filesystem.delete_file(resolve(staged)[1])
+
+
 PUBLISHING_MARKER = "_publishing"
 PUBLISH_CONCURRENCY = 32
 """Server-side copies in flight while an object-store catalog is published."""
