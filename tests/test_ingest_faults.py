@@ -61,7 +61,8 @@ def scenario_worker_kill(workdir: Path, model: str) -> dict:
                                       settle_seconds=0, num_workers=2), on_batch=on_batch)
         return {"objects_sent": len(sent), "killed_worker_pid": killed[0] if killed else None,
                 "rows_before_kill": rows_at_kill[0] if rows_at_kill else None,
-                "busy_worker_pids_seen": len(seen), "rows_reported": summary["rows"], "seconds": summary["wall_seconds"]}
+                "busy_worker_pids_seen": len(seen), "rows_reported": summary["rows"],
+                "seconds": summary["wall_seconds"]}
     finally:
         ray.shutdown()
 
