@@ -4,8 +4,9 @@ Everything that lists inputs, reads their bytes, or commits an output goes throu
 so a new store is one more branch in :func:`resolve`. Local paths keep POSIX semantics (atomic
 rename, fsync, ``flock``); object stores have none of those, so each output kind has its own
 commit rule here: a catalog folder is staged under a hidden sibling prefix and published by
-copy with ``_run_summary.json`` written last (:func:`publish_folder`), an ingest chunk is one PUT
-(:func:`write_object_atomic`), and overlapping runs are kept apart by :class:`OutputLock`.
+copy with ``_run_summary.json`` written last (:func:`publish_folder`), an ingest part is staged
+hidden by one PUT (:func:`write_object_atomic`) and published by copy (:func:`publish_file`), and
+overlapping runs are kept apart by :class:`OutputLock`.
 
 S3 settings come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
 ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, instance profiles and IRSA web identity),
