@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+LINKS_PER_FILE = 50_000
 
 CHILD = """
 import json, resource, sys, time
@@ -55,7 +57,10 @@ def write_inputs(folder: Path, rows: int, inbox: bool = False) -> tuple[Path, Pa
     if inbox:
         (folder / "inbox").mkdir()
         for i in range(rows):
-            os.link(folder / "g.jpg", folder / "inbox" / f"g{i:08d}.jpg")
+            source = folder / f"g{i // LINKS_PER_FILE}.jpg"  # a file system allows only so many links per file
+            if i % LINKS_PER_FILE == 0:
+                shutil.copyfile(folder / "g.jpg", source)
+            os.link(source, folder / "inbox" / f"g{i:08d}.jpg")
         return folder / "inbox", build_tiny_model(folder / "tiny.onnx")
     manifest = folder / "manifest.csv"
     with open(manifest, "w") as f:
