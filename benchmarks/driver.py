@@ -8,12 +8,15 @@ raylet processes excluded) and its peak resident memory (``VmHWM``). ``--code`` 
 checkout's ``galaxy_infer`` (e.g. ``/work/main``) with the same inputs, for a before/after figure.
 With two sizes (the default) it also prints the driver CPU per *added* row, which leaves out the
 fixed cost of imports and Ray's start-up. Prints a line per size and a JSON line of figures.
+``--ingest`` measures the nightly ingest instead: an inbox of ``--rows`` hard links to the JPEG
+(each its own object) ingested into an empty catalog.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -23,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
+LINKS_PER_FILE = 50_000
 
 CHILD = """
 import json, resource, sys, time
@@ -35,16 +39,29 @@ hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.st
 print(json.dumps({"rows": summary["rows"], "ok": summary["ok"], "driver_cpu_seconds": usage.ru_utime + usage.ru_stime,
                   "driver_peak_mb": hwm / 1024, "wall_seconds": time.perf_counter() - started}))
 """
+INGEST_CHILD = CHILD.replace("from galaxy_infer.pipeline import RunConfig, classify",
+                             "from galaxy_infer.ingest import IngestConfig, ingest").replace(
+    "classify(RunConfig(inputs=[sys.argv[1]], out=sys.argv[2],",
+    "ingest(IngestConfig(inbox=sys.argv[1], catalog=sys.argv[2], settle_seconds=0,")
 
 
-def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
-    """A 64-pixel JPEG, a manifest naming it ``rows`` times with distinct ids, and the tiny model."""
+def write_inputs(folder: Path, rows: int, inbox: bool = False) -> tuple[Path, Path]:
+    """A 64-pixel JPEG, a manifest naming it ``rows`` times with distinct ids (or an inbox of ``rows``
+    hard links to it), and the tiny model."""
     sys.path.insert(0, str(ROOT))
     from tests.onnx_models import build_tiny_model
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "g.jpg", quality=90)
+    if inbox:
+        (folder / "inbox").mkdir()
+        for i in range(rows):
+            source = folder / f"g{i // LINKS_PER_FILE}.jpg"  # a file system allows only so many links per file
+            if i % LINKS_PER_FILE == 0:
+                shutil.copyfile(folder / "g.jpg", source)
+            os.link(source, folder / "inbox" / f"g{i:08d}.jpg")
+        return folder / "inbox", build_tiny_model(folder / "tiny.onnx")
     manifest = folder / "manifest.csv"
     with open(manifest, "w") as f:
         f.write("path,object_id\n")
@@ -52,11 +69,12 @@ def write_inputs(folder: Path, rows: int) -> tuple[Path, Path]:
     return manifest, build_tiny_model(folder / "tiny.onnx")
 
 
-def run(rows: int, num_cpus: int, code: str) -> dict:
+def run(rows: int, num_cpus: int, code: str, ingest: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="driver-bench-") as tmp:
-        manifest, model = write_inputs(Path(tmp), rows)
+        inputs, model = write_inputs(Path(tmp), rows, ingest)
         env = {**os.environ, "PYTHONPATH": code, "RAY_USAGE_STATS_ENABLED": "0"}
-        done = subprocess.run([sys.executable, "-c", CHILD, str(manifest), f"{tmp}/catalog", str(model),
+        done = subprocess.run([sys.executable, "-c", INGEST_CHILD if ingest else CHILD, str(inputs), f"{tmp}/catalog",
+                               str(model),
                                str(num_cpus)], env=env, cwd=tmp, capture_output=True, text=True)
         if done.returncode:
             sys.exit(done.stderr[-3000:])
@@ -75,9 +93,10 @@ def main() -> None:
                         help="manifest sizes; with two or more, also the CPU per added row (start-up excluded)")
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--code", default=str(ROOT), help="checkout whose galaxy_infer runs (default: this one)")
+    parser.add_argument("--ingest", action="store_true", help="measure the nightly ingest of an inbox instead")
     args = parser.parse_args()
-    print(f"galaxy_infer from {args.code}")
-    runs = [run(rows, args.num_cpus, args.code) for rows in args.rows]
+    print(f"galaxy_infer from {args.code}" + (" (nightly ingest)" if args.ingest else ""))
+    runs = [run(rows, args.num_cpus, args.code, args.ingest) for rows in args.rows]
     result = {"code": args.code, "runs": runs}
     if len(runs) > 1:
         first, last = runs[0], runs[-1]

@@ -314,44 +314,76 @@ def format_errors(summary: dict[str, Any]) -> list[str]:
 
 @dataclass(frozen=True)
 class PartTarget:
-    """Where the tasks of one run write their parts: the run's hidden stage and the file metadata.
+    """Where the tasks of one run write their parts, with the file metadata.
 
     A task names its part after its chunk's first row in the run's input order
-    (``part-000000001024.parquet``), so a retried task overwrites its own part, and the first piece of a
-    chunk split after worker deaths overwrites whatever the dead task left. Each part is one atomic
-    write (:func:`~galaxy_infer.storage.write_object_atomic`), and the stage is published only by
-    :meth:`CatalogWriter.commit`, so nothing a task writes reads as rows before the commit.
+    (``part-000000001024.parquet``, after ``prefix``), so a retried task overwrites its own part, and the
+    first piece of a chunk split after worker deaths overwrites whatever the dead task left. Each part
+    is one atomic write (:func:`~galaxy_infer.storage.write_object_atomic`). ``classify`` writes into
+    its run's hidden stage, published whole by :meth:`CatalogWriter.commit`. The nightly ingest writes
+    straight into its partition, so there a task writes its part ``staged``: hidden
+    (``.part-<run>-000000001024.parquet.tmp``) until the driver accepts its record and :meth:`publish`
+    gives it its name. Either way nothing a task writes reads as rows before the driver accepted it.
     """
 
     stage: str
     metadata: dict[str, str]
+    prefix: str = "part-"
+    staged: bool = False
+    defer_unreadable: bool = False
+    """Leave out rows whose object could not be read now (:func:`unreadable_now`); the record counts them as
+    ``deferred``. The nightly ingest retries those objects on its next run."""
+
+    def name(self, start: int) -> str:
+        """The part's name once it holds rows of the catalog."""
+        return f"{self.prefix}{start:012d}.parquet"
 
     def uri(self, start: int) -> str:
-        return storage.join(self.stage, f"part-{start:012d}.parquet")
+        """Where the task for the chunk starting at row ``start`` writes its part."""
+        return self._written(self.name(start))
 
-    @staticmethod
-    def start_of(part: str) -> int:
-        """The first row of the chunk a part (named by :meth:`uri` or :meth:`amend`) holds."""
-        return int(part[len("part-"):len("part-") + 12])
+    def _written(self, name: str) -> str:
+        return storage.join(self.stage, f".{name}.tmp" if self.staged else name)
+
+    def start_of(self, part: str) -> int:
+        """The first row of the chunk a part (named by :meth:`name` or :meth:`amend`) holds."""
+        return int(part[len(self.prefix):len(self.prefix) + 12])
 
     def write(self, table: pa.Table, start: int) -> dict[str, Any]:
         """Write ``table`` (one chunk's catalog rows) as the chunk's part; return the record the driver counts.
 
-        The record is small whatever the chunk: rows, ok rows, errors by kind with a few examples,
-        stage timings (this write included) and the worker that ran the chunk.
+        The record is small whatever the chunk: the part's name (None when every row was deferred and
+        nothing was written), rows written, rows deferred, ok rows, errors by kind with a few examples
+        (deferred rows included), stage timings (this write included) and the worker that ran the chunk.
         """
         started = time.perf_counter()
         metadata = table.schema.metadata or {}
+        errors = ErrorTally()
+        errors.add(table)
+        deferred = 0
+        if self.defer_unreadable:
+            transient = unreadable_now(table)
+            deferred = pc.sum(transient).as_py() or 0
+            table = table.filter(pc.invert(transient))
         tally = WorkerTally()
         tally.add(table)
         devices = json.dumps(tally.summary()["prediction_workers"])
-        uri = self.uri(start)
-        self._put(uri, table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices}))
+        part = table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices})
+        if part.num_rows:
+            self._put(self.uri(start), part)
         timing = json.loads(metadata.get(STAGE_TIMING_KEY, b"{}"))
         timing["write"] = time.perf_counter() - started
         worker = metadata.get(WORKER_KEY)
-        return {"part": os.path.basename(uri), **_counts(table), "stage_seconds": timing,
-                "worker": json.loads(worker) if worker else None}
+        return {"part": self.name(start) if part.num_rows else None, "rows": table.num_rows, "deferred": deferred,
+                "ok": table.num_rows + deferred - errors.total(), "errors": errors.to_dict(TOP_REASONS),
+                "stage_seconds": timing, "worker": json.loads(worker) if worker else None}
+
+    def publish(self, name: str) -> str:
+        """Give a staged part whose record the driver accepted its name (see
+        :func:`~galaxy_infer.storage.publish_file`); returns where its rows now are."""
+        final = storage.join(self.stage, name)
+        storage.publish_file(self._written(name), final)
+        return final
 
     def amend(self, start: int, fixes: pa.Table) -> dict[str, Any]:
         """Give the part of chunk ``start`` the id rule's final answers, as a new part that replaces it.
@@ -384,7 +416,7 @@ class PartTarget:
         source[pos[collides]] = part.num_rows + np.arange(collided.num_rows)
         keep = np.ones(part.num_rows, dtype=bool)
         keep[pos[dropped]] = False
-        uri = storage.join(self.stage, f"part-{start:012d}-ids.parquet")
+        uri = storage.join(self.stage, f"{self.prefix}{start:012d}-ids.parquet")
         self._put(uri, pa.concat_tables([part, errors.cast(part.schema)]).take(source[keep]))
         return {"part": os.path.basename(uri), "replaces": os.path.basename(self.uri(start)),
                 "removed": _counts(changed), "added": _counts(errors)}

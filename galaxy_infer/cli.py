@@ -87,7 +87,8 @@ def add_ingest_options(parser: argparse.ArgumentParser) -> None:
                         help="catalog root (folder or s3:// prefix) holding ingest_date=*/ partitions")
     parser.add_argument("--date", default=None, help="partition to write new rows into (default: today, UTC)")
     parser.add_argument("--chunk-rows", type=int, default=5000,
-                        help="rows per committed Parquet file; a crash loses at most one chunk of work (default: 5000)")
+                        help="most rows per Ray task, and so per committed Parquet file (fewer when --task-rows or the "
+                             "model's preference says so); a crash loses at most the tasks in flight (default: 5000)")
     parser.add_argument("--settle-seconds", type=float, default=60.0,
                         help="leave files modified more recently than this for the next run (default: 60)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -5,21 +5,25 @@ Layout::
     catalog/                                a folder or an object-store prefix (s3://bucket/catalog)
       .ingest.lock                          local: flock held by the running ingest (never deleted);
                                             object store: a prefix of leases (see storage.OutputLock)
-      ingest_date=2026-11-20/part-<run_id>-00000.parquet
+      ingest_date=2026-11-20/part-<run_id>-000000001024.parquet    one per task, named by its first row
       ingest_date=2026-11-21/...
       _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
 
 The catalog is its own ledger: an inbox file is *held* when a committed Parquet file under
 ``ingest_date=*/`` has a row with its ``source_path`` and the model's ``model_id``; new files get
-object ids that no held row has (see :func:`pending_records`). Rows are written
-in chunks; locally each chunk goes to a hidden ``.*.parquet.tmp`` file that is fsynced and then
-renamed into its partition; on an object store each chunk is one PUT of its final object (all or
-nothing). Either way a chunk is in the catalog entirely or not at all. A run killed at any point
-(SIGKILL included) leaves committed chunks plus at most one temp file; the next run deletes temp
-files, re-reads the ledger and classifies only what is missing. ``error`` rows count as held when
-the bytes are bad (an object that cannot be decoded is not retried; its row says why). An object
-that could not be *read* this time (permission denied, I/O error, timeout: reasons starting
-``cannot read now:``) is not written at all and is retried by the next run. Files modified less
+object ids that no held row has (see :func:`pending_records`). Each Ray task writes its chunk's
+rows itself, as a hidden part staged in the partition (``.part-<run_id>-<first row>.parquet.tmp``:
+fsynced and renamed locally, one PUT on an object store, so it is whole or absent); a retried task
+or the first piece of a split chunk overwrites it. The driver receives only the task's small record,
+and publishes the part under its final name when it accepts the record (local: a rename; object
+store: a server-side copy, then the staged object deleted). So a part is in the catalog entirely or
+not at all, and only once the driver accepted it: a task that staged its part and then died never
+adds rows. A run killed at any point (SIGKILL included) leaves published parts plus hidden staged
+and temp files that never read as rows; the next run deletes the hidden files, re-reads the ledger
+and classifies only what is missing. ``error`` rows count as held when the bytes are bad (an object
+that cannot be decoded is not retried; its row says why). An object that could not be *read* this
+time (permission denied, I/O error, timeout: reasons starting ``cannot read now:``) is left out of
+its part by the task and counted in its record, and is retried by the next run. Files modified less
 than ``settle_seconds`` ago are left for the next run, so a cutout still being copied into the
 inbox is not recorded as a truncated file.
 """
@@ -29,29 +33,29 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from typing import Any, Callable
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.dataset as ds
-import pyarrow.parquet as pq
 
 from galaxy_infer import ids, storage
-from galaxy_infer.catalog import (Layout, RunStats, arrow_schema, file_metadata, format_errors, open_parts,
-                                  prediction_fields, unreadable_now)
+from galaxy_infer.catalog import (Layout, PartTarget, RunStats, arrow_schema, file_metadata, format_errors,
+                                  open_parts, prediction_fields)
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
-from galaxy_infer.pipeline import stream_tables
+from galaxy_infer.pipeline import run_sizes, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.worklist import WorkList, scratch_folder, worklist_files, write_records, write_worklist
 
 LOCK_NAME = ".ingest.lock"
 RUNS_DIR = "_ingest_runs"
 PARTITION_KEY = "ingest_date"
-TMP_SUFFIX = ".parquet.tmp"
+TMP_SUFFIX = ".tmp"
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
 
@@ -67,7 +71,8 @@ class IngestConfig(RunOptions):
     catalog: str
     date: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%d"))
     chunk_rows: int = 5000
-    """Rows per committed Parquet file; a crash loses at most one chunk of work."""
+    """Most rows per Ray task, and so per committed Parquet file (a task's part): fewer when ``task_rows``
+    or the model's preference says so. A crash loses at most the chunks in flight."""
     settle_seconds: float = 60.0
     """Files modified more recently than this are left for the next run (still being copied in)."""
 
@@ -95,7 +100,8 @@ def held_objects(catalog: str, model_id: str) -> ids.Ledger:
 
 
 def remove_stale_temp_files(catalog: str) -> list[str]:
-    """Temp files of killed runs; only called while holding the lock, so no live run owns them."""
+    """Hidden ``*.tmp`` files of killed runs (parts staged but never published, torn writes); only called
+    while holding the lock, so no live run owns them."""
     root = str(catalog).rstrip("/")
     stale = [u for u in storage.list_uris(root)
              if os.path.basename(u).startswith(".") and u.endswith(TMP_SUFFIX)]
@@ -104,54 +110,67 @@ def remove_stale_temp_files(catalog: str) -> list[str]:
     return stale
 
 
-class ChunkWriter:
-    """Buffers rows and commits them as whole files (:func:`~galaxy_infer.storage.write_object_atomic`).
+def part_target(catalog: str, date: str, metadata: dict[str, str], run_id: str) -> PartTarget:
+    """Where tonight's tasks write: hidden ``.part-<run>-<first row>.parquet.tmp`` files in the partition,
+    published as ``part-<run>-<first row>.parquet`` by the driver; rows unreadable now are left out."""
+    return PartTarget(partition_dir(catalog, date), metadata, prefix=f"part-{run_id}-", staged=True,
+                      defer_unreadable=True)
 
-    Rows whose object could not be read now are not written: the next run tries those objects again.
+
+class PartPublisher:
+    """The driver's side of tonight's parts: publishes each part whose record it accepts, and keeps
+    counters and the list of part names, nothing per object.
+
+    Parts are published in the background, ``concurrency`` at a time (on an object store each is a copy
+    and a delete), so the driver goes back to its tasks at once; :meth:`close` waits for the last ones
+    and raises the first failure. The lock is checked before each publish, so a run that lost its lease
+    stops committing.
     """
 
-    def __init__(self, folder: str, metadata: dict[str, str], run_id: str, chunk_rows: int,
-                 lock: storage.OutputLock | None = None) -> None:
-        self.folder = folder
-        self.schema = arrow_schema(metadata)
-        self.run_id = run_id
-        self.chunk_rows = max(1, chunk_rows)
+    def __init__(self, target: PartTarget, lock: storage.OutputLock | None = None,
+                 concurrency: int = storage.PUBLISH_CONCURRENCY) -> None:
+        self.target = target
         self.lock = lock
-        self.buffer: list[pa.Table] = []
-        self.buffered = 0
+        self.concurrency = max(1, concurrency)
         self.files: list[str] = []
-        self.rows_committed = 0
+        self.rows = 0
         self.deferred = 0
-        self.seen: set[str] = set()
-        self.duplicates_dropped = 0
+        self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="publish")
+        self._publishing: list[tuple[Future[str], int]] = []
 
-    def add(self, table: pa.Table) -> None:
-        ids = table.column("object_id").to_pylist()
-        keep = [i for i, oid in enumerate(ids) if oid not in self.seen]
-        if len(keep) != len(ids):  # a retried batch delivered twice would land here; never expected
-            self.duplicates_dropped += len(ids) - len(keep)
-            table = table.take(keep)
-        self.seen.update(table.column("object_id").to_pylist())
-        transient = unreadable_now(table)
-        self.deferred += pc.sum(transient).as_py() or 0
-        table = table.filter(pc.invert(transient))
-        self.buffer.append(table.replace_schema_metadata(self.schema.metadata))
-        self.buffered += table.num_rows
-        if self.buffered >= self.chunk_rows:
-            self.flush()
-
-    def flush(self) -> str | None:
-        if not self.buffered:
-            return None
-        table = pa.concat_tables(self.buffer)
-        final = storage.join(self.folder, f"part-{self.run_id}-{len(self.files):05d}.parquet")
+    def accept(self, record: dict[str, Any]) -> None:
+        """Publish the part a task wrote (its record, see :meth:`PartTarget.write`) and count it."""
+        self.deferred += record["deferred"]
+        if record["part"] is None:
+            return
         if self.lock is not None:
             self.lock.check()
-        storage.write_object_atomic(final, lambda stream: pq.write_table(table, stream, compression="zstd"))
-        self.files.append(final)
-        self.rows_committed += table.num_rows
-        self.buffer, self.buffered = [], 0
-        return final
+        self._collect(wait=len(self._publishing) >= 2 * self.concurrency)
+        self._publishing.append((self._pool.submit(self.target.publish, record["part"]), record["rows"]))
+
+    def _collect(self, wait: bool = False) -> None:
+        if wait:
+            futures.wait([f for f, _ in self._publishing], return_when=futures.FIRST_COMPLETED)
+        still = []
+        for future, rows in self._publishing:
+            if future.done():
+                self.files.append(future.result())
+                self.rows += rows
+            else:
+                still.append((future, rows))
+        self._publishing = still
+
+    def close(self) -> None:
+        """Wait until every accepted part is published."""
+        futures.wait([f for f, _ in self._publishing])
+        self._collect()
+        self._pool.shutdown()
+
+    def __enter__(self) -> PartPublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tuple[WorkList, dict[str, Any]]:
@@ -225,31 +244,33 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
 
 def _ingest_work(config: IngestConfig, catalog: str, info: ModelInfo, table: WorkList, summary: dict[str, Any],
                  lock: storage.OutputLock, started: float, on_batch: Callable[[int], None] | None) -> dict[str, Any]:
-    """Classify the pending work list and commit it chunk by chunk (see :class:`ChunkWriter`)."""
+    """Classify the pending work list; each task stages its part in tonight's partition, and the driver
+    publishes the parts whose records it accepts (:class:`PartPublisher`)."""
     if table.num_rows == 0:
         return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "error_examples": {},
-                "errors_by_reason": {}, "other_error_reasons": 0,
-                "files": [], "duplicates_dropped": 0, "retry_next_run": 0,
+                "errors_by_reason": {}, "other_error_reasons": 0, "files": [], "retry_next_run": 0,
                 "wall_seconds": round(time.perf_counter() - started, 3)}
     device = check_device(config.device)
     init_ray(config.address, config.num_cpus, config.object_store_mb)
-    metadata = file_metadata(info, config.run_id, config.dirichlet_intervals)
-    writer = ChunkWriter(partition_dir(catalog, config.date), metadata, config.run_id, config.chunk_rows, lock)
+    config = replace(config, task_rows=min(run_sizes(info, config)[1], max(1, config.chunk_rows)))
+    target = part_target(catalog, config.date, file_metadata(info, config.run_id, config.dirichlet_intervals),
+                         config.run_id)
     stats = RunStats()
-    with Progress(table.num_rows, config.progress, what="ingested") as progress:
-        for batch in progress.track(stream_tables(table, info, device, config)):
-            stats.add(batch)
-            writer.add(batch)
+    with Progress(table.num_rows, config.progress, what="ingested") as progress, \
+            PartPublisher(target, lock) as publisher:
+        for record in stream_tables(table, info, device, config, sink=target):
+            stats.add_record(record)
+            tried = record["rows"] + record["deferred"]
+            progress.update(tried, tried - record["ok"])
             if on_batch is not None:
-                on_batch(stats.rows)
-    writer.flush()
-    written = writer.rows_committed
-    if written + writer.deferred != table.num_rows:
-        raise RuntimeError(f"ingest wrote {written} rows for {table.num_rows} pending objects; "
-                           "committed chunks stay, a rerun classifies the rest")
-    summary.update(stats.summary(), rows=written, device=stats.workers.devices(),
-                   files=[f[len(catalog) + 1:] for f in writer.files],
-                   duplicates_dropped=writer.duplicates_dropped, retry_next_run=writer.deferred,
+                on_batch(progress.done)
+            publisher.accept(record)
+        publisher.close()
+    if publisher.rows + publisher.deferred != table.num_rows:
+        raise RuntimeError(f"ingest wrote {publisher.rows} rows for {table.num_rows} pending objects; "
+                           "committed parts stay, a rerun classifies the rest")
+    summary.update(stats.summary(), rows=publisher.rows, device=stats.workers.devices(),
+                   files=sorted(f[len(catalog) + 1:] for f in publisher.files), retry_next_run=publisher.deferred,
                    wall_seconds=round(time.perf_counter() - started, 3))
     storage.write_bytes(storage.join(catalog, RUNS_DIR, f"{config.date}-{config.run_id}.json"),
                         (json.dumps(summary, indent=2) + "\n").encode())

@@ -442,9 +442,9 @@ def amend_parts(writer: CatalogWriter, fixes: str) -> None:
     """Amend each staged part holding a row of ``fixes`` (a Parquet file in listing order), as Ray tasks."""
     import ray
 
-    starts = np.array(sorted(PartTarget.start_of(name) for name in writer.parts), dtype=np.int64)
-    amend = ray.remote(amend_part)
     target = writer.part_target()
+    starts = np.array(sorted(target.start_of(name) for name in writer.parts), dtype=np.int64)
+    amend = ray.remote(amend_part)
     pending: list[ray.ObjectRef] = []
 
     def submit(part: int, rows: list[pa.RecordBatch]) -> None:

@@ -4,8 +4,9 @@ Everything that lists inputs, reads their bytes, or commits an output goes throu
 so a new store is one more branch in :func:`resolve`. Local paths keep POSIX semantics (atomic
 rename, fsync, ``flock``); object stores have none of those, so each output kind has its own
 commit rule here: a catalog folder is staged under a hidden sibling prefix and published by
-copy with ``_run_summary.json`` written last (:func:`publish_folder`), an ingest chunk is one PUT
-(:func:`write_object_atomic`), and overlapping runs are kept apart by :class:`OutputLock`.
+copy with ``_run_summary.json`` written last (:func:`publish_folder`), an ingest part is staged
+hidden by one PUT (:func:`write_object_atomic`) and published by copy (:func:`publish_file`), and
+overlapping runs are kept apart by :class:`OutputLock`.
 
 S3 settings come from the standard AWS chain (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/
 ``AWS_SESSION_TOKEN``, ``AWS_PROFILE`` and ``~/.aws``, instance profiles and IRSA web identity),
@@ -473,6 +474,22 @@ def write_object_atomic(uri: str, write) -> None:
         os.fsync(stream.fileno())
     os.rename(tmp, path)
     fsync_dir(folder)
+
+
+def publish_file(staged: str, final: str) -> None:
+    """Give a whole staged file its final name, so that it appears complete or not at all.
+
+    Local: a rename (atomic), then an fsync of the folder. Object store (no rename): a server-side copy
+    (no byte passes through this process, and the object appears whole), then the staged object is
+    deleted; a kill between the two leaves the file published and a stale staged object.
+    """
+    if not is_remote(final):
+        os.rename(_local_path(staged), _local_path(final))
+        fsync_dir(os.path.dirname(os.path.abspath(_local_path(final))))
+        return
+    filesystem, path = resolve(final)
+    filesystem.copy_file(resolve(staged)[1], path)
+    filesystem.delete_file(resolve(staged)[1])
 
 
 PUBLISHING_MARKER = "_publishing"

@@ -3,13 +3,14 @@
     python jobs/nightly_ingest.py --inbox /data/inbox --catalog /data/catalog [--date YYYY-MM-DD]
 
 Writes ``catalog/ingest_date=YYYY-MM-DD/part-*.parquet``. Safe to rerun at any time and after a
-crash at any point: the catalog is the ledger, chunks are committed by atomic rename, so a rerun
-classifies only what is missing. Objects that could not be read this time (error kind
+crash at any point: the catalog is the ledger, and each task's part is published (renamed, or copied
+on an object store) only once the driver accepted it, so a rerun classifies only what is missing.
+Objects that could not be read this time (error kind
 ``unreadable-now``) are not written and are tried again by the next run. Options and exit codes
 (for cron alerting) are those of ``galaxy-infer ingest``:
 
   0   done, or nothing to do
-  1   failed (committed chunks stay; rerun to finish)
+  1   failed (published parts stay; rerun to finish)
   2   bad options
   3   more than --max-error-fraction of the objects tried are error rows or unreadable now; or inbox
       files whose object id another object already has were left unclassified (named in the summary)

@@ -4,7 +4,8 @@ The scenario runs in its own Python process (``python tests/test_poison_files.py
 a local Ray whose workers run :func:`exit_on_poison` at start-up: it makes decoding any file named
 ``poison*`` end the worker process at once (``os._exit``), as a decoder crash or the OOM killer
 would. The real pipeline, Ray's retries and the ingest do the rest; only Ray's retries of a whole
-chunk are cut from 5 to 1 to keep the test short (each worker death costs seconds here).
+chunk are cut from 5 to 1 to keep the test short (each worker death costs seconds here). A second
+scenario (``... DIR MODEL staged``) ends the worker right after its task staged its ingest part.
 """
 from __future__ import annotations
 
@@ -43,6 +44,21 @@ def exit_on_poison() -> None:
     readers.decode_cutout = decode_cutout
 
 
+def exit_after_staging_poison() -> None:
+    """Worker set-up hook: a task whose chunk holds a ``*poison*`` file stages its part, then its worker ends."""
+    from galaxy_infer.catalog import PartTarget
+
+    real = PartTarget.write
+
+    def write(self, table, start):
+        record = real(self, table, start)
+        if any("poison" in os.path.basename(p) for p in table.column("source_path").to_pylist()):
+            os._exit(1)
+        return record
+
+    PartTarget.write = write
+
+
 def scenario(workdir: Path, model: str) -> dict:
     import ray
 
@@ -74,6 +90,43 @@ def scenario(workdir: Path, model: str) -> dict:
         ray.shutdown()
 
 
+def scenario_staged(workdir: Path, model: str) -> dict:
+    """The ingest when the worker dies after staging its part: the dead tasks' parts are staged again by
+    the pieces of the split, under their first rows' names, and only accepted parts are published."""
+    import ray
+
+    from galaxy_infer import pipeline
+
+    pipeline.TASK_RETRIES = 1
+    ray.init(address="local", num_cpus=2, object_store_memory=256 * MB, include_dashboard=False, log_to_driver=False,
+             configure_logging=False, runtime_env={"worker_process_setup_hook": exit_after_staging_poison})
+    try:
+        sent = sorted(write_night(workdir / "inbox", NIGHT, 8, seed=6, size=64))
+        poison = f"{sent[1]}_poison"  # third in the inbox's order: the middle of the first chunk of 4
+        (workdir / "inbox" / NIGHT / f"{poison}.jpg").write_bytes(
+            (workdir / "inbox" / NIGHT / f"{sent[0]}.jpg").read_bytes())
+        summary = ingest(IngestConfig(inbox=str(workdir / "inbox"), catalog=str(workdir / "catalog"), model=model,
+                                      date=NIGHT, device="cpu", batch_size=4, chunk_rows=4, settle_seconds=0,
+                                      num_workers=2, progress=False))
+        return {"objects_sent": len(sent) + 1, "poison": poison, "rows": summary["rows"],
+                "files": len(summary["files"]), "errors_by_kind": summary["errors_by_kind"]}
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.ray
+def test_an_ingest_task_that_dies_after_staging_its_part_adds_no_row_twice(tmp_path, tiny_model):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    figures = run_script([__file__, str(tmp_path), str(tiny_model), "staged"], env, 300, "the staged scenario")
+    print("\nstaged poison figures:", json.dumps(figures))
+    table = read_ingest_catalog(tmp_path / "catalog").to_pandas().set_index("object_id")
+    assert len(table) == figures["objects_sent"] == figures["rows"] and table.index.is_unique
+    assert table.loc[figures["poison"]].error_kind == "worker-died" and figures["errors_by_kind"] == {"worker-died": 1}
+    assert (table.drop(index=figures["poison"]).status == "ok").all()
+    assert not list((tmp_path / "catalog" / f"ingest_date={NIGHT}").glob(".*"))  # every staged part was published
+
+
 @pytest.mark.ray
 def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_classified(tmp_path, tiny_model):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
@@ -96,4 +149,5 @@ def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_clas
 
 
 if __name__ == "__main__":
-    print(json.dumps(scenario(Path(sys.argv[1]), sys.argv[2])))
+    run = scenario_staged if sys.argv[3:] == ["staged"] else scenario
+    print(json.dumps(run(Path(sys.argv[1]), sys.argv[2])))

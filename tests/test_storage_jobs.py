@@ -18,7 +18,7 @@ from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, catalog_table, read_catalog
 from galaxy_infer.cli import EXIT_OK
 from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
-from galaxy_infer.ingest import ChunkWriter, committed_files, held_objects, read_ingest_catalog
+from galaxy_infer.ingest import committed_files, held_objects, part_target, read_ingest_catalog
 from tests.ray_procs import kill_when, write_night
 from tests.test_storage import new_bucket, put
 
@@ -39,10 +39,12 @@ def test_ingest_defers_objects_that_cannot_be_read_now_and_does_not_hold_them(tm
     reasons = [f"{TRANSIENT_PREFIX}permission denied", "truncated JPEG", f"{TRANSIENT_PREFIX}i/o error"]
     kinds = [ErrorKind.UNREADABLE_NOW, None, ErrorKind.UNREADABLE_NOW]
     table = catalog_table(ids, reasons, None, "m", "r1", kinds=kinds)
-    writer = ChunkWriter(str(tmp_path / "ingest_date=2026-01-01"), {}, "r1", chunk_rows=10)
-    writer.add(table)
-    writer.flush()
-    assert writer.deferred == 2 and writer.rows_committed == 1
+    target = part_target(str(tmp_path), "2026-01-01", {}, "r1")
+    record = target.write(table, 0)
+    assert (record["deferred"], record["rows"], record["ok"]) == (2, 1, 0)
+    assert record["errors"]["errors_by_kind"] == {"unreadable-now": 2, "corrupt": 1}
+    assert read_ingest_catalog(tmp_path).num_rows == 0  # staged, not yet published
+    target.publish(record["part"])
     assert read_ingest_catalog(tmp_path).column("object_id").to_pylist() == ["b"]
     # Catalogs that already hold such rows (written before they were withheld, schema version 1 without
     # error_kind, or version 2) do not hold those objects.

@@ -2,7 +2,8 @@
 
 Through a real local Ray and real SeaweedFS: a chunk's task run twice leaves one part, what a dead
 task left in the stage never reaches the catalog, a killed run leaves nothing that reads as rows,
-and worker-written parts carry the catalog's file metadata.
+and worker-written parts carry the catalog's file metadata. The nightly ingest's tasks stage their
+parts in the partition: a task that staged and died adds no rows, and the driver keeps no state per object.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import pytest
 from galaxy_infer import storage
 from galaxy_infer.catalog import SUMMARY_NAME, CatalogWriter, PartTarget, catalog_table, file_metadata, read_catalog
 from galaxy_infer.errors import ErrorKind
+from galaxy_infer.ingest import PartPublisher, committed_files, part_target, read_ingest_catalog
 from galaxy_infer.model import load_model_info
 from galaxy_infer.pipeline import PredictorSpec, classify_chunk, records_table
 from galaxy_infer.summary import summarize
@@ -108,3 +110,50 @@ def test_a_run_killed_after_tasks_wrote_parts_leaves_nothing_that_reads_as_rows(
                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert read_catalog(out).num_rows == records_table([str(tmp_path / "in")]).num_rows and not list(tmp_path.glob(".cat.tmp-*"))
+
+
+@pytest.mark.ray
+def test_ingest_parts_of_a_task_retried_or_split_after_staging_hold_each_row_once(tmp_path, tiny_model, local_ray):
+    ray = local_ray
+    write_sample(tmp_path / "in", n=7, seed=3, size=64)
+    records = records_table([str(tmp_path / "in")])
+    info = load_model_info(str(tiny_model))
+    spec = PredictorSpec(info.model_id, str(tiny_model), "cpu", 4, 1, ray.put(tiny_model.read_bytes()))
+    catalog = tmp_path / "catalog"
+    target = part_target(str(catalog), "2026-11-20", file_metadata(info, "r1"), "r1")
+    task = ray.remote(classify_chunk)
+    # The whole chunk's task staged its part and died before its record reached the driver.
+    ray.get(task.remote(records, info.recipe, spec, "r1", target, 0))
+    assert not committed_files(str(catalog)) and read_ingest_catalog(catalog).num_rows == 0
+    # Its halves, the first one tried twice, stage over it under their first rows' names.
+    half = (records.num_rows + 1) // 2
+    first, again, rest = ray.get([task.remote(records.slice(0, half), info.recipe, spec, "r1", target, 0),
+                                  task.remote(records.slice(0, half), info.recipe, spec, "r1", target, 0),
+                                  task.remote(records.slice(half), info.recipe, spec, "r1", target, half)])
+    assert first["part"] == again["part"] == "part-r1-000000000000.parquet"
+    with PartPublisher(target) as publisher:
+        for record in (first, rest):
+            publisher.accept(record)
+        publisher.close()
+    assert sorted(os.listdir(catalog / "ingest_date=2026-11-20")) == [
+        "part-r1-000000000000.parquet", f"part-r1-{half:012d}.parquet"]
+    ids = read_ingest_catalog(catalog).column("object_id").to_pylist()
+    assert sorted(ids) == sorted(records.column("object_id").to_pylist()) and publisher.rows == len(ids)
+
+
+def test_the_ingest_driver_keeps_counters_and_part_names_whatever_the_objects(tmp_path):
+    def publisher_state(rows: int) -> dict[str, object]:
+        catalog = tmp_path / f"catalog-{rows}"
+        target = part_target(str(catalog), "2026-11-20", {}, "r1")
+        with PartPublisher(target) as publisher:
+            for start in range(0, 3 * rows, rows):
+                names = [f"o{i}" for i in range(start, start + rows)]
+                ids = {"object_id": names, "source_path": names, "ra": [None] * rows, "dec": [None] * rows}
+                publisher.accept(target.write(catalog_table(ids, ["bad"] * rows, None, "m", "r1"), start))
+            publisher.close()
+        assert publisher.rows == read_ingest_catalog(catalog).num_rows == 3 * rows
+        return {k: len(v) if isinstance(v, (list, set, dict, tuple)) else type(v).__name__
+                for k, v in vars(publisher).items()}
+
+    small, large = publisher_state(2), publisher_state(2000)
+    assert small == large and small["files"] == 3  # one name per part, nothing per object
