@@ -38,23 +38,17 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from galaxy_infer import storage
-from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
+from galaxy_infer import ledger, storage
+from galaxy_infer.errors import ErrorKind
+from galaxy_infer.ledger import Ledger
 from galaxy_infer.readers import FITS_SUFFIXES, RASTER_SUFFIXES
 
 COLLISION = "object id collision"
-BATCH_ROWS = 65_536
 EXAMPLES = 3
-DUCKDB_MEMORY = "128MB"
-"""DuckDB's memory limit; past it, group-bys, joins and sorts spill to the scratch folder."""
 
 WORK_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("source_path", pa.string()), ("norm_path", pa.string()), ("given_id", pa.string()),
@@ -81,10 +75,7 @@ def normalised_path(path: str) -> str:
 
 def connect(scratch: str) -> duckdb.DuckDBPyConnection:
     """A DuckDB database in ``scratch`` (a local folder) with bounded memory."""
-    con = duckdb.connect(os.path.join(scratch, "ids.duckdb"))
-    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET temp_directory = '{os.path.join(scratch, 'spill')}';"
-                "SET preserve_insertion_order = false; SET threads = 2")
-    return con
+    return ledger.connect(os.path.join(scratch, "ids.duckdb"), os.path.join(scratch, "spill"))
 
 
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
@@ -96,7 +87,9 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     the catalog already has this file) and ``collision`` (the reason when another input, or a held
     object, has the same id). The ``held`` objects' ids are taken (rule 3) and their paths are
     not new. The ledger is streamed twice, as probes against the listing, so only the held rows
-    that matter are kept. With ``new_only`` header ids are read, and collisions found, among new files only.
+    that matter are kept; with an index, only the files that may hold them are read
+    (:meth:`~galaxy_infer.ledger.Ledger.holding`). With ``new_only`` header ids are read, and
+    collisions found, among new files only.
     """
     con.execute(f"""CREATE OR REPLACE TABLE listed AS SELECT seq, source_path, norm_path, given_id, stem, relative_path,
         error IS NOT NULL AS has_error FROM read_parquet('{worklist}')""")
@@ -106,7 +99,9 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     inputs = con.execute("SELECT count(*) FROM listed").fetchall()[0][0]
     held = held if held is not None else Ledger((), "")
     cwd = os.getcwd().replace("'", "''")
-    with held.scan(con, "held_source"):
+    paths = f"""SELECT norm_path FROM listed UNION ALL
+        SELECT substr(norm_path, length('{cwd}/') + 1) FROM listed WHERE starts_with(norm_path, '{cwd}/')"""
+    with held.holding(con, "source_path", paths).scan(con, "held_source"):
         con.execute(f"""CREATE OR REPLACE TABLE held_paths AS SELECT DISTINCT norm_path FROM (
             SELECT CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
                         ELSE '{cwd}/' || source_path END AS norm_path FROM held_source)
@@ -118,12 +113,12 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     con.execute(f"""CREATE OR REPLACE TABLE derived AS
         SELECT seq, relative_path, source_path, coalesce(stem, {_STEM_SQL}) AS c0
         FROM (SELECT *, regexp_extract(source_path, '[^/]*$') AS name FROM flagged WHERE given_id IS NULL)""")
-    with held.scan(con, "held_source"):  # only the held ids an input could take: the ledger is probed, not loaded
-        con.execute("""CREATE OR REPLACE TABLE held_ids AS
+    candidates = """SELECT given_id FROM flagged UNION ALL SELECT c0 FROM derived
+        UNION ALL SELECT relative_path FROM derived UNION ALL SELECT source_path FROM derived"""
+    with held.holding(con, "object_id", candidates).scan(con, "held_source"):  # the ledger is probed, not loaded
+        con.execute(f"""CREATE OR REPLACE TABLE held_ids AS
             SELECT object_id, min(source_path) AS held_path FROM held_source
-            WHERE object_id IN (SELECT given_id FROM flagged UNION ALL SELECT c0 FROM derived
-                                UNION ALL SELECT relative_path FROM derived UNION ALL SELECT source_path FROM derived)
-            GROUP BY object_id""")
+            WHERE object_id IN ({candidates}) GROUP BY object_id""")
     con.execute("""CREATE OR REPLACE TABLE taken AS
         SELECT DISTINCT given_id AS id FROM flagged WHERE given_id IS NOT NULL
         UNION SELECT object_id FROM held_ids""")
@@ -142,58 +137,6 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         SELECT w.*, i.object_id, i.held, i.collision FROM read_parquet('{worklist}') w JOIN named_ids i USING (seq)""")
     con.execute("DROP TABLE listed; DROP TABLE flagged; DROP TABLE derived; DROP TABLE named; DROP TABLE taken")
     return inputs
-
-
-@dataclass(frozen=True)
-class Ledger:
-    """The nightly ledger: committed catalog files, whose rows for ``model_id`` hold their objects.
-
-    A row whose reason says the bytes could not be read now does not hold its object, so the
-    object is tried again. The files are streamed, never loaded: locally by DuckDB's own Parquet
-    reader (measured ~8x faster than feeding it a pyarrow scan), in an object store through a
-    pyarrow dataset with little read-ahead (DuckDB reads S3 only through its httpfs extension,
-    which is not installed).
-    """
-
-    files: tuple[str, ...]
-    model_id: str
-
-    @contextmanager
-    def scan(self, con: duckdb.DuckDBPyConnection, name: str) -> Iterator[None]:
-        """The held rows' ``object_id`` and ``source_path`` as view ``name`` of ``con``."""
-        if not self.files:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS "
-                        "SELECT NULL::VARCHAR AS object_id, NULL::VARCHAR AS source_path WHERE false")
-            yield
-            return
-        if not storage.is_remote(self.files[0]):
-            files = ", ".join(_quote(f) for f in self.files)
-            con.execute(f"""CREATE OR REPLACE TEMP VIEW {name} AS SELECT object_id, source_path
-                FROM read_parquet([{files}], union_by_name = true)
-                WHERE model_id = {_quote(self.model_id)}
-                  AND (error IS NULL OR NOT starts_with(error, {_quote(TRANSIENT_PREFIX)}))""")
-            yield
-            return
-        holds = (pc.field("model_id") == self.model_id) & (
-            pc.field("error").is_null() | ~pc.starts_with(pc.field("error"), TRANSIENT_PREFIX))
-        filesystem, _ = storage.resolve(self.files[0])
-        dataset = ds.dataset([storage.resolve(f)[1] for f in self.files], schema=LEDGER_SCHEMA, format="parquet",
-                             filesystem=filesystem)
-        scanner = dataset.scanner(columns=["object_id", "source_path"], filter=holds, batch_size=BATCH_ROWS,
-                                  batch_readahead=1, fragment_readahead=1)
-        con.register(name, scanner.to_reader())
-        try:
-            yield
-        finally:
-            con.unregister(name)
-
-
-LEDGER_SCHEMA = pa.schema([("object_id", pa.string()), ("source_path", pa.string()), ("model_id", pa.string()),
-                           ("error", pa.string())])
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _maybe_shared(table: str, columns: str) -> str:
