@@ -1,16 +1,25 @@
 """What produced a catalog on this machine: the versions of the code that shape its numbers, and the CPU's int8 kernels.
 
 A catalog is a scientific result: its file metadata and run summary record these so two nodes
-installed on different days, or with different CPUs, can be told apart.
+installed on different days, or with different CPUs, can be told apart. Also where this machine
+keeps files it can make again (fetched models, ledger indexes).
 """
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 VERSIONED = ("galaxy-infer", "onnxruntime", "onnxruntime-gpu", "numpy", "pillow", "astropy", "pyarrow")
 """Packages whose version can change a catalog's numbers or bytes (onnxruntime is one of the two wheels)."""
+
+
+def cache_folder(kind: str) -> Path:
+    """Where this machine keeps files of ``kind`` that can be made again: ``$GALAXY_INFER_CACHE/<kind>``,
+    else ``~/.cache/galaxy-infer/<kind>``."""
+    return Path(os.environ.get("GALAXY_INFER_CACHE") or Path.home() / ".cache" / "galaxy-infer") / kind
 
 
 @functools.cache

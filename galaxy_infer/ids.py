@@ -41,23 +41,18 @@ import io
 import os
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as ds
 
-from galaxy_infer import storage
-from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind
+from galaxy_infer import ledger, storage
+from galaxy_infer.errors import ErrorKind
+from galaxy_infer.ledger import Ledger
 from galaxy_infer.readers import FITS_SUFFIXES, RASTER_SUFFIXES
 
 COLLISION = "object id collision"
-BATCH_ROWS = 65_536
 EXAMPLES = 3
-DUCKDB_MEMORY = "128MB"
-"""DuckDB's memory limit; past it, group-bys, joins and sorts spill to the scratch folder."""
 
 WORK_SCHEMA = pa.schema([
     ("seq", pa.int64()), ("source_path", pa.string()), ("norm_path", pa.string()), ("given_id", pa.string()),
@@ -104,10 +99,7 @@ def connect(scratch: str) -> duckdb.DuckDBPyConnection:
     In memory rather than a file in ``scratch``: the rule's tables are scratch, and writing them to
     a database file (compressed, checkpointed) took about a quarter of its CPU (measured at 10^6 rows).
     """
-    con = duckdb.connect()
-    con.execute(f"SET memory_limit = '{DUCKDB_MEMORY}'; SET temp_directory = '{os.path.join(scratch, 'spill')}';"
-                "SET preserve_insertion_order = false; SET threads = 2; SET enable_progress_bar = false")
-    return con
+    return ledger.connect(":memory:", os.path.join(scratch, "spill"))
 
 
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
@@ -120,7 +112,9 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     the catalog already has this file) and ``collision`` (the reason when another input, or a held
     object, has the same id). The ``held`` objects' ids are taken (rule 3) and their paths are
     not new. The ledger is streamed twice, as probes against the listing, so only the held rows
-    that matter are kept. With ``new_only`` header ids are read, and collisions found, among new files only.
+    that matter are kept; with an index, only the files that may hold them are read
+    (:meth:`~galaxy_infer.ledger.Ledger.holding`). With ``new_only`` header ids are read, and
+    collisions found, among new files only.
 
     Only what differs from an input's provisional id (:func:`provisional_records`) is stored:
     second listings (``dropped``), header ids, the rule-4/5 fallbacks and collisions. Whether a
@@ -139,7 +133,9 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     con.execute("CREATE OR REPLACE TABLE held_ids (object_id VARCHAR, held_path VARCHAR)")
     if held.files:
         cwd = os.getcwd().replace("'", "''")
-        with held.scan(con, "held_source"):
+        paths = f"""SELECT norm_path FROM listed UNION ALL
+            SELECT substr(norm_path, length('{cwd}/') + 1) FROM listed WHERE starts_with(norm_path, '{cwd}/')"""
+        with held.holding(con, "source_path", paths).scan(con, "held_source"):
             con.execute(f"""INSERT INTO held_seq SELECT seq FROM listed WHERE norm_path IN (
                 SELECT CASE WHEN contains(source_path, '://') OR starts_with(source_path, '/') THEN source_path
                             ELSE '{cwd}/' || source_path END FROM held_source)""")
@@ -150,12 +146,12 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         _header_ids(con, id_keyword, "NOT held" if new_only else "true")
         given = con.execute("SELECT count(given_id) FROM names").fetchall()[0][0]
     if held.files:
-        with held.scan(con, "held_source"):  # only the held ids an input could take: the ledger is probed, not loaded
-            con.execute("""INSERT INTO held_ids SELECT object_id, min(source_path) FROM held_source
-                WHERE object_id IN (SELECT given_id FROM names UNION ALL SELECT stem FROM names WHERE given_id IS NULL
-                    UNION ALL SELECT relative_path FROM names WHERE given_id IS NULL
-                    UNION ALL SELECT source_path FROM names WHERE given_id IS NULL)
-                GROUP BY object_id""")
+        candidates = """SELECT given_id FROM names UNION ALL SELECT stem FROM names WHERE given_id IS NULL
+            UNION ALL SELECT relative_path FROM names WHERE given_id IS NULL
+            UNION ALL SELECT source_path FROM names WHERE given_id IS NULL"""
+        with held.holding(con, "object_id", candidates).scan(con, "held_source"):  # probed, not loaded
+            con.execute(f"""INSERT INTO held_ids SELECT object_id, min(source_path) FROM held_source
+                WHERE object_id IN ({candidates}) GROUP BY object_id""")
     _fallbacks(con, derived=listed > given, mixed=0 < given < listed)
     con.execute("""CREATE OR REPLACE VIEW named AS
         SELECT n.*, coalesce(n.given_id, f.object_id, n.stem) AS object_id
@@ -194,58 +190,6 @@ def _fallbacks(con: duckdb.DuckDBPyConnection, derived: bool, mixed: bool) -> No
     con.execute("""INSERT INTO fallback SELECT seq, CASE WHEN n > 1 OR c1 IN (SELECT id FROM taken
                                                      WHERE id IN (SELECT c1 FROM t1)) THEN source_path ELSE c1 END
         FROM (SELECT *, count(*) OVER (PARTITION BY c1) AS n FROM t1)""")
-
-
-@dataclass(frozen=True)
-class Ledger:
-    """The nightly ledger: committed catalog files, whose rows for ``model_id`` hold their objects.
-
-    A row whose reason says the bytes could not be read now does not hold its object, so the
-    object is tried again. The files are streamed, never loaded: locally by DuckDB's own Parquet
-    reader (measured ~8x faster than feeding it a pyarrow scan), in an object store through a
-    pyarrow dataset with little read-ahead (DuckDB reads S3 only through its httpfs extension,
-    which is not installed).
-    """
-
-    files: tuple[str, ...]
-    model_id: str
-
-    @contextmanager
-    def scan(self, con: duckdb.DuckDBPyConnection, name: str) -> Iterator[None]:
-        """The held rows' ``object_id`` and ``source_path`` as view ``name`` of ``con``."""
-        if not self.files:
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS "
-                        "SELECT NULL::VARCHAR AS object_id, NULL::VARCHAR AS source_path WHERE false")
-            yield
-            return
-        if not storage.is_remote(self.files[0]):
-            files = ", ".join(_quote(f) for f in self.files)
-            con.execute(f"""CREATE OR REPLACE TEMP VIEW {name} AS SELECT object_id, source_path
-                FROM read_parquet([{files}], union_by_name = true)
-                WHERE model_id = {_quote(self.model_id)}
-                  AND (error IS NULL OR NOT starts_with(error, {_quote(TRANSIENT_PREFIX)}))""")
-            yield
-            return
-        holds = (pc.field("model_id") == self.model_id) & (
-            pc.field("error").is_null() | ~pc.starts_with(pc.field("error"), TRANSIENT_PREFIX))
-        filesystem, _ = storage.resolve(self.files[0])
-        dataset = ds.dataset([storage.resolve(f)[1] for f in self.files], schema=LEDGER_SCHEMA, format="parquet",
-                             filesystem=filesystem)
-        scanner = dataset.scanner(columns=["object_id", "source_path"], filter=holds, batch_size=BATCH_ROWS,
-                                  batch_readahead=1, fragment_readahead=1)
-        con.register(name, scanner.to_reader())
-        try:
-            yield
-        finally:
-            con.unregister(name)
-
-
-LEDGER_SCHEMA = pa.schema([("object_id", pa.string()), ("source_path", pa.string()), ("model_id", pa.string()),
-                           ("error", pa.string())])
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _maybe_shared(table: str, columns: str) -> str:

@@ -42,7 +42,7 @@ from typing import Any, Callable
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from galaxy_infer import ids, storage
+from galaxy_infer import ids, ledger, storage
 from galaxy_infer.catalog import (Layout, PartTarget, RunStats, arrow_schema, file_metadata, format_errors,
                                   open_parts, prediction_fields)
 from galaxy_infer.cluster import init_ray
@@ -81,22 +81,29 @@ def partition_dir(catalog: str, date: str) -> str:
     return storage.join(catalog, f"{PARTITION_KEY}={date}")
 
 
-def committed_files(catalog: str) -> list[str]:
-    """``ingest_date=*/*.parquet`` under the catalog (hidden temp files excluded), sorted."""
+def committed_stamps(catalog: str) -> list[tuple[str, int, int | None]]:
+    """``ingest_date=*/*.parquet`` under the catalog (hidden temp files excluded), sorted, as
+    (URI, size, mtime in ns): committed files are written once, so these tell whether one changed."""
     root = str(catalog).rstrip("/")
     found = []
-    for uri in storage.list_uris(root):
+    for uri, size, mtime_ns in storage.list_stamps(root):
         relative = uri[len(root) + 1:] if storage.is_remote(root) else os.path.relpath(uri, root)
         parts = relative.split("/")
         if (len(parts) == 2 and parts[0].startswith(f"{PARTITION_KEY}=") and parts[1].endswith(".parquet")
                 and not parts[1].startswith(".")):
-            found.append(uri)
+            found.append((uri, size, mtime_ns))
     return found
 
 
-def held_objects(catalog: str, model_id: str) -> ids.Ledger:
-    """The ledger of ``model_id``'s committed rows (read lazily; a corrupt committed file fails the run)."""
-    return ids.Ledger(tuple(committed_files(catalog)), model_id)
+def committed_files(catalog: str) -> list[str]:
+    """The URIs of :func:`committed_stamps`."""
+    return [uri for uri, _, _ in committed_stamps(catalog)]
+
+
+def held_objects(catalog: str, model_id: str) -> ledger.Ledger:
+    """The ledger of ``model_id``'s committed rows, its local index brought up to date (see
+    :mod:`galaxy_infer.ledger`; a corrupt committed file fails the run)."""
+    return ledger.indexed(catalog, model_id, committed_stamps(catalog))
 
 
 def remove_stale_temp_files(catalog: str) -> list[str]:
@@ -173,7 +180,7 @@ class PartPublisher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tuple[WorkList, dict[str, Any]]:
+def pending_records(config: IngestConfig, held: ledger.Ledger, scratch: str) -> tuple[WorkList, dict[str, Any]]:
     """Cutouts under the inbox not yet held and settled, with their object ids, as a work list in ``scratch``.
 
     A file is held when a row for this model has its path, whatever its id: ids of held objects
@@ -190,8 +197,7 @@ def pending_records(config: IngestConfig, held: ids.Ledger, scratch: str) -> tup
     con = ids.connect(scratch)
     try:
         inputs = ids.assign(con, worklist_files(listed), config.id_keyword, held=held, new_only=True)
-        with held.scan(con, "held_rows"):
-            held_rows = con.execute("SELECT count(*) FROM held_rows").fetchall()[0][0]
+        held_rows = held.count(con)
         settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \
             if config.settle_seconds > 0 else "true"
         held_count, collisions, unsettled = con.execute(f"""SELECT count(*) FILTER (WHERE held),

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from galaxy_infer import storage
+from galaxy_infer.environment import cache_folder
 from galaxy_infer.errors import InputError, ModelError
 from galaxy_infer.preprocess import Recipe
 from galaxy_infer.postprocess import OUTPUT_KINDS
@@ -52,8 +53,8 @@ def resolve_model(model: str | os.PathLike) -> str:
 
 
 def model_cache() -> Path:
-    """Where fetched models are kept: ``$GALAXY_INFER_CACHE``, else ``~/.cache/galaxy-infer/models``."""
-    return Path(os.environ.get("GALAXY_INFER_CACHE") or Path.home() / ".cache" / "galaxy-infer") / "models"
+    """Where fetched models are kept (see :func:`~galaxy_infer.environment.cache_folder`)."""
+    return cache_folder("models")
 
 
 def fetch_model(uri: str) -> str:

@@ -182,6 +182,12 @@ def list_files(uri: str, recursive: bool = True) -> list[pafs.FileInfo]:
                   key=lambda i: i.path)
 
 
+def list_stamps(uri: str, recursive: bool = True) -> list[tuple[str, int, int | None]]:
+    """``(uri, size, mtime in ns)`` of each file of :func:`list_files`: for a file written once and never
+    changed in place, the same three mean the same bytes."""
+    return [(_uri(uri, i.path), i.size, i.mtime_ns) for i in list_files(uri, recursive)]
+
+
 def list_uris(uri: str, recursive: bool = True) -> list[str]:
     if not is_remote(uri):
         return _walk(uri, recursive)

@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from galaxy_infer.ids import LEDGER_SCHEMA, Ledger
 from galaxy_infer.ingest import IngestConfig, pending_records
+from galaxy_infer.ledger import LEDGER_SCHEMA, Ledger
 from galaxy_infer.worklist import discover, scratch_folder
 
 
