@@ -15,7 +15,6 @@ import os
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -469,6 +468,7 @@ class CatalogWriter:
         self.rows_per_file = rows_per_file
         self.stats = RunStats()
         self._writer: pq.ParquetWriter | None = None
+        self._sink: pa.NativeFile | None = None
         self._path = ""
         self._rows_in_file = 0
         self._files = 0
@@ -510,10 +510,8 @@ class CatalogWriter:
     def _open_file(self) -> None:
         self._path = storage.join(self.stage, f"part-{self._files:05d}.parquet")
         self.parts.add(os.path.basename(self._path))
-        filesystem, path = storage.resolve(self._path)
-        if not storage.is_remote(self._path):
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        self._writer = pq.ParquetWriter(path, self.schema, compression="zstd", filesystem=filesystem)
+        self._sink = storage.open_output(self._path)
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="zstd")
         self._files += 1
 
     def _close_file(self) -> None:
@@ -522,6 +520,7 @@ class CatalogWriter:
                 {DEVICES_METADATA_KEY: json.dumps(self._file_workers.summary()["prediction_workers"])})
             self._file_workers = WorkerTally()
             self._writer.close()
+            self._sink.close()
             if not storage.is_remote(self._path):
                 storage.fsync_file(self._path)
             self._writer = None
@@ -570,16 +569,14 @@ def check_replaceable(out: str, overwrite: bool) -> None:
     A catalog is ``_run_summary.json`` plus ``part-*.parquet`` files and nothing else, so a
     mistyped ``--out`` (the input folder, a home directory) is never deleted.
     """
-    if storage.is_remote(out):
-        names = [u[len(out.rstrip("/")) + 1:] for u in storage.list_uris(out)]
-        if not names:
-            return
-    else:
+    if not storage.is_remote(out):
         if not os.path.lexists(out):
             return
         if not os.path.isdir(out) or os.path.islink(out):
             raise FileExistsError(f"{out} exists and is not a catalog folder; refusing to replace it")
-        names = [str(p.relative_to(out)) for p in Path(out).rglob("*")]
+    names = storage.entries(out)
+    if storage.is_remote(out) and not names:  # a prefix exists only while it holds objects
+        return
     if not overwrite:
         raise FileExistsError(f"{out} already exists; choose another --out or pass --overwrite")
     if not names:

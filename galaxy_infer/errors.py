@@ -57,6 +57,10 @@ class TransientInputError(InputError):
         super().__init__(TRANSIENT_PREFIX + reason)
 
 
+class StoreUnreachable(TransientInputError):
+    """The store did not answer at all, after every retry: a task's reads not yet started fail at once with it."""
+
+
 def is_transient(reason: str | None) -> bool:
     return bool(reason) and reason.startswith(TRANSIENT_PREFIX)
 

@@ -13,9 +13,11 @@ for tar); ``object_id`` comes from the shard's id column (``object_id``, ``id_st
 ``dr8_id`` or the one named by the user), the tar key or the HDU's EXTNAME, else
 ``<shard file name>#<row>``.
 
-Readers take a *source*: a local path, an open binary file (a pyarrow ``NativeFile`` from an
-object store included) or bytes; :func:`open_source` is the one place that turns a record's
-``shard`` into one.
+Readers take a *source*: an open binary file (a pyarrow ``NativeFile``) or bytes. Shards are
+opened through :func:`galaxy_infer.storage.open_input`, local and object store alike, and a
+failed open or read is split by :func:`galaxy_infer.storage.read_error`: a shard that cannot be
+read *now* (permission, I/O, a store's 503 or reset) gives ``unreadable-now`` rows, which the
+nightly ingest does not hold and tries again; a shard whose bytes are bad gives error rows.
 """
 from __future__ import annotations
 
@@ -36,10 +38,10 @@ from typing import Any, BinaryIO, Union
 import numpy as np
 
 from galaxy_infer import limits, readers, storage
-from galaxy_infer.errors import ErrorKind, InputError
+from galaxy_infer.errors import ErrorKind, InputError, TransientInputError, is_transient
 from galaxy_infer.preprocess import Recipe
 
-Source = Union[str, "os.PathLike[str]", BinaryIO, bytes]
+Source = Union[BinaryIO, bytes]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -95,22 +97,28 @@ def is_shard_name(path: str) -> bool:
     return _lower(path).endswith(SHARD_SUFFIXES)
 
 
-def open_source(path: str) -> Source:
-    """A shard's path as a readable source: local paths go to each library's own file reader,
-    object-store URIs become a random-access pyarrow file (ranged reads, never the whole object)."""
-    return storage.open_input(path) if storage.is_remote(path) else path
+@contextmanager
+def _opened(path: str, source: Source | None) -> Iterator[Source]:
+    """``source``, or else the shard at ``path`` opened through storage and closed after."""
+    if source is not None:
+        yield source
+        return
+    with storage.open_input(path) as opened:
+        yield opened
 
 
 @contextmanager
 def _binary(source: Source) -> Iterator[BinaryIO]:
     if isinstance(source, (bytes, bytearray, memoryview)):
         yield io.BytesIO(source)
-    elif isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as f:
-            yield f
     else:
         source.seek(0)
         yield source
+
+
+def _read_failure(exc: OSError, reason: str) -> InputError:
+    """Storage's split of a failed open or read (missing, unreadable now), else ``reason``: the bytes are bad."""
+    return storage.read_error(exc) or InputError(reason[:300])
 
 
 def shard_records(path: str, fields: ShardFields | None = None, source: Source | None = None) -> list[dict] | None:
@@ -123,18 +131,22 @@ def shard_records(path: str, fields: ShardFields | None = None, source: Source |
     name = _lower(path)
     if name.endswith(MEF_SUFFIXES):
         try:
-            hdus = _fits_image_hdus_or_none(open_source(path) if source is None else source)
+            with _opened(path, source) as src:
+                hdus = _fits_image_hdus_or_none(src)
         except OSError:  # missing or unreadable: the reader gives the row its reason
             return None
         return None if hdus is None or len(hdus) < 2 else _fits_records(path, hdus)
     if not name.endswith(SHARD_SUFFIXES):
         return None
-    lister = _lister(name)
     try:
-        return lister(path, open_source(path) if source is None else source, fields)
+        with _opened(path, source) as src:
+            return _lister(name)(path, src, fields)
     except InputError as exc:
         return [_shard_error(path, str(exc))]
     except (OSError, ValueError, KeyError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        now = storage.read_error(exc) if isinstance(exc, OSError) else None
+        if isinstance(now, TransientInputError):  # not bad bytes: its row is not held, the next night lists it again
+            return [_shard_error(path, str(now))]
         return [_shard_error(path, f"cannot open {_kind_name(name)} shard: {type(exc).__name__}: {exc}"[:300])]
 
 
@@ -322,6 +334,8 @@ def _outside(reason: str) -> InputError:
 
 def listed_error(reason: str) -> InputError:
     """The error a record's ``error`` (set while listing) raises when its row is read."""
+    if is_transient(reason):
+        return InputError(reason, kind=ErrorKind.UNREADABLE_NOW)
     return InputError(reason, kind=ErrorKind.OUTSIDE_INPUT if reason.startswith(OUTSIDE) else None)
 
 
@@ -641,7 +655,9 @@ def _read_tar(source: Source, layout: Layout, positions: list[int], path: str) -
                 yield pos, _named_bytes(data, member.name)
             except InputError as exc:
                 yield pos, exc
-            except (tarfile.TarError, EOFError, OSError) as exc:
+            except OSError as exc:
+                yield pos, _read_failure(exc, f"unreadable tar member: {exc}")
+            except (tarfile.TarError, EOFError) as exc:
                 yield pos, InputError(f"unreadable tar member: {exc}", kind=ErrorKind.CORRUPT)
 
 
@@ -711,7 +727,9 @@ def _read_fits(source: Source, layout: Layout, positions: list[int]) -> Iterator
                     yield pos, readers.decode_fits_hdu(hdu)
                 except InputError as exc:
                     yield pos, exc
-                except (OSError, ValueError, TypeError, IndexError, EOFError) as exc:
+                except OSError as exc:
+                    yield pos, _read_failure(exc, f"corrupt or truncated FITS HDU {pos}: {exc}")
+                except (ValueError, TypeError, IndexError, EOFError) as exc:
                     yield pos, InputError(f"corrupt or truncated FITS HDU {pos}: {exc}", kind=ErrorKind.CORRUPT)
 
 
@@ -790,21 +808,22 @@ def read_shard_rows(shard: str, layout: Layout, positions: list[int],
                     source: Source | None = None) -> Iterator[tuple[int, Any]]:
     """``(position, raw value)`` for each position, read in order: a stamp array, image bytes,
     :class:`~galaxy_infer.readers.Decoded`, or the :class:`InputError` that this cutout gets.
-    ``source`` as for :func:`shard_records`."""
-    source = open_source(shard) if source is None else source
-    if layout.kind == "hdf5":
-        return _read_hdf5(source, layout, positions)
-    if layout.kind == "parquet":
-        return _read_parquet(source, layout, positions)
-    if layout.kind == "tar":
-        return _read_tar(source, layout, positions, shard)
-    if layout.kind == "npy":
-        return _read_npy(source, layout, positions)
-    if layout.kind == "npz":
-        return _read_npz(source, layout, positions)
-    if layout.kind == "fits":
-        return _read_fits(source, layout, positions)
-    raise ValueError(f"unknown shard layout {layout.kind!r}")
+    ``source`` as for :func:`shard_records`; the shard opened here is closed once its rows are read."""
+    if layout.kind not in ("hdf5", "parquet", "tar", "npy", "npz", "fits"):
+        raise ValueError(f"unknown shard layout {layout.kind!r}")
+    with _opened(shard, source) as src:
+        if layout.kind == "hdf5":
+            yield from _read_hdf5(src, layout, positions)
+        elif layout.kind == "parquet":
+            yield from _read_parquet(src, layout, positions)
+        elif layout.kind == "tar":
+            yield from _read_tar(src, layout, positions, shard)
+        elif layout.kind == "npy":
+            yield from _read_npy(src, layout, positions)
+        elif layout.kind == "npz":
+            yield from _read_npz(src, layout, positions)
+        else:
+            yield from _read_fits(src, layout, positions)
 
 
 def read_units(batch: dict[str, Any], recipe: Recipe,
@@ -859,6 +878,9 @@ def _shard_run(shard: str, layout: Layout, rows: range, positions: list[int],
                 yield row, lambda value=value: _as_decoded(value, recipe)
     except InputError as exc:
         failure: Exception = exc
+    except OSError as exc:  # storage's split: a failed open or read of the shard may be retried, bad bytes not
+        failure = _read_failure(exc, f"cannot read {_kind_name(_lower(shard))} shard {os.path.basename(shard)}: "
+                                     f"{type(exc).__name__}: {exc}")
     except Exception as exc:  # noqa: BLE001 - a shard that fails mid-read costs its rows, not the run
         failure = InputError(f"cannot read {_kind_name(_lower(shard))} shard {os.path.basename(shard)}: "
                              f"{type(exc).__name__}: {exc}"[:300])

@@ -31,11 +31,12 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 from fsspec.implementations.arrow import ArrowFSWrapper
 
 from galaxy_infer import limits
-from galaxy_infer.errors import TRANSIENT_PREFIX, ErrorKind, InputError, StorageError, TransientInputError
+from galaxy_infer.errors import ErrorKind, InputError, StorageError, StoreUnreachable, TransientInputError
 
 ANONYMOUS_ENV = "GALAXY_INFER_S3_ANONYMOUS"
 FORWARDED_ENV = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
@@ -194,6 +195,22 @@ def list_uris(uri: str, recursive: bool = True) -> list[str]:
     return [_uri(uri, i.path) for i in list_files(uri, recursive)]
 
 
+def entries(uri: str) -> list[str]:
+    """Names of everything under a folder or prefix (files, folders, links), relative to it, sorted.
+
+    Locally from ``os.walk``: links are named, not followed, and names that are not UTF-8 are kept
+    (pyarrow would drop dangling links and fail on such names). An object store holds keys only.
+    """
+    if is_remote(uri):
+        root = str(uri).rstrip("/")
+        return [u[len(root) + 1:] for u in list_uris(uri)]
+    root = _local_path(uri)
+    found = []
+    for folder, dirs, files in os.walk(root):
+        found += [os.path.relpath(os.path.join(folder, name), root) for name in dirs + files]
+    return sorted(found)
+
+
 def walk_files(uri: str, with_mtime: bool = False) -> Iterator[tuple[str, float | None]]:
     """``(path, mtime)`` of each file under a folder/prefix, a directory at a time, in :func:`list_uris`'s order.
 
@@ -296,34 +313,51 @@ def read_bytes(uri: str, filesystem: pafs.FileSystem | None = None) -> bytes:
             cap = limits.active().decompressed_bytes
             data = f.read(cap + 1)
         limits.active().check_file(len(data))
-    except FileNotFoundError:
-        raise InputError("file not found", kind=ErrorKind.NOT_FOUND) from None
-    except IsADirectoryError:
-        raise InputError("is a directory, not an image", kind=ErrorKind.NOT_FOUND) from None
     except OSError as exc:
-        if isinstance(exc, PermissionError):
-            raise TransientInputError("permission denied; make it readable by the user running galaxy-infer") from None
-        message = describe_error(exc)
-        found = _AWS_ERROR.search(message)
-        if not found:
-            raise TransientInputError(f"read failed: {message}") from None
-        kind, status = found.group(1), found.group(2) or ""
-        code = kind + (f" (HTTP {status})" if status else "")
-        if kind in ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_BUCKET"):
-            raise InputError("file not found", kind=ErrorKind.NOT_FOUND) from None
-        if kind == "ACCESS_DENIED" or status == "403":
-            raise TransientInputError("access denied by the store (HTTP 403); check the bucket policy or the "
-                                      "credentials' read permission") from None
-        if kind in ("NETWORK_CONNECTION", "REQUEST_TIMEOUT", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE",
-                    "INTERNAL_FAILURE") or status.startswith("5"):
-            if kind == "NETWORK_CONNECTION":
-                raise TransientInputError(UNREACHABLE) from None
-            raise TransientInputError(f"store answered {code} after {S3_ATTEMPTS} attempts; check the store's "
-                                      "health") from None
-        raise TransientInputError(f"read failed: {code}") from None
+        raise _object_error(exc) from None
     if not data:
         raise InputError("empty file (0 bytes)")
     return data
+
+
+def read_error(exc: OSError) -> InputError | None:
+    """What a failed open or read of stored bytes means for its object; None when ``exc`` is no storage failure
+    (a library's complaint about the bytes, an ``OSError`` without an errno or a store's error code).
+
+    Bytes missing for good give an :class:`InputError` of kind ``not-found``; permission, I/O,
+    network and store failures a :class:`TransientInputError`, retried by the next ingest.
+    """
+    if isinstance(exc, FileNotFoundError):
+        return InputError("file not found", kind=ErrorKind.NOT_FOUND)
+    if isinstance(exc, IsADirectoryError):
+        return InputError("is a directory, not an image", kind=ErrorKind.NOT_FOUND)
+    code = errno.EACCES if isinstance(exc, PermissionError) and exc.errno not in TRANSIENT_ERRNOS else exc.errno
+    if code in TRANSIENT_ERRNOS:
+        return TransientInputError(f"{os.strerror(code).lower()}; {LOCAL_ADVICE.get(code, 'retry later')}")
+    if code in MISSING_ERRNOS:
+        return InputError(f"cannot read file: {exc.strerror or exc}", kind=ErrorKind.NOT_FOUND)
+    found = _AWS_ERROR.search(describe_error(exc))
+    if not found:
+        return None
+    kind, status = found.group(1), found.group(2) or ""
+    code_text = kind + (f" (HTTP {status})" if status else "")
+    if kind in ("NO_SUCH_KEY", "RESOURCE_NOT_FOUND", "NO_SUCH_BUCKET"):
+        return InputError("file not found", kind=ErrorKind.NOT_FOUND)
+    if kind == "ACCESS_DENIED" or status == "403":
+        return TransientInputError("access denied by the store (HTTP 403); check the bucket policy or the "
+                                   "credentials' read permission")
+    if kind == "NETWORK_CONNECTION":
+        return StoreUnreachable(UNREACHABLE)
+    if kind in ("REQUEST_TIMEOUT", "SLOW_DOWN", "THROTTLING", "SERVICE_UNAVAILABLE", "INTERNAL_FAILURE") \
+            or status.startswith("5"):
+        return TransientInputError(f"store answered {code_text} after {S3_ATTEMPTS} attempts; check the store's "
+                                   "health")
+    return TransientInputError(f"read failed: {code_text}")
+
+
+def _object_error(exc: OSError) -> InputError:
+    """A failed read through a filesystem (an object store): whatever :func:`read_error` does not name is transient."""
+    return read_error(exc) or TransientInputError(f"read failed: {describe_error(exc)}")
 
 
 def _read_local(path: str) -> bytes:
@@ -354,12 +388,7 @@ def _read_local(path: str) -> bytes:
 
 
 def _local_error(exc: OSError) -> InputError:
-    if exc.errno in TRANSIENT_ERRNOS:
-        reason = os.strerror(exc.errno).lower()
-        advice = LOCAL_ADVICE.get(exc.errno, "retry later")
-        return TransientInputError(f"{reason}; {advice}")
-    return InputError(f"cannot read file: {exc.strerror or exc}",
-                      kind=ErrorKind.NOT_FOUND if exc.errno in MISSING_ERRNOS else ErrorKind.CORRUPT)
+    return read_error(exc) or InputError(f"cannot read file: {exc.strerror or exc}", kind=ErrorKind.CORRUPT)
 
 
 def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
@@ -374,12 +403,13 @@ def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
 
     def fetch(uri: str) -> bytes | InputError:
         if down.is_set():
-            return TransientInputError(UNREACHABLE)
+            return StoreUnreachable(UNREACHABLE)
         try:
             return read_bytes(uri, filesystem)
+        except StoreUnreachable as exc:
+            down.set()
+            return exc
         except InputError as exc:
-            if str(exc) == TRANSIENT_PREFIX + UNREACHABLE:
-                down.set()
             return exc
 
     if len(uris) <= 1 or concurrency <= 1:
@@ -395,7 +425,9 @@ def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,
             futures[i] = None
 
 
-def open_input(uri: str):
+def open_input(uri: str) -> pa.NativeFile:
+    """A random-access file (an object store serves ranged reads, never the whole object); ``OSError`` on
+    failure, which :func:`read_error` splits for an input object."""
     filesystem, path = resolve(uri)
     return filesystem.open_input_file(path)
 

@@ -25,20 +25,31 @@ TOP_REASONS = 10
 METADATA_PREFIX = "galaxy_infer."
 PARTITION_KEY = "ingest_date"
 """The nightly ingest's partition folders (``ingest_date=YYYY-MM-DD/``)."""
+HIDDEN = (".", "_")
+"""Prefixes of names that are no catalog rows (pyarrow's, pandas' and DuckDB's default)."""
 RUN_KEYS = ("run_id", "model_id", "model_sha256", "created_utc", "code_version", "schema_version", "recipe",
             "thresholds", "versions")
 
 
 def open_catalog(source: str | os.PathLike | list[str]) -> ds.Dataset:
-    """The catalog's Parquet files as one dataset; ``ingest_date=`` folders become a column.
+    """The catalog's Parquet files as one dataset (:func:`~galaxy_infer.catalog.open_parts`: files of
+    different models or schema versions open together); ``ingest_date=`` folders become a column.
 
     Names starting with ``.`` or ``_`` (temp files, ``_run_summary.json``, ``.ingest.lock``,
     ``_ingest_runs/``) are skipped, as pandas and DuckDB skip them.
     """
     if isinstance(source, list):
         return open_parts([str(s) for s in source])
-    filesystem, path = storage.resolve(str(source))
-    return ds.dataset(path, format="parquet", partitioning="hive", filesystem=filesystem)
+    root = str(source).rstrip("/")
+    if not storage.is_dir(root):
+        return open_parts([root])
+    found = {u: u[len(root) + 1:] for u in storage.list_uris(root)}
+    files = [u for u, name in found.items() if not any(part.startswith(HIDDEN) for part in name.split("/"))]
+    if not files:
+        raise FileNotFoundError(f"no catalog files under {source}")
+    if not any(found[u].startswith(f"{PARTITION_KEY}=") for u in files):
+        return open_parts(files)
+    return open_parts(files, ds.partitioning(pa.schema([(PARTITION_KEY, pa.string())]), flavor="hive"), root)
 
 
 def file_metadata(dataset: ds.Dataset) -> list[dict[str, str]]:

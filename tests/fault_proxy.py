@@ -19,11 +19,15 @@ SLOWDOWN_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown
 
 
 class FaultProxy:
-    """``with FaultProxy(port, share=0.1) as proxy:`` then point clients at ``proxy.endpoint``."""
+    """``with FaultProxy(port, share=0.1) as proxy:`` then point clients at ``proxy.endpoint``.
 
-    def __init__(self, target_port: int, share: float = 0.1, seed: int = 0) -> None:
+    ``faults`` narrows the faults drawn from; ``share`` may change while the proxy runs (new connections follow it).
+    """
+
+    def __init__(self, target_port: int, share: float = 0.1, seed: int = 0, faults: tuple[str, ...] = FAULTS) -> None:
         self.target_port = target_port
         self.share = share
+        self.faults = faults
         self.rng = random.Random(seed)
         self.counts: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
@@ -52,7 +56,7 @@ class FaultProxy:
         self._loop.run_forever()
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        fault = self.rng.choice(FAULTS) if self.rng.random() < self.share else None
+        fault = self.rng.choice(self.faults) if self.rng.random() < self.share else None
         self.counts[fault or "passed"] += 1
         try:
             if fault == "reset":

@@ -247,6 +247,14 @@ def test_an_unopenable_shard_is_one_error_row_naming_it(tmp_path):
     assert decode(records)["broken.tar"] == "cannot open tar shard: ReadError: empty file"
 
 
+def test_a_shard_gone_after_listing_is_not_found_as_a_file_is_not_corrupt(tmp_path, jpegs):
+    write_galaxy10(tmp_path / "g.h5", jpegs[:2])
+    records = discover([str(tmp_path / "g.h5")])
+    (tmp_path / "g.h5").unlink()  # storage splits the failed open: missing for good, not bad bytes
+    out = read_and_preprocess(records_batch(pa.Table.from_pylist(records, schema=RECORD_SCHEMA)), Recipe())
+    assert list(out["error"]) == ["file not found"] * 2 and list(out["error_kind"]) == ["not-found"] * 2
+
+
 @pytest.mark.ray
 def test_classify_a_folder_mixing_shards_and_files_split_into_chunks(tmp_path, jpegs, tiny_model, local_ray):
     inputs = tmp_path / "in"

@@ -65,3 +65,18 @@ def test_cli_summary_json(catalog, capsys):
     assert main(["summary", str(catalog), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rows"] == 34
     assert main(["summary", str(catalog.parent / "nothing-here")]) == 1
+
+
+def test_a_folder_of_two_models_files_opens_with_both_trees_columns(catalog, tmp_path):
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    part = next(catalog.glob("part-*.parquet"))
+    shutil.copy(part, folder / "part-00000.parquet")
+    table = pq.read_table(part)  # another model's file: its tree answers another question
+    names = ["other_tree_yes_fraction" if n == "smooth_or_featured_smooth_fraction" else n for n in table.column_names]
+    pq.write_table(table.rename_columns(names), folder / "part-00001.parquet")
+    s = summarize(folder)
+    assert s["rows"] == 68 and s["files"] == 2
+    assert {"smooth_or_featured_smooth_fraction", "other_tree_yes_fraction"} <= set(s["fractions"])
