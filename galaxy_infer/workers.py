@@ -54,5 +54,6 @@ class WorkerTally:
                        "accelerator_type": "+".join(sorted(k["accelerators"])) or None, "nodes": len(k["nodes"]),
                        "chunks": k["chunks"], "rows": k["rows"]}
                 for name, k in sorted(self.kinds.items())},
-            "decode_split": {name: {"rows": n, "share": round(n / rows, 3)} for name, n in self.decoded.most_common()},
+            "decode_split": {name: {"rows": n, "share": round(n / rows, 3) if rows else None}
+                             for name, n in self.decoded.most_common()},
         }
