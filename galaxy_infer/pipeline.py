@@ -40,7 +40,8 @@ from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
-from galaxy_infer.worklist import RECORD_SCHEMA, Listing, WorkList, discover, scratch_folder, worklist_files
+from galaxy_infer.worklist import (RECORD_SCHEMA, Listing, WorkList, check_inputs, discover, scratch_folder,
+                                  worklist_files)
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -198,19 +199,14 @@ def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
     return batch
 
 
-def finish(table: pa.Table, sink: PartTarget | None, start: int) -> pa.Table | dict[str, Any]:
-    """A chunk's catalog rows as they leave its task: written as its part with ``sink`` (the small
-    record goes back), else the table itself (the nightly ingest commits tables in its own chunks)."""
-    return table if sink is None else sink.write(table, start)
-
-
-def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str,
-                   sink: PartTarget | None = None, start: int = 0) -> pa.Table | dict[str, Any]:
-    """All five stages in one worker, so pixels never leave the process that decoded them (the CPU path)."""
+def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str, sink: PartTarget,
+                   start: int) -> dict[str, Any]:
+    """All five stages in one worker, so pixels never leave the process that decoded them (the CPU path);
+    the rows go to the chunk's part and the part's small record goes back."""
     predictor = cached_predictor(spec)
     table = predict_and_postprocess(read_and_preprocess(records_batch(records), recipe), predictor, run_id,
                                     spec.intervals)
-    return finish(with_worker_record(table, worker_record(predictor, node_kind())), sink, start)
+    return sink.write(with_worker_record(table, worker_record(predictor, node_kind())), start)
 
 
 def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
@@ -219,11 +215,11 @@ def decode_chunk(records: pa.Table, recipe: Recipe) -> dict[str, np.ndarray]:
     return {**read_and_preprocess(records_batch(records), recipe), "decoded_on": node_kind()}
 
 
-def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: str, sink: PartTarget | None = None,
-                  start: int = 0) -> pa.Table | dict[str, Any]:
+def predict_chunk(decoded: dict[str, np.ndarray], spec: PredictorSpec, run_id: str, sink: PartTarget,
+                  start: int) -> dict[str, Any]:
     predictor = cached_predictor(spec)
     table = predict_and_postprocess(decoded, predictor, run_id, spec.intervals)
-    return finish(with_worker_record(table, worker_record(predictor, str(decoded["decoded_on"]))), sink, start)
+    return sink.write(with_worker_record(table, worker_record(predictor, str(decoded["decoded_on"]))), start)
 
 
 def records_table(inputs: list[str], fields: ShardFields | None = None, id_keyword: str | None = None) -> pa.Table:
@@ -239,13 +235,11 @@ def error_rows(records: pa.Table, errors: list[str], kind: ErrorKind, info: Mode
 
 
 def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device: str, config: RunOptions,
-                  on_progress: Callable[[int], None] | None = None,
-                  sink: PartTarget | None = None) -> Iterator[pa.Table | dict[str, Any]]:
-    """Classify ``table``'s records in chunks on Ray and yield one result per chunk as it finishes.
+                  sink: PartTarget) -> Iterator[dict[str, Any]]:
+    """Classify ``table``'s records in chunks on Ray and yield one record per chunk as it finishes.
 
-    With ``sink`` each task writes its chunk's rows as a part of the run's stage and the result is
-    the small record it returns (:meth:`~galaxy_infer.catalog.PartTarget.write`), so no row passes
-    through the driver; without, the result is the chunk's catalog table.
+    Each task writes its chunk's rows as a part with ``sink`` and the result is the small record it
+    returns (:meth:`~galaxy_infer.catalog.PartTarget.write`), so no row passes through the driver.
 
     A :class:`~galaxy_infer.worklist.WorkList` is read a chunk at a time as chunks are submitted,
     and a :class:`~galaxy_infer.worklist.Listing` while discovery is still listing, so the driver
@@ -282,26 +276,16 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
                 chunk, info.recipe, spec, config.run_id, sink, start)
 
     pending = ChunkResults(submit, watch, info, config.run_id, Layout.of(info, config.dirichlet_intervals), sink)
-    done = 0
-
-    def next_finished() -> pa.Table | dict[str, Any]:
-        nonlocal done
-        result = pending.next_finished()
-        done += result["rows"] if isinstance(result, dict) else result.num_rows
-        if on_progress is not None:
-            on_progress(done)
-        return result
-
     chunks = table.chunks(rows) if isinstance(table, (WorkList, Listing)) else \
         (table.slice(start, rows) for start in range(0, table.num_rows, rows))
     start = 0
     for chunk in chunks:
         while len(pending) >= watch.in_flight():
-            yield next_finished()
+            yield pending.next_finished()
         pending.submit(chunk, start)
         start += chunk.num_rows
     while len(pending):
-        yield next_finished()
+        yield pending.next_finished()
 
 
 class ChunkResults:
@@ -319,7 +303,7 @@ class ChunkResults:
     """
 
     def __init__(self, submit: Callable[[pa.Table, int, int], Any], watch: ClusterWatch, info: ModelInfo,
-                 run_id: str, layout: Layout, sink: PartTarget | None = None) -> None:
+                 run_id: str, layout: Layout, sink: PartTarget) -> None:
         self._submit = submit
         self.watch = watch
         self.info, self.run_id, self.layout, self.sink = info, run_id, layout, sink
@@ -332,9 +316,8 @@ class ChunkResults:
         """Run ``chunk``, whose first row is row ``start`` of the run's inputs (which names its part)."""
         self.chunks[self._submit(chunk, start, TASK_RETRIES if retries is None else retries)] = (start, chunk)
 
-    def next_finished(self) -> pa.Table | dict[str, Any]:
-        """The next chunk's result (its table, or the record of the part it wrote); a chunk being split
-        yields its pieces as they finish."""
+    def next_finished(self) -> dict[str, Any]:
+        """The record of the next chunk's part; a chunk being split yields its pieces' as they finish."""
         import ray
 
         while True:
@@ -349,7 +332,7 @@ class ChunkResults:
                 reason = (f"{WORKER_DIED}: the worker process reading this file died on every try (a crash or "
                           "out of memory); the other files of its chunk were classified")
                 rows = error_rows(chunk, [reason], ErrorKind.WORKER_DIED, self.info, self.run_id, self.layout)
-                return finish(rows, self.sink, start)
+                return self.sink.write(rows, start)
             half = (chunk.num_rows + 1) // 2
             for offset, piece in ((0, chunk.slice(0, half)), (half, chunk.slice(half))):
                 self.submit(piece, start + offset, SPLIT_RETRIES if piece.num_rows == 1 else 0)
@@ -377,6 +360,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     device = check_device(config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
+    check_inputs(config.inputs)
     with scratch_folder() as scratch:
         listing = Listing(config.inputs, os.path.join(scratch, "listed"), config.shard_fields)
         if listing.first_batch() == 0:

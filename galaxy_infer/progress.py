@@ -11,12 +11,9 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from typing import TextIO
 
-import pyarrow as pa
-import pyarrow.compute as pc
 
 LINE_SECONDS = float(os.environ.get("GALAXY_INFER_PROGRESS_SECONDS", "30"))
 """Seconds between plain progress lines; ``GALAXY_INFER_PROGRESS_SECONDS`` changes it."""
@@ -29,7 +26,7 @@ def duration(seconds: float) -> str:
 
 
 class Progress:
-    """Counts rows and error rows of the catalog tables a run yields, and shows them.
+    """Counts the rows and error rows a run has written, and shows them.
 
     ``enabled=False`` shows nothing; otherwise a tqdm bar when ``stream`` is a terminal, else
     plain lines (the first at once, then every ``every`` seconds, and a last one at the end).
@@ -63,12 +60,6 @@ class Progress:
         if self._bar is not None:
             self._bar.total = total
             self._bar.refresh()
-
-    def track(self, tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
-        """Yield each catalog table unchanged, counting its rows and ``status == 'error'`` rows."""
-        for table in tables:
-            self.update(table.num_rows, pc.sum(pc.equal(table.column("status"), "error")).as_py() or 0)
-            yield table
 
     def update(self, rows: int, errors: int = 0) -> None:
         self.done += rows

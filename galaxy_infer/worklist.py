@@ -172,13 +172,25 @@ def _discover_one(item: str, writer: WorkListWriter, fields: shards.ShardFields 
             for unit in _expand(p, root, fields, in_folder=True, mtime=mtimes.get(p)):
                 writer.add(unit)
     elif not storage.exists(item):
-        raise FileNotFoundError(f"input {item} is a broken symbolic link"
-                                if not storage.is_remote(item) and os.path.lexists(item)
-                                else f"input {item} does not exist")
+        raise FileNotFoundError(_missing(item))
     else:
         mtime = storage.info(item).mtime.timestamp() if with_mtime else None
         for unit in _expand(item, storage.parent_and_name(item)[0], fields, mtime=mtime):
             writer.add(unit)
+
+
+def check_inputs(inputs: list[str]) -> None:
+    """Fail before any work for an input argument that is not there (a listing running beside the
+    classification would reach it only after work has begun); a glob is checked when it is listed."""
+    for item in inputs:
+        storage.check_reachable(item)
+        if not storage.has_magic(item) and not storage.exists(item):
+            raise FileNotFoundError(_missing(item))
+
+
+def _missing(item: str) -> str:
+    return (f"input {item} is a broken symbolic link" if not storage.is_remote(item) and os.path.lexists(item)
+            else f"input {item} does not exist")
 
 
 def _expand(path: str, root: str, fields: shards.ShardFields | None, in_folder: bool = False,

@@ -176,10 +176,10 @@ def scenario_node_churn(workdir: Path, model: str) -> dict:
     import ray
     from ray.cluster_utils import Cluster
 
+    from galaxy_infer.catalog import PartTarget
     from galaxy_infer.model import load_model_info
     from galaxy_infer.cluster import plan_workers
     from galaxy_infer.pipeline import RunConfig, records_table, stream_tables
-    from galaxy_infer.workers import WORKER_KEY
 
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "object_store_memory": 100 * MB, "include_dashboard": False,
@@ -197,10 +197,11 @@ def scenario_node_churn(workdir: Path, model: str) -> dict:
         in_flight: list[tuple[str, int]] = [("start", plan.in_flight(ray.cluster_resources()))]
         predicted_on: dict[str, int] = {}
         rows = 0
-        for table in stream_tables(records_table(config.inputs), load_model_info(model), "auto", config):
-            rows += table.num_rows
-            node = json.loads(table.schema.metadata[WORKER_KEY])["node"]
-            predicted_on[node] = predicted_on.get(node, 0) + table.num_rows
+        sink = PartTarget(str(workdir / "stage"), {})
+        for record in stream_tables(records_table(config.inputs), load_model_info(model), "auto", config, sink):
+            rows += record["rows"]
+            node = record["worker"]["node"]
+            predicted_on[node] = predicted_on.get(node, 0) + record["rows"]
             if "second" not in nodes:
                 nodes["second"] = cluster.add_node(num_cpus=1, num_gpus=1, object_store_memory=100 * MB).node_id
                 cluster.wait_for_nodes()

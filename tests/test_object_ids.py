@@ -12,7 +12,7 @@ import pytest
 
 from galaxy_infer.ingest import IngestConfig, pending_records
 from galaxy_infer.ledger import LEDGER_SCHEMA, Ledger
-from galaxy_infer.worklist import discover, scratch_folder
+from galaxy_infer.worklist import Listing, check_inputs, discover, scratch_folder
 
 
 def touch(root: Path, *names: str, age: float = 0.0) -> None:
@@ -211,3 +211,25 @@ def test_dated_inbox_folders_list_only_tonight_and_still_avoid_held_ids(tmp_path
     touch(tmp_path / "inbox" / "2026-12-02", "J1.jpg", "J3.jpg")
     night2, counts = pending(tmp_path / "inbox" / "2026-12-02", held)
     assert night2 == {"J1.jpg": "J1.jpg", "J3.jpg": "J3"} and counts["inbox"] == 2 and counts["already_held"] == 0
+
+
+def test_a_listing_hands_out_its_first_chunk_long_before_it_has_listed_everything(tmp_path):
+    """Work starts on the first listed batch, whatever the input's size; ids are provisional until the end."""
+    rows = 1_000_000
+    manifest = tmp_path / "m.csv"
+    with open(manifest, "w") as f:
+        f.write("path,object_id\n")
+        f.writelines(f"a/g{i}.jpg,{'' if i % 2 else f'o{i}'}\n" for i in range(rows))
+    with scratch_folder() as scratch:
+        listing = Listing([str(manifest)], os.path.join(scratch, "listed"))
+        first = next(listing.chunks(1024))
+        assert not listing.finished and listing.num_rows is None
+        assert first.num_rows == 1024 and first.column("object_id").to_pylist()[:2] == ["o0", "g1"]
+        assert listing.wait() == rows
+
+
+def test_a_missing_input_argument_is_found_before_the_listing_starts(tmp_path):
+    touch(tmp_path / "in", "a.jpg")
+    with pytest.raises(FileNotFoundError, match="typo does not exist"):
+        check_inputs([str(tmp_path / "in"), str(tmp_path / "typo")])
+    check_inputs([str(tmp_path / "in"), str(tmp_path / "in" / "*.jpg")])

@@ -4,8 +4,6 @@ from __future__ import annotations
 import io
 import re
 
-import pyarrow as pa
-
 from galaxy_infer.progress import Progress, duration
 
 
@@ -14,15 +12,11 @@ class Terminal(io.StringIO):
         return True
 
 
-def chunk(n_ok: int, n_error: int) -> pa.Table:
-    return pa.table({"status": ["ok"] * n_ok + ["error"] * n_error})
-
-
 def test_log_lines_carry_counts_rate_time_left_and_errors():
     log = io.StringIO()
     with Progress(10, stream=log, every=0) as progress:
-        tables = list(progress.track([chunk(4, 0), chunk(3, 1), chunk(2, 0)]))
-    assert [t.num_rows for t in tables] == [4, 4, 2]
+        for rows, errors in ((4, 0), (4, 1), (2, 0)):
+            progress.update(rows, errors)
     lines = log.getvalue().splitlines()
     assert len(lines) == 4  # the start, then one per chunk; no carriage returns in a log
     assert "\r" not in log.getvalue()
@@ -44,12 +38,12 @@ def test_log_lines_are_spaced_and_the_last_count_is_always_printed():
 def test_terminal_gets_a_bar_and_off_means_silent():
     term = Terminal()
     with Progress(8, stream=term) as progress:
-        list(progress.track([chunk(6, 2)]))
+        progress.update(8, 2)
     assert progress.mode == "bar"
     assert "8/8" in term.getvalue() and "errors=2" in term.getvalue()
     quiet = Terminal()
     with Progress(8, enabled=False, stream=quiet) as progress:
-        list(progress.track([chunk(8, 0)]))
+        progress.update(8)
     assert quiet.getvalue() == ""
 
 
