@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import glob as local_glob
+import itertools
 import json
 import os
 import re
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.fs as pafs
-from fsspec.implementations.arrow import ArrowFSWrapper
+from fsspec.utils import glob_translate
 
 from galaxy_infer import limits
 from galaxy_infer.errors import ErrorKind, InputError, StorageError, StoreUnreachable, TransientInputError
@@ -260,28 +261,34 @@ def _scan_remote(filesystem: pafs.FileSystem, prefix: str, like: str) -> Iterato
             yield _uri(like, entry.path), entry.mtime.timestamp() if entry.mtime is not None else None
 
 
-def mtimes(uri: str) -> dict[str, float]:
-    """Modification time of every file under a folder/prefix, from one listing (one LIST per 1,000 objects)."""
-    return {_uri(uri, i.path): i.mtime.timestamp() for i in list_files(uri) if i.mtime is not None}
-
-
 def has_magic(pattern: str) -> bool:
     return local_glob.has_magic(pattern)
 
 
-def glob(pattern: str) -> list[str]:
-    """Files matching ``pattern`` (``*``, ``?``, ``[..]`` within a name, ``**`` across folders), sorted.
+def glob_root(pattern: str) -> str:
+    """The folder a glob's fixed leading part names (its matches' ids are relative to it)."""
+    sep = "/" if is_remote(pattern) else os.sep
+    fixed = list(itertools.takewhile(lambda part: not has_magic(part), pattern.split(sep)))
+    return sep.join(fixed) or (sep if pattern.startswith(sep) else ".")
 
-    Local paths use Python's glob; object stores fsspec's, over the same pyarrow filesystem. As
-    local glob does, a pattern never matches a name starting with a dot.
+
+def glob(pattern: str, with_mtime: bool = False) -> Iterator[tuple[str, float | None]]:
+    """``(path, mtime)`` of the files matching ``pattern`` (``*``, ``?``, ``[..]`` within a name,
+    ``**`` across folders), in :func:`walk_files`'s order.
+
+    Streamed: the pattern's fixed leading folder is walked a directory at a time and each path is
+    matched against the pattern translated by fsspec (Python 3.13's ``glob.translate``), so a glob
+    over a survey's prefix never holds its listing. As local glob does, a pattern never matches a
+    name starting with a dot.
     """
-    if not is_remote(pattern):
-        return sorted(local_glob.glob(_local_path(pattern), recursive=True))
-    scheme = pattern.split("://", 1)[0]
-    filesystem, path = resolve(pattern)
-    found = ArrowFSWrapper(filesystem).glob(path, detail=True)
-    return sorted(f"{scheme}://{name}" for name, entry in found.items()
-                  if entry["type"] == "file" and not any(part.startswith(".") for part in name.split("/")))
+    root = glob_root(pattern)
+    matches = re.compile(glob_translate(pattern)).match
+    bare = root == "." and not pattern.startswith("./")  # "*.jpg" matches "a.jpg", as the walk's "./a.jpg"
+    for path, mtime in walk_files(root, with_mtime):
+        below = path[len(root):]
+        path = path[2:] if bare else path
+        if matches(path) and not any(part.startswith(".") for part in below.split("/")):
+            yield path, mtime
 
 
 # ---- reading ---------------------------------------------------------------------------------

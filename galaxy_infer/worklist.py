@@ -17,7 +17,6 @@ ambiguous.
 """
 from __future__ import annotations
 
-import itertools
 import os
 import re
 import tempfile
@@ -163,14 +162,14 @@ def _discover_one(item: str, writer: WorkListWriter, fields: shards.ShardFields 
                 for unit in _expand(p, item, fields, in_folder=True, mtime=mtime):
                     writer.add(unit)
     elif storage.has_magic(item):
-        found = [p for p in storage.glob(item) if is_cutout(p) or shards.is_shard_name(p)]
+        root, found = storage.glob_root(item), False
+        for p, mtime in storage.glob(item, with_mtime):
+            if is_cutout(p) or shards.is_shard_name(p):
+                found = True
+                for unit in _expand(p, root, fields, in_folder=True, mtime=mtime):
+                    writer.add(unit)
         if not found:
             raise FileNotFoundError(f"no cutout matches {item}")
-        root = _glob_root(item)
-        mtimes = storage.mtimes(root) if with_mtime else {}
-        for p in found:
-            for unit in _expand(p, root, fields, in_folder=True, mtime=mtimes.get(p)):
-                writer.add(unit)
     elif not storage.exists(item):
         raise FileNotFoundError(_missing(item))
     else:
@@ -221,13 +220,6 @@ def _shard_unit(record: dict, shard_relative_path: str, mtime: float | None) -> 
                 shard_pos=record["shard_pos"], error=record["error"],
                 error_kind=None if record["error"] is None else shards.listed_error(record["error"]).kind.value,
                 mtime=mtime)
-
-
-def _glob_root(pattern: str) -> str:
-    """The folder a glob's fixed leading part names (its matches' ids are relative to it)."""
-    sep = "/" if storage.is_remote(pattern) else os.sep
-    fixed = list(itertools.takewhile(lambda part: not storage.has_magic(part), pattern.split(sep)))
-    return sep.join(fixed) or (sep if pattern.startswith(sep) else ".")
 
 
 def _relative(path: str, root: str) -> str:
