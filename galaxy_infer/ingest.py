@@ -35,7 +35,7 @@ import re
 import time
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
@@ -48,7 +48,7 @@ from galaxy_infer.catalog import (Layout, PartTarget, RunStats, arrow_schema, fi
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
-from galaxy_infer.pipeline import run_sizes, stream_tables
+from galaxy_infer.pipeline import stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.worklist import WorkList, scratch_folder, worklist_files, write_records, write_worklist
 
@@ -258,13 +258,12 @@ def _ingest_work(config: IngestConfig, catalog: str, info: ModelInfo, table: Wor
                 "wall_seconds": round(time.perf_counter() - started, 3)}
     device = check_device(config.device)
     init_ray(config.address, config.num_cpus, config.object_store_mb)
-    config = replace(config, task_rows=min(run_sizes(info, config)[1], max(1, config.chunk_rows)))
     target = part_target(catalog, config.date, file_metadata(info, config.run_id, config.dirichlet_intervals),
                          config.run_id)
     stats = RunStats()
     with Progress(table.num_rows, config.progress, what="ingested") as progress, \
             PartPublisher(target, lock) as publisher:
-        for record in stream_tables(table, info, device, config, sink=target):
+        for record in stream_tables(table, info, device, config, sink=target, max_rows=max(1, config.chunk_rows)):
             stats.add_record(record)
             tried = record["rows"] + record["deferred"]
             progress.update(tried, tried - record["ok"])

@@ -34,7 +34,7 @@ from galaxy_infer.environment import cache_folder
 from galaxy_infer.errors import TRANSIENT_PREFIX
 
 BATCH_ROWS = 65_536
-DUCKDB_MEMORY = "128MB"
+DUCKDB_MEMORY = "512MB"
 """DuckDB's memory limit; past it, group-bys, joins and sorts spill to the scratch folder."""
 INDEX_LAYOUT = 1
 """The index's tables; another number (or another DuckDB version) means a rebuild."""

@@ -12,6 +12,7 @@ operators, its executor and its helper actors took about 40% of the CPU this pip
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import sys
@@ -51,17 +52,21 @@ SPLIT_RETRIES = 1
 WORKER_DIED = "worker died while decoding"
 NON_FINITE = "model output is not finite"
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_TASK_ROWS = 1024
+DEFAULT_TASK_ROWS = 4096
+"""Rows of a task on the CPU path, which decodes and predicts a batch at a time: fewer, larger tasks
+cost the driver less (Ray's per-task work, measured about 3 ms a task on 2 cores)."""
 TASK_PIXEL_BYTES = 64 << 20
-"""Model inputs one task holds at most by default: 1,024 cutouts of a 64-pixel model (48 MiB), 108 of a
-224-pixel one, so that a worker's memory does not grow with the model's input size."""
+"""Model inputs a decode task sends on at most (the GPU path, where a chunk's pixels travel): 1,024
+cutouts of a 64-pixel model (48 MiB), 108 of a 224-pixel one, so that memory does not grow with the
+model's input size."""
 
 
-def run_sizes(info: ModelInfo, config: RunOptions) -> tuple[int, int]:
-    """Batch size and task rows: the user's, else the model's preference, else the defaults (tasks
-    bounded by :data:`TASK_PIXEL_BYTES`); a batch never exceeds a task, so padding stays small."""
+def run_sizes(info: ModelInfo, config: RunOptions, pixels_travel: bool = False) -> tuple[int, int]:
+    """Batch size and task rows: the user's, else the model's preference, else the defaults (tasks whose
+    pixels travel bounded by :data:`TASK_PIXEL_BYTES`); a batch never exceeds a task, so padding stays small."""
     image_bytes = 4 * info.recipe.channels * info.recipe.input_size ** 2
-    rows = config.task_rows or info.runtime.get("task_rows") or max(1, min(DEFAULT_TASK_ROWS, TASK_PIXEL_BYTES // image_bytes))
+    default = min(DEFAULT_TASK_ROWS, TASK_PIXEL_BYTES // image_bytes) if pixels_travel else DEFAULT_TASK_ROWS
+    rows = config.task_rows or info.runtime.get("task_rows") or max(1, default)
     batch = config.batch_size or info.runtime.get("batch_size") or DEFAULT_BATCH_SIZE
     return (batch if config.batch_size else min(batch, rows)), rows
 
@@ -201,11 +206,17 @@ def records_batch(records: pa.Table) -> dict[str, np.ndarray]:
 
 def classify_chunk(records: pa.Table, recipe: Recipe, spec: PredictorSpec, run_id: str, sink: PartTarget,
                    start: int) -> dict[str, Any]:
-    """All five stages in one worker, so pixels never leave the process that decoded them (the CPU path);
-    the rows go to the chunk's part and the part's small record goes back."""
+    """All five stages in one worker, a batch at a time, so pixels never leave the process that decoded
+    them and it holds one batch's (the CPU path); the rows go to the chunk's part and the part's small
+    record goes back."""
     predictor = cached_predictor(spec)
-    table = predict_and_postprocess(read_and_preprocess(records_batch(records), recipe), predictor, run_id,
-                                    spec.intervals)
+    tables = [predict_and_postprocess(read_and_preprocess(records_batch(records.slice(i, spec.batch_size)), recipe),
+                                      predictor, run_id, spec.intervals)
+              for i in range(0, records.num_rows, spec.batch_size)]
+    timing: collections.Counter[str] = collections.Counter()
+    for table in tables:
+        timing.update(json.loads(table.schema.metadata[STAGE_TIMING_KEY]))
+    table = pa.concat_tables(tables).replace_schema_metadata({STAGE_TIMING_KEY: json.dumps(timing)})
     return sink.write(with_worker_record(table, worker_record(predictor, node_kind())), start)
 
 
@@ -235,11 +246,12 @@ def error_rows(records: pa.Table, errors: list[str], kind: ErrorKind, info: Mode
 
 
 def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device: str, config: RunOptions,
-                  sink: PartTarget) -> Iterator[dict[str, Any]]:
+                  sink: PartTarget, max_rows: int | None = None) -> Iterator[dict[str, Any]]:
     """Classify ``table``'s records in chunks on Ray and yield one record per chunk as it finishes.
 
     Each task writes its chunk's rows as a part with ``sink`` and the result is the small record it
     returns (:meth:`~galaxy_infer.catalog.PartTarget.write`), so no row passes through the driver.
+    ``max_rows`` caps a chunk (the nightly ingest's ``chunk_rows``).
 
     A :class:`~galaxy_infer.worklist.WorkList` is read a chunk at a time as chunks are submitted,
     and a :class:`~galaxy_infer.worklist.Listing` while discovery is still listing, so the driver
@@ -256,9 +268,9 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
     info = replace(info, recipe=info.recipe.with_limits(config.limits))
     plan = plan_workers(device, config.num_gpus_per_worker, config.num_workers)
     watch = ClusterWatch(plan, config.gpu_wait_seconds, can_grow=on_cluster(config.address))
-    batch_size, task_rows = run_sizes(info, config)
+    batch_size, task_rows = run_sizes(info, config, pixels_travel=bool(plan.gpus_per_task))
     listed = table.num_rows if table.num_rows is not None else sys.maxsize  # a listing still running is large
-    rows = plan.chunk_rows(listed, task_rows, watch.resources())
+    rows = plan.chunk_rows(listed, min(task_rows, max_rows or task_rows), watch.resources())
     spec = PredictorSpec(info.model_id, config.model, device, batch_size, 2 if plan.gpus_per_task else 1,
                          ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
     if plan.gpus_per_task:
@@ -295,7 +307,7 @@ class ChunkResults:
     nodes. When those are spent the chunk is cut in halves, and a half whose worker dies is cut
     again, down to single files (tried ``SPLIT_RETRIES`` more times): a file whose worker still
     dies becomes an ``error`` row and every other file of the chunk is classified. A chunk of
-    1,024 with one poison file costs about 6 + 10 + 2 worker deaths. On GPU a chunk is a decode
+    4,096 with one poison file costs about 6 + 12 + 2 worker deaths. On GPU a chunk is a decode
     task feeding a prediction task; a death in either fails the prediction task's result, and the
     pair is split alike. Exceptions raised inside a task are not caught: per-file problems are
     already error rows, so one is a bug and stops the run. Waiting goes through

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO, Union
 import numpy as np
 
 from galaxy_infer import limits, readers, storage
-from galaxy_infer.errors import ErrorKind, InputError, TransientInputError, is_transient
+from galaxy_infer.errors import ErrorKind, InputError, TransientInputError
 from galaxy_infer.preprocess import Recipe
 
 Source = Union[BinaryIO, bytes]
@@ -142,12 +142,12 @@ def shard_records(path: str, fields: ShardFields | None = None, source: Source |
         with _opened(path, source) as src:
             return _lister(name)(path, src, fields)
     except InputError as exc:
-        return [_shard_error(path, str(exc))]
+        return [_shard_error(path, exc)]
     except (OSError, ValueError, KeyError, EOFError, tarfile.TarError, zipfile.BadZipFile) as exc:
         now = storage.read_error(exc) if isinstance(exc, OSError) else None
         if isinstance(now, TransientInputError):  # not bad bytes: its row is not held, the next night lists it again
-            return [_shard_error(path, str(now))]
-        return [_shard_error(path, f"cannot open {_kind_name(name)} shard: {type(exc).__name__}: {exc}"[:300])]
+            return [_shard_error(path, now)]
+        return [_shard_error(path, InputError(f"cannot open {_kind_name(name)} shard: {type(exc).__name__}: {exc}"[:300]))]
 
 
 class FieldError(InputError):
@@ -186,9 +186,9 @@ def _lister(name: str) -> Callable[[str, Source, ShardFields], list[dict]]:
     return _parquet_records
 
 
-def _shard_error(path: str, reason: str) -> dict:
+def _shard_error(path: str, error: InputError) -> dict:
     return {"source_path": path, "object_id": os.path.basename(path), "ra": None, "dec": None,
-            "shard": path, "shard_layout": None, "shard_pos": None, "error": reason}
+            "shard": path, "shard_layout": None, "shard_pos": None, "error": str(error), "error_kind": error.kind.value}
 
 
 def _records(path: str, layout: Layout, positions: list[int], labels: list[str], ids: list | None,
@@ -206,7 +206,7 @@ def _records(path: str, layout: Layout, positions: list[int], labels: list[str],
         fallback = fallback_ids[i] if fallback_ids else f"{base}#{label}"
         out.append({"source_path": f"{path}#{label}", "object_id": oid or fallback, "id_given": oid is not None,
                     "ra": _float(ra, i), "dec": _float(dec, i), "shard": path, "shard_layout": text,
-                    "shard_pos": pos, "error": None})
+                    "shard_pos": pos, "error": None, "error_kind": None})
     return out
 
 
@@ -325,18 +325,11 @@ def _check_dataset_storage(ds, name: str) -> None:
 
 
 OUTSIDE = "refers outside the input"
-"""Starts every ``outside-input`` reason, so a reason found while listing keeps its kind when its row is read."""
+"""Starts every ``outside-input`` reason."""
 
 
 def _outside(reason: str) -> InputError:
     return InputError(f"{OUTSIDE}: {reason}; not read", kind=ErrorKind.OUTSIDE_INPUT)
-
-
-def listed_error(reason: str) -> InputError:
-    """The error a record's ``error`` (set while listing) raises when its row is read."""
-    if is_transient(reason):
-        return InputError(reason, kind=ErrorKind.UNREADABLE_NOW)
-    return InputError(reason, kind=ErrorKind.OUTSIDE_INPUT if reason.startswith(OUTSIDE) else None)
 
 
 def _h5_external_links(h5) -> list[str]:
@@ -606,7 +599,8 @@ def _tar_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
         meta = entry.get("meta") or {}
         if "offset" not in entry and "link" in entry:
             records.append({"source_path": f"{path}#{key}", "object_id": key, "ra": None, "dec": None, "shard": path,
-                            "shard_layout": None, "shard_pos": None, "error": str(entry["link"])})
+                            "shard_layout": None, "shard_pos": None, "error": str(entry["link"]),
+                            "error_kind": entry["link"].kind.value})
             continue
         if "offset" not in entry:
             orphans.append(key)
@@ -619,7 +613,8 @@ def _tar_records(path: str, source: Source, fields: ShardFields) -> list[dict]:
     for key in orphans:
         records.append({"source_path": f"{path}#{key}", "object_id": key, "ra": None, "dec": None, "shard": path,
                         "shard_layout": None, "shard_pos": None,
-                        "error": f"tar key {key!r} has no image member ({', '.join(TAR_IMAGE_SUFFIXES)})"})
+                        "error": f"tar key {key!r} has no image member ({', '.join(TAR_IMAGE_SUFFIXES)})",
+                        "error_kind": ErrorKind.CORRUPT.value})
     return records
 
 
@@ -837,15 +832,15 @@ def read_units(batch: dict[str, Any], recipe: Recipe,
     """
     limits.use(recipe.limits)
     n = len(batch["source_path"])
-    shards, layouts, positions, errors = (batch.get(k, [None] * n) for k in ("shard", "shard_layout", "shard_pos",
-                                                                             "error"))
+    shards, layouts, positions, errors, kinds = (batch.get(k, [None] * n) for k in (
+        "shard", "shard_layout", "shard_pos", "error", "error_kind"))
     files = [str(batch["source_path"][i]) for i in range(n)
              if not errors[i] and (shards[i] is None or layouts[i] is None)]
     fetched = storage.read_many(files, filesystem)
     i = 0
     while i < n:
         if errors[i]:
-            yield i, _raiser(listed_error(errors[i]))
+            yield i, _raiser(InputError(errors[i], kind=ErrorKind(kinds[i]) if kinds[i] else None))
             i += 1
         elif shards[i] is None or layouts[i] is None:
             path, data = str(batch["source_path"][i]), next(fetched)

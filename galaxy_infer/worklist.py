@@ -218,7 +218,7 @@ def _shard_unit(record: dict, shard_relative_path: str, mtime: float | None) -> 
                 given_id=record["object_id"] if given else None, stem=None if given else record["object_id"],
                 ra=record["ra"], dec=record["dec"], shard=record["shard"], shard_layout=record["shard_layout"],
                 shard_pos=record["shard_pos"], error=record["error"],
-                error_kind=None if record["error"] is None else shards.listed_error(record["error"]).kind.value,
+                error_kind=record["error_kind"],
                 mtime=mtime)
 
 

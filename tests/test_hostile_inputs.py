@@ -22,7 +22,8 @@ MB = 1 << 20
 def outcomes(path: Path, recipe: Recipe = Recipe()) -> list[tuple[str, ErrorKind | None, str]]:
     """``(source_path, kind or None when ok, reason)`` for every cutout of one file, listed and read as a run does."""
     records = shards.shard_records(str(path)) or [{"source_path": str(path), "error": None}]
-    batch = {k: [r.get(k) for r in records] for k in ("source_path", "shard", "shard_layout", "shard_pos", "error")}
+    batch = {k: [r.get(k) for r in records] for k in ("source_path", "shard", "shard_layout", "shard_pos", "error",
+                                                      "error_kind")}
     out = []
     for i, load in shards.read_units(batch, recipe):
         try:
