@@ -269,7 +269,8 @@ def read_manifest(path: str, writer: WorkListWriter, fields: shards.ShardFields 
     """
     base = storage.parent_and_name(path)[0]
     for batch in _manifest_batches(path):
-        _manifest_batch(batch, base, writer, fields)
+        for start in range(0, batch.num_rows, BATCH_ROWS):  # a CSV block of short lines holds ~300,000 rows
+            _manifest_batch(batch.slice(start, BATCH_ROWS), base, writer, fields)
 
 
 def _manifest_batches(path: str) -> Iterator[pa.RecordBatch]:
