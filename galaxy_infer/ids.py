@@ -177,10 +177,11 @@ def _fallbacks(con: duckdb.DuckDBPyConnection, derived: bool, mixed: bool) -> No
     con.execute("""CREATE OR REPLACE VIEW taken AS
         SELECT given_id AS id FROM names WHERE given_id IS NOT NULL UNION ALL SELECT object_id FROM held_ids""")
     by_given = "OR hash(stem) IN (SELECT hash(id) FROM taken)" if mixed else "OR stem IN (SELECT object_id FROM held_ids)"
-    con.execute(f"""CREATE OR REPLACE TABLE s0 AS SELECT seq, stem, relative_path, source_path FROM (
-        SELECT *, count(*) OVER (PARTITION BY stem) AS n FROM derived
-        WHERE {_maybe_shared("derived", "stem")} {by_given})
-        WHERE n > 1 OR stem IN (SELECT id FROM taken WHERE id IN (SELECT stem FROM derived WHERE {_maybe_shared("derived", "stem")} {by_given}))""")
+    con.execute(f"""CREATE OR REPLACE TABLE candidates AS SELECT * FROM derived
+        WHERE {_maybe_shared("derived", "stem")} {by_given}""")
+    con.execute("""CREATE OR REPLACE TABLE s0 AS SELECT seq, stem, relative_path, source_path FROM (
+        SELECT *, count(*) OVER (PARTITION BY stem) AS n FROM candidates)
+        WHERE n > 1 OR stem IN (SELECT id FROM taken WHERE id IN (SELECT stem FROM candidates))""")
     if not con.execute("SELECT count(*) FROM s0").fetchall()[0][0]:
         return
     con.execute("""CREATE OR REPLACE TABLE t1 AS

@@ -416,11 +416,12 @@ def settle_ids(listing: Listing, scratch: str, id_keyword: str | None) -> tuple[
     try:
         files = worklist_files(listing.folder)
         inputs = ids.assign(con, files, id_keyword)
-        collisions = con.execute("SELECT count(*) FROM records WHERE error IS NULL AND collision IS NOT NULL"
-                                 ).fetchall()[0][0]
+        collisions = 0  # counted from the overrides, which name every collision: no pass over all records
         path = os.path.join(scratch, "overrides.parquet")
         with pq.ParquetWriter(path, ids.OVERRIDES_SCHEMA) as out:
             for batch in ids.overrides(con, files):
+                collisions += pc.sum(pc.and_(pc.is_valid(batch.column("collision")),
+                                             pc.invert(batch.column("dropped")))).as_py() or 0
                 out.write_batch(batch)
     finally:
         con.close()
