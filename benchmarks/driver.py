@@ -9,7 +9,8 @@ checkout's ``galaxy_infer`` (e.g. ``/work/main``) with the same inputs, for a be
 With two sizes (the default) it also prints the driver CPU per *added* row, which leaves out the
 fixed cost of imports and Ray's start-up. Prints a line per size and a JSON line of figures.
 ``--ingest`` measures the nightly ingest instead: an inbox of ``--rows`` hard links to the JPEG
-(each its own object) ingested into an empty catalog.
+(each its own object) ingested into an empty catalog. ``--fits`` classifies a folder of ``--rows``
+hard links to one 64-pixel FITS file, whose headers discovery must read (on the workers).
 """
 from __future__ import annotations
 
@@ -45,23 +46,27 @@ INGEST_CHILD = CHILD.replace("from galaxy_infer.pipeline import RunConfig, class
     "ingest(IngestConfig(inbox=sys.argv[1], catalog=sys.argv[2], settle_seconds=0,")
 
 
-def write_inputs(folder: Path, rows: int, inbox: bool = False) -> tuple[Path, Path]:
+def write_inputs(folder: Path, rows: int, inbox: bool = False, fits: bool = False) -> tuple[Path, Path]:
     """A 64-pixel JPEG, a manifest naming it ``rows`` times with distinct ids (or an inbox of ``rows``
-    hard links to it), and the tiny model."""
+    hard links to it, or a folder of ``rows`` links to a FITS file), and the tiny model."""
     sys.path.insert(0, str(ROOT))
     from tests.onnx_models import build_tiny_model
 
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(folder / "g.jpg", quality=90)
-    if inbox:
-        (folder / "inbox").mkdir()
+    if inbox or fits:
+        from astropy.io import fits as astropy_fits
+
+        suffix, links = (".fits", folder / "fits") if fits else (".jpg", folder / "inbox")
+        astropy_fits.PrimaryHDU(rng.normal(size=(64, 64)).astype(np.float32)).writeto(folder / "g.fits")
+        links.mkdir()
         for i in range(rows):
-            source = folder / f"g{i // LINKS_PER_FILE}.jpg"  # a file system allows only so many links per file
+            source = folder / f"g{i // LINKS_PER_FILE}{suffix}"  # a file system allows only so many links per file
             if i % LINKS_PER_FILE == 0:
-                shutil.copyfile(folder / "g.jpg", source)
-            os.link(source, folder / "inbox" / f"g{i:08d}.jpg")
-        return folder / "inbox", build_tiny_model(folder / "tiny.onnx")
+                shutil.copyfile(folder / f"g{suffix}", source)
+            os.link(source, links / f"g{i:08d}{suffix}")
+        return links, build_tiny_model(folder / "tiny.onnx")
     manifest = folder / "manifest.csv"
     with open(manifest, "w") as f:
         f.write("path,object_id\n")
@@ -69,9 +74,9 @@ def write_inputs(folder: Path, rows: int, inbox: bool = False) -> tuple[Path, Pa
     return manifest, build_tiny_model(folder / "tiny.onnx")
 
 
-def run(rows: int, num_cpus: int, code: str, ingest: bool = False) -> dict:
+def run(rows: int, num_cpus: int, code: str, ingest: bool = False, fits: bool = False) -> dict:
     with tempfile.TemporaryDirectory(prefix="driver-bench-") as tmp:
-        inputs, model = write_inputs(Path(tmp), rows, ingest)
+        inputs, model = write_inputs(Path(tmp), rows, ingest, fits)
         env = {**os.environ, "PYTHONPATH": code, "RAY_USAGE_STATS_ENABLED": "0"}
         done = subprocess.run([sys.executable, "-c", INGEST_CHILD if ingest else CHILD, str(inputs), f"{tmp}/catalog",
                                str(model),
@@ -94,9 +99,10 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=2)
     parser.add_argument("--code", default=str(ROOT), help="checkout whose galaxy_infer runs (default: this one)")
     parser.add_argument("--ingest", action="store_true", help="measure the nightly ingest of an inbox instead")
+    parser.add_argument("--fits", action="store_true", help="classify a folder of FITS files instead of a manifest")
     args = parser.parse_args()
-    print(f"galaxy_infer from {args.code}" + (" (nightly ingest)" if args.ingest else ""))
-    runs = [run(rows, args.num_cpus, args.code, args.ingest) for rows in args.rows]
+    print(f"galaxy_infer from {args.code}" + (" (nightly ingest)" if args.ingest else " (FITS folder)" if args.fits else ""))
+    runs = [run(rows, args.num_cpus, args.code, args.ingest, args.fits) for rows in args.rows]
     result = {"code": args.code, "runs": runs}
     if len(runs) > 1:
         first, last = runs[0], runs[-1]

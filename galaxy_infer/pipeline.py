@@ -41,8 +41,8 @@ from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
-from galaxy_infer.worklist import (RECORD_SCHEMA, Listing, WorkList, check_inputs, discover, scratch_folder,
-                                  worklist_files)
+from galaxy_infer.worklist import (RECORD_SCHEMA, Listing, Opener, Pending, WorkList, check_inputs, discover,
+                                  open_files, scratch_folder, worklist_files)
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -50,6 +50,7 @@ TASK_RETRIES = 5
 SPLIT_RETRIES = 1
 """Retries of a single file cut out of a chunk whose worker kept dying (larger pieces are split again at once)."""
 WORKER_DIED = "worker died while decoding"
+WORKER_DIED_OPENING = "worker died while opening"
 NON_FINITE = "model output is not finite"
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_TASK_ROWS = 4096
@@ -358,6 +359,58 @@ def worker_died(exc: BaseException) -> bool:
     return isinstance(exc, deaths) or isinstance(getattr(exc, "cause", None), deaths)
 
 
+def ray_opener() -> Opener:
+    """Discovery's :data:`~galaxy_infer.worklist.Opener` on Ray: shards and FITS headers are read by
+    tasks on the workers (any CPU of the cluster), never by the driver."""
+    import ray
+
+    task = ray.remote(num_cpus=1, retry_exceptions=False)(open_files)
+
+    def opener(listed: pa.Table, in_folder: list[bool], fields: ShardFields | None, id_keyword: str | None) -> Pending:
+        return Opening(task, listed, in_folder, (fields, id_keyword))
+    return opener
+
+
+class Opening:
+    """One batch of :func:`~galaxy_infer.worklist.open_files` on Ray. When its worker keeps dying, each
+    file is opened by a task of its own and a file whose worker still dies becomes one error row
+    (the poison-file isolation of :class:`ChunkResults`, at discovery)."""
+
+    def __init__(self, task: Any, listed: pa.Table, in_folder: list[bool], args: tuple) -> None:
+        self.task, self.listed, self.in_folder, self.args = task, listed, in_folder, args
+        self.ref = task.options(max_retries=TASK_RETRIES).remote(listed, in_folder, *args)
+
+    def done(self) -> bool:
+        import ray
+
+        return bool(ray.wait([self.ref], timeout=0)[0])
+
+    def result(self) -> pa.Table:
+        import ray
+
+        try:
+            return ray.get(self.ref)
+        except ray.exceptions.RayError as exc:
+            if not worker_died(exc):
+                raise
+        rows = [self.listed.slice(i, 1) for i in range(self.listed.num_rows)]
+        alone = [self.task.options(max_retries=SPLIT_RETRIES).remote(row, [folder], *self.args)
+                 for row, folder in zip(rows, self.in_folder)]
+        tables = []
+        for row, ref in zip(rows, alone):
+            try:
+                tables.append(ray.get(ref))
+            except ray.exceptions.RayError as exc:
+                if not worker_died(exc):
+                    raise
+                reason = (f"{WORKER_DIED_OPENING}: the worker process opening this file died on every try "
+                          "(a crash or out of memory); the other files were classified")
+                tables.append(row.set_column(row.schema.get_field_index("error"), "error", pa.array([reason]))
+                              .set_column(row.schema.get_field_index("error_kind"), "error_kind",
+                                          pa.array([ErrorKind.WORKER_DIED.value])))
+        return pa.concat_tables(tables)
+
+
 def classify(config: RunConfig) -> dict[str, Any]:
     """Run the pipeline and commit the catalog; returns the run summary.
 
@@ -373,11 +426,12 @@ def classify(config: RunConfig) -> dict[str, Any]:
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
     check_inputs(config.inputs)
+    init_ray(config.address, config.num_cpus, config.object_store_mb)
     with scratch_folder() as scratch:
-        listing = Listing(config.inputs, os.path.join(scratch, "listed"), config.shard_fields)
+        listing = Listing(config.inputs, os.path.join(scratch, "listed"), config.shard_fields, config.id_keyword,
+                          ray_opener())
         if listing.first_batch() == 0:
             raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
-        init_ray(config.address, config.num_cpus, config.object_store_mb)
         return _classify_work(config, info, device, listing, scratch, started)
 
 
@@ -392,9 +446,8 @@ def _classify_work(config: RunConfig, info: ModelInfo, device: str, listing: Lis
                 progress.update(record["rows"], record["rows"] - record["ok"])
                 if final_ids is None and listing.finished:
                     progress.set_total(listing.wait())
-                    final_ids = id_thread.submit(settle_ids, listing, scratch, config.id_keyword)
-        inputs, collisions, fixes = (final_ids or id_thread.submit(settle_ids, listing, scratch,
-                                                                   config.id_keyword)).result()
+                    final_ids = id_thread.submit(settle_ids, listing, scratch)
+        inputs, collisions, fixes = (final_ids or id_thread.submit(settle_ids, listing, scratch)).result()
         amend_parts(writer, fixes)
         summary = writer.stats.summary(
             inputs=inputs, id_collisions=collisions, run_id=config.run_id,
@@ -408,14 +461,14 @@ def _classify_work(config: RunConfig, info: ModelInfo, device: str, listing: Lis
     return summary
 
 
-def settle_ids(listing: Listing, scratch: str, id_keyword: str | None) -> tuple[int, int, str]:
-    """The id rule over the ended listing: how many inputs, how many collide, and the Parquet file of
-    the records it changes (:func:`~galaxy_infer.ids.overrides`)."""
+def settle_ids(listing: Listing, scratch: str) -> tuple[int, int, str]:
+    """The id rule over the ended listing (header ids were read as it listed): how many inputs, how
+    many collide, and the Parquet file of the records it changes (:func:`~galaxy_infer.ids.overrides`)."""
     listing.wait()
     con = ids.connect(scratch)
     try:
         files = worklist_files(listing.folder)
-        inputs = ids.assign(con, files, id_keyword)
+        inputs = ids.assign(con, files)
         collisions = 0  # counted from the overrides, which name every collision: no pass over all records
         path = os.path.join(scratch, "overrides.parquet")
         with pq.ParquetWriter(path, ids.OVERRIDES_SCHEMA) as out:

@@ -2,7 +2,9 @@
 
 Nothing here holds the whole listing: folders and prefixes are listed a directory at a time,
 manifests read a record batch at a time, and units go to a folder of Parquet files on local
-scratch, one file per batch of up to :data:`BATCH_ROWS`, each renamed into place whole. A
+scratch, one file per batch of up to :data:`BATCH_ROWS`, each renamed into place whole. The
+listing only names files; what a file holds (a shard's cutouts, a FITS file's images, its header
+id) is read by an :data:`Opener`, in a run a Ray task on the workers (:func:`open_files`). A
 :class:`Listing` runs discovery in a thread and hands out records while it is still listing, each
 with its *provisional* id (given, else the file's stem), so the first tasks start at once whatever
 the input's size. :mod:`galaxy_infer.ids` then gives every unit its final id out of core; the few
@@ -17,24 +19,33 @@ ambiguous.
 """
 from __future__ import annotations
 
+import collections
 import os
 import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, fields as dataclass_fields
+from dataclasses import dataclass, fields as dataclass_fields, replace
+from typing import Protocol
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from galaxy_infer import ids, shards, storage
 from galaxy_infer.errors import ErrorKind
-from galaxy_infer.readers import is_cutout
+from galaxy_infer.readers import FITS_SUFFIXES, is_cutout
 
 BATCH_ROWS = 65_536
 """Units buffered before they are written to the work list (bounds discovery's memory)."""
+OPEN_FILES = 1024
+"""Files to open (shards, FITS files) sent to one opening task: enough that a folder of single FITS
+cutouts costs the driver little per file (a Ray task costs it ~3 ms), few enough to spread."""
+OPENS_IN_FLIGHT = 8
+"""Opening tasks a listing keeps running ahead of the work list it writes."""
 
 RECORD_SCHEMA = pa.schema([
     ("object_id", pa.string()), ("source_path", pa.string()), ("ra", pa.float64()), ("dec", pa.float64()),
@@ -64,64 +75,193 @@ class Unit:
     error: str | None = None
     error_kind: str | None = None
     mtime: float | None = None
+    in_folder: bool = False
+    """Found by listing a folder, prefix or glob (where a Parquet file without images is not an input)."""
 
 
 _UNIT_FIELDS = [f.name for f in dataclass_fields(Unit)]
+assert _UNIT_FIELDS[-1] == "in_folder"  # the only field that is not a work list column
+
+
+def must_open(source_path: str, given_id: str | None, error: str | None, shard: str | None,
+              id_keyword: str | None = None) -> bool:
+    """Whether only the file's content says what it holds: a shard's cutouts, a FITS file's images
+    (several make it a shard), a FITS header's id (``--id-keyword``, where no id was given)."""
+    if error or shard:
+        return False
+    name = source_path.lower()
+    return name.endswith(shards.SHARD_SUFFIXES + shards.MEF_SUFFIXES) or bool(
+        id_keyword and given_id is None and name.endswith(FITS_SUFFIXES))
+
+
+def open_files(listed: pa.Table, in_folder: list[bool], fields: shards.ShardFields | None,
+               id_keyword: str | None) -> pa.Table:
+    """Work list rows (``seq`` null) with each file that :func:`must_open` replaced by what it holds;
+    ``in_folder`` is each row's :attr:`Unit.in_folder`.
+
+    In a run this is a Ray task (see :data:`Opener`), so shards and FITS headers are read on the
+    workers, never by the driver; the rows travel as Arrow tables both ways, and only the opened
+    ones become Python objects.
+    """
+    columns = [listed.column(name).to_pylist() for name in ("source_path", "given_id", "error", "shard")]
+    opened = [i for i, row in enumerate(zip(*columns)) if must_open(*row, id_keyword)]
+    if not opened:
+        return listed
+    rows = listed.take(pa.array(opened, pa.int64())).to_pylist()
+    to_open = [Unit(**{name: row[name] for name in _UNIT_FIELDS[:-1]}, in_folder=in_folder[i])
+               for i, row in zip(opened, rows)]
+    with ThreadPoolExecutor(storage.READ_CONCURRENCY) as pool:  # an object store answers each GET in turn
+        found_each = (pool.map if storage.is_remote(to_open[0].source_path) else map)(
+            lambda unit: _open_unit(unit, fields, id_keyword), to_open)
+        units: list[Unit] = []
+        norms: list[str] = []
+        counts = np.ones(listed.num_rows, np.int64)
+        for i, row, unit, found in zip(opened, rows, to_open, found_each):
+            units += found
+            norms += [row["norm_path"] + f.source_path[len(unit.source_path):] for f in found]  # a shard: path + label
+            counts[i] = len(found)
+    # every row in place: itself, or its file's units (appended after the listed rows)
+    is_opened = np.zeros(listed.num_rows, bool)
+    is_opened[opened] = True
+    row_of = np.repeat(np.arange(listed.num_rows), counts)
+    within = np.arange(len(row_of)) - np.repeat(np.cumsum(counts) - counts, counts)
+    first_found = np.zeros(listed.num_rows, np.int64)
+    first_found[opened] = np.cumsum(counts[opened]) - counts[opened]
+    order = np.where(is_opened[row_of], listed.num_rows + first_found[row_of] + within, row_of)
+    return pa.concat_tables([listed, _units_table(units, norms)]).take(pa.array(order))
+
+
+def _open_unit(unit: Unit, fields: shards.ShardFields | None, id_keyword: str | None) -> list[Unit]:
+    """A shard's cutouts (none for a folder's Parquet file without images), else the file itself with
+    its header id."""
+    path = unit.source_path
+    if unit.in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
+        return []
+    found = shards.shard_records(path, fields)
+    if found:
+        return [_shard_unit(r, unit.relative_path, unit.mtime) for r in found]
+    if id_keyword and unit.given_id is None and path.lower().endswith(FITS_SUFFIXES):
+        return [replace(unit, given_id=ids.header_value(path, id_keyword))]
+    return [unit]
+
+
+class Pending(Protocol):
+    """A batch being opened: :class:`concurrent.futures.Future`'s ``done`` and ``result``."""
+
+    def done(self) -> bool: ...
+
+    def result(self) -> pa.Table: ...
+
+
+Opener = Callable[[pa.Table, list[bool], "shards.ShardFields | None", "str | None"], Pending]
+"""Runs :func:`open_files` somewhere: :func:`open_here`, or on Ray's workers in a run."""
+
+
+def open_here(listed: pa.Table, in_folder: list[bool], fields: shards.ShardFields | None,
+              id_keyword: str | None) -> Pending:
+    """:func:`open_files` in this process, at once (tools, tests, the nightly ingest's listing)."""
+    return _ready(open_files(listed, in_folder, fields, id_keyword))
 
 
 class WorkListWriter:
     """Appends units (or whole Arrow batches of them) to a work list folder, numbering them in order.
 
-    Each batch is one file named by its first unit's number (``000000065536.parquet``), written
-    under a temporary name and renamed, so a reader following the folder never sees part of one.
-    ``on_file(path, rows)`` is called after each file lands.
+    Batches holding files to open go to ``opener`` (:data:`Opener`), up to :data:`OPENS_IN_FLIGHT`
+    at a time; what they find is written in listing order, so ``seq`` does not depend on which
+    task ends first. Each file holds up to :data:`BATCH_ROWS` units (the first lands as soon as it
+    is known, so work can start) and is named by its first unit's number (``000000065536.parquet``),
+    written under a temporary name and renamed, so a reader following the folder never sees part
+    of one. ``on_file(path, rows)`` is called after each file lands.
     """
 
-    def __init__(self, folder: str, on_file: Callable[[str, int], None] | None = None) -> None:
+    def __init__(self, folder: str, on_file: Callable[[str, int], None] | None = None,
+                 opener: Opener = open_here, fields: shards.ShardFields | None = None,
+                 id_keyword: str | None = None) -> None:
         self.folder = folder
         os.makedirs(folder, exist_ok=True)
         self.on_file = on_file
+        self.opener, self.fields, self.id_keyword = opener, fields, id_keyword
         self.rows = 0
         self.pending: list[Unit] = []
+        self.to_open = 0
+        self.queue: collections.deque[Pending] = collections.deque()
+        self.found: list[pa.Table] = []
+        self.found_rows = 0
 
     def add(self, unit: Unit) -> None:
         self.pending.append(unit)
-        if len(self.pending) >= BATCH_ROWS:
+        self.to_open += must_open(unit.source_path, unit.given_id, unit.error, unit.shard, self.id_keyword)
+        if len(self.pending) >= BATCH_ROWS or self.to_open >= OPEN_FILES:
             self.flush()
 
     def flush(self) -> None:
         if self.pending:
-            columns = {name: [getattr(u, name) for u in self.pending] for name in _UNIT_FIELDS}
-            columns["norm_path"] = [ids.normalised_path(u.source_path) for u in self.pending]
-            self.pending = []
-            self._write(columns)
+            units, self.pending = self.pending, []
+            table = _units_table(units, [ids.normalised_path(u.source_path) for u in units])
+            self._queue(self.opener(table, [u.in_folder for u in units], self.fields, self.id_keyword)
+                        if self.to_open else _ready(table))
+            self.to_open = 0
 
     def add_columns(self, columns: dict) -> None:
         """Units as columns (lists or Arrow arrays) named as :data:`~galaxy_infer.ids.WORK_SCHEMA`'s, ``seq`` aside."""
         self.flush()
-        self._write(columns)
+        self._queue(_ready(_work_table(columns)))
 
-    def _write(self, columns: dict) -> None:
-        n = len(columns["source_path"])
-        columns = {**columns, "seq": pa.arange(self.rows, self.rows + n)}
-        table = pa.table({f.name: _column(columns.get(f.name), f.type, n) for f in ids.WORK_SCHEMA},
-                         schema=ids.WORK_SCHEMA)
-        unnamed = pc.and_(table.column("stem").is_null(), table.column("given_id").is_null())
-        if pc.any(unnamed).as_py():  # the stem is the id's fallback: only units without a given id need one
-            stems = pc.replace_with_mask(table.column("stem").combine_chunks(), unnamed.combine_chunks(),
-                                         ids.stems(table.column("source_path").filter(unnamed)).combine_chunks())
-            table = table.set_column(table.schema.get_field_index("stem"), "stem", stems)
-        path = os.path.join(self.folder, f"{self.rows:012d}.parquet")
-        pq.write_table(table, path + ".tmp")
-        os.rename(path + ".tmp", path)
-        self.rows += n
-        if self.on_file is not None:
-            self.on_file(path, n)
+    def _queue(self, batch: Pending) -> None:
+        self.queue.append(batch)
+        while self.queue and (self.queue[0].done() or len(self.queue) > OPENS_IN_FLIGHT):
+            self._found(self.queue.popleft().result())
+
+    def _found(self, table: pa.Table) -> None:
+        self.found.append(table)
+        self.found_rows += table.num_rows
+        if self.found_rows >= BATCH_ROWS or self.rows == 0:
+            self._write()
+
+    def _write(self, empty: bool = False) -> None:
+        table = pa.concat_tables(self.found)
+        self.found, self.found_rows = [], 0
+        for start in range(0, max(table.num_rows, empty), BATCH_ROWS):
+            piece = table.slice(start, BATCH_ROWS)
+            piece = piece.set_column(0, "seq", pa.arange(self.rows, self.rows + piece.num_rows))
+            path = os.path.join(self.folder, f"{self.rows:012d}.parquet")
+            pq.write_table(piece, path + ".tmp")
+            os.rename(path + ".tmp", path)
+            self.rows += piece.num_rows
+            if self.on_file is not None:
+                self.on_file(path, piece.num_rows)
 
     def close(self) -> None:
         self.flush()
-        if self.rows == 0:  # an empty listing is still a work list DuckDB can read
-            self._write({"source_path": pa.array([], pa.string())})
+        while self.queue:
+            self._found(self.queue.popleft().result())
+        if self.found or self.rows == 0:  # an empty listing is still a work list DuckDB can read
+            self.found.append(_work_table({"source_path": pa.array([], pa.string())}))
+            self._write(empty=self.rows == 0)
+
+
+def _ready(table: pa.Table) -> Pending:
+    done: Future = Future()
+    done.set_result(table)
+    return done
+
+
+def _units_table(units: list[Unit], norms: list[str]) -> pa.Table:
+    return _work_table({**{name: [getattr(u, name) for u in units] for name in _UNIT_FIELDS}, "norm_path": norms})
+
+
+def _work_table(columns: dict) -> pa.Table:
+    """Columns as work list rows (:data:`~galaxy_infer.ids.WORK_SCHEMA`, ``seq`` null), with the stems
+    of the units that have no given id (the stem is the id's fallback)."""
+    n = len(columns["source_path"])
+    table = pa.table({f.name: _column(columns.get(f.name), f.type, n) for f in ids.WORK_SCHEMA},
+                     schema=ids.WORK_SCHEMA)
+    unnamed = pc.and_(table.column("stem").is_null(), table.column("given_id").is_null())
+    if pc.any(unnamed).as_py():
+        stems = pc.replace_with_mask(table.column("stem").combine_chunks(), unnamed.combine_chunks(),
+                                     ids.stems(table.column("source_path").filter(unnamed)).combine_chunks())
+        table = table.set_column(table.schema.get_field_index("stem"), "stem", stems)
+    return table
 
 
 def _column(values: list | pa.Array | pa.ChunkedArray | None, type_: pa.DataType, n: int) -> pa.Array | pa.ChunkedArray:
@@ -133,15 +273,18 @@ def _column(values: list | pa.Array | pa.ChunkedArray | None, type_: pa.DataType
 
 
 def write_worklist(inputs: list[str], folder: str, fields: shards.ShardFields | None = None,
-                   with_mtime: bool = False, on_file: Callable[[str, int], None] | None = None) -> int:
+                   with_mtime: bool = False, on_file: Callable[[str, int], None] | None = None,
+                   id_keyword: str | None = None, opener: Opener = open_here) -> int:
     """Discover ``inputs`` into the work list folder ``folder``; returns how many units it holds.
 
-    ``with_mtime`` records each listed file's modification time (the nightly ingest's settle check).
+    ``with_mtime`` records each listed file's modification time (the nightly ingest's settle check);
+    ``id_keyword`` reads each FITS file's id from its header (rule 2 of :mod:`galaxy_infer.ids`)
+    where ``opener`` opens the file.
     """
-    writer = WorkListWriter(folder, on_file)
+    writer = WorkListWriter(folder, on_file, opener, fields, id_keyword)
     try:
         for item in inputs:
-            _discover_one(item, writer, fields, with_mtime)
+            _discover_one(item, writer, with_mtime)
     finally:
         writer.close()
     return writer.rows
@@ -152,30 +295,27 @@ def worklist_files(folder: str) -> str:
     return os.path.join(folder, "*.parquet")
 
 
-def _discover_one(item: str, writer: WorkListWriter, fields: shards.ShardFields | None, with_mtime: bool) -> None:
+def _discover_one(item: str, writer: WorkListWriter, with_mtime: bool) -> None:
     storage.check_reachable(item)
     if _is_manifest(item) and not shards.is_parquet_shard(item):
-        read_manifest(item, writer, fields)
+        read_manifest(item, writer)
     elif storage.is_dir(item):
         for p, mtime in storage.walk_files(item, with_mtime):
             if (is_cutout(p) or shards.is_shard_name(p)) and not os.path.basename(p).startswith("."):
-                for unit in _expand(p, item, fields, in_folder=True, mtime=mtime):
-                    writer.add(unit)
+                writer.add(_unit(p, item, mtime=mtime, in_folder=True))
     elif storage.has_magic(item):
         root, found = storage.glob_root(item), False
         for p, mtime in storage.glob(item, with_mtime):
             if is_cutout(p) or shards.is_shard_name(p):
                 found = True
-                for unit in _expand(p, root, fields, in_folder=True, mtime=mtime):
-                    writer.add(unit)
+                writer.add(_unit(p, root, mtime=mtime, in_folder=True))
         if not found:
             raise FileNotFoundError(f"no cutout matches {item}")
     elif not storage.exists(item):
         raise FileNotFoundError(_missing(item))
     else:
         mtime = storage.info(item).mtime.timestamp() if with_mtime else None
-        for unit in _expand(item, storage.parent_and_name(item)[0], fields, mtime=mtime):
-            writer.add(unit)
+        writer.add(_unit(item, storage.parent_and_name(item)[0], mtime=mtime))
 
 
 def check_inputs(inputs: list[str]) -> None:
@@ -190,19 +330,6 @@ def check_inputs(inputs: list[str]) -> None:
 def _missing(item: str) -> str:
     return (f"input {item} is a broken symbolic link" if not storage.is_remote(item) and os.path.lexists(item)
             else f"input {item} does not exist")
-
-
-def _expand(path: str, root: str, fields: shards.ShardFields | None, in_folder: bool = False,
-            mtime: float | None = None) -> Iterable[Unit]:
-    """A shard's cutouts, or the file itself. In folders, Parquet files without an image column
-    (catalogs, manifests) are not inputs."""
-    unit = _unit(path, root, mtime=mtime)
-    if unit.error:
-        return [unit]
-    if in_folder and path.lower().endswith(".parquet") and not shards.is_parquet_shard(path):
-        return []
-    found = shards.shard_records(path, fields)
-    return [_shard_unit(r, unit.relative_path, mtime) for r in found] if found else [unit]
 
 
 def _shard_unit(record: dict, shard_relative_path: str, mtime: float | None) -> Unit:
@@ -240,7 +367,7 @@ def _is_manifest(item: str) -> bool:
 
 
 def _unit(path: str, root: str, given_id: str | None = None, ra: float | None = None,
-          dec: float | None = None, mtime: float | None = None) -> Unit:
+          dec: float | None = None, mtime: float | None = None, in_folder: bool = False) -> Unit:
     error = None
     try:
         path.encode("utf-8")
@@ -248,14 +375,15 @@ def _unit(path: str, root: str, given_id: str | None = None, ra: float | None = 
         path = os.fsencode(path).decode("utf-8", "backslashreplace")
         error = NOT_UTF8
     return Unit(source_path=path, relative_path=_relative(path, root), given_id=given_id or None, ra=ra, dec=dec,
-                error=error, error_kind=None if error is None else ErrorKind.UNSUPPORTED.value, mtime=mtime)
+                error=error, error_kind=None if error is None else ErrorKind.UNSUPPORTED.value, mtime=mtime,
+                in_folder=in_folder)
 
 
 _NEEDS_PYTHON = re.compile(r"(^|/)\.\.?(/|$)|//")
 """Paths whose normalised form needs :func:`os.path.normpath` (``.``/``..`` parts, doubled slashes)."""
 
 
-def read_manifest(path: str, writer: WorkListWriter, fields: shards.ShardFields | None = None) -> None:
+def read_manifest(path: str, writer: WorkListWriter) -> None:
     """CSV or Parquet (local or in an object store) with a ``path`` column and optional ``object_id``, ``ra``, ``dec``.
 
     Relative paths are taken relative to the manifest's folder (its prefix, for a manifest in an
@@ -265,12 +393,12 @@ def read_manifest(path: str, writer: WorkListWriter, fields: shards.ShardFields 
 
     Read a record batch at a time; plain file rows are turned into units with Arrow compute
     (a Python object per row measured ~1 us each, too slow for 10^8 rows), shard and FITS rows
-    (a FITS file may hold several cutouts) one by one.
+    (a FITS file may hold several cutouts) one by one, for the writer to open.
     """
     base = storage.parent_and_name(path)[0]
     for batch in _manifest_batches(path):
         for start in range(0, batch.num_rows, BATCH_ROWS):  # a CSV block of short lines holds ~300,000 rows
-            _manifest_batch(batch.slice(start, BATCH_ROWS), base, writer, fields)
+            _manifest_batch(batch.slice(start, BATCH_ROWS), base, writer)
 
 
 def _manifest_batches(path: str) -> Iterator[pa.RecordBatch]:
@@ -302,8 +430,7 @@ def _check_path_column(path: str, names: list[str]) -> None:
 _SPECIAL = "(?i)(" + "|".join(re.escape(s) for s in shards.SHARD_SUFFIXES + shards.MEF_SUFFIXES) + ")$"
 
 
-def _manifest_batch(batch: pa.RecordBatch, base: str, writer: WorkListWriter,
-                    fields: shards.ShardFields | None) -> None:
+def _manifest_batch(batch: pa.RecordBatch, base: str, writer: WorkListWriter) -> None:
     table = pa.Table.from_batches([batch])
     raw = table.column("path")
     if not pa.types.is_binary(raw.type):
@@ -318,16 +445,16 @@ def _manifest_batch(batch: pa.RecordBatch, base: str, writer: WorkListWriter,
         text = raw.cast(pa.string())
     except pa.ArrowInvalid:  # a path that is not UTF-8: this batch row by row
         for i, p in enumerate(raw.to_pylist()):
-            _manifest_row(os.fsdecode(p), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py(), writer, fields)
+            writer.add(_manifest_unit(os.fsdecode(p), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py()))
         return
     special = pc.match_substring_regex(text, _SPECIAL)
-    start = 0  # shards and FITS files are opened row by row; runs of plain files between them stay vectorised
+    start = 0  # shards and FITS files are added row by row; runs of plain files between them stay vectorised
     for i in pc.indices_nonzero(special).to_pylist() + [len(text)]:
         if i > start:
             _plain_rows(text.slice(start, i - start), base, given.slice(start, i - start), ra.slice(start, i - start),
                         dec.slice(start, i - start), writer)
         if i < len(text):
-            _manifest_row(text[i].as_py(), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py(), writer, fields)
+            writer.add(_manifest_unit(text[i].as_py(), base, given[i].as_py(), ra[i].as_py(), dec[i].as_py()))
         start = i + 1
 
 
@@ -363,17 +490,9 @@ def _plain_rows(text: pa.ChunkedArray, base: str, given: pa.ChunkedArray, ra: pa
                         "ra": ra, "dec": dec})
 
 
-def _manifest_row(p: str, base: str, given: str | None, ra: float | None, dec: float | None,
-                  writer: WorkListWriter, fields: shards.ShardFields | None) -> None:
-    full = p if os.path.isabs(p) or "://" in p else storage.join(base, p)
-    unit = _unit(full, base, None if given is None else str(given), ra, dec)
-    found = None if unit.error or not (shards.is_shard_name(full) or is_cutout(full)) else \
-        shards.shard_records(full, fields)
-    if found is not None:
-        for r in found:
-            writer.add(_shard_unit(r, unit.relative_path, None))
-    else:
-        writer.add(unit)
+def _manifest_unit(p: str, base: str, given: str | None, ra: float | None, dec: float | None) -> Unit:
+    return _unit(p if os.path.isabs(p) or "://" in p else storage.join(base, p), base,
+                 None if given is None else str(given), ra, dec)
 
 
 @contextmanager
@@ -433,20 +552,22 @@ class Listing:
     error of discovery (an input that does not exist) is raised by :meth:`chunks` and :meth:`wait`.
     """
 
-    def __init__(self, inputs: list[str], folder: str, fields: shards.ShardFields | None = None) -> None:
+    def __init__(self, inputs: list[str], folder: str, fields: shards.ShardFields | None = None,
+                 id_keyword: str | None = None, opener: Opener = open_here) -> None:
         self.folder = folder
         self.rows = 0
         self.finished = False
         self._files: list[str] = []
         self._error: BaseException | None = None
         self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._list, args=(inputs, fields), daemon=True,
+        self._thread = threading.Thread(target=self._list, args=(inputs, fields, id_keyword, opener), daemon=True,
                                         name="galaxy-infer-listing")
         self._thread.start()
 
-    def _list(self, inputs: list[str], fields: shards.ShardFields | None) -> None:
+    def _list(self, inputs: list[str], fields: shards.ShardFields | None, id_keyword: str | None,
+              opener: Opener) -> None:
         try:
-            write_worklist(inputs, self.folder, fields, on_file=self._landed)
+            write_worklist(inputs, self.folder, fields, on_file=self._landed, id_keyword=id_keyword, opener=opener)
         except BaseException as exc:  # noqa: BLE001 - handed to the thread that follows the listing
             self._error = exc
         finally:
@@ -512,10 +633,10 @@ def plan(inputs: list[str], folder: str, fields: shards.ShardFields | None = Non
          id_keyword: str | None = None) -> tuple[WorkList, int]:
     """Discover ``inputs`` and give every unit its id: the run's work list in ``folder``, and its collision count."""
     listed = os.path.join(folder, "listed")
-    write_worklist(inputs, listed, fields)
+    write_worklist(inputs, listed, fields, id_keyword=id_keyword)
     con = ids.connect(folder)
     try:
-        ids.assign(con, worklist_files(listed), id_keyword)
+        ids.assign(con, worklist_files(listed))
         collisions = con.execute("SELECT count(*) FROM records WHERE error IS NULL AND collision IS NOT NULL"
                                  ).fetchall()[0][0]
         work = write_records(ids.record_batches(con), os.path.join(folder, "records.parquet"))

@@ -31,17 +31,23 @@ MB = 1024 * 1024
 
 
 def exit_on_poison() -> None:
-    """Worker set-up hook: decoding a ``poison*`` file ends the worker process without a word."""
-    from galaxy_infer import readers
+    """Worker set-up hook: decoding a ``poison*`` file, or opening a ``poison*`` shard, ends the worker
+    process without a word."""
+    from galaxy_infer import readers, shards
 
-    real = readers.decode_cutout
+    real, real_open = readers.decode_cutout, shards.shard_records
 
     def decode_cutout(data, path, recipe):
         if os.path.basename(path).startswith("poison"):
             os._exit(1)
         return real(data, path, recipe)
 
-    readers.decode_cutout = decode_cutout
+    def shard_records(path, *args, **kwargs):
+        if os.path.basename(path).startswith("poison"):
+            os._exit(1)
+        return real_open(path, *args, **kwargs)
+
+    readers.decode_cutout, shards.shard_records = decode_cutout, shard_records
 
 
 def exit_after_staging_poison() -> None:
@@ -80,12 +86,20 @@ def scenario(workdir: Path, model: str) -> dict:
         # The GPU layout (decode tasks feeding prediction tasks that hold half a logical GPU), via classify.
         gpu = classify(RunConfig(inputs=[str(workdir / "inbox")], out=str(workdir / "gpu-catalog"), model=model,
                                  device="cpu", num_gpus_per_worker=0.5, task_rows=4, batch_size=4, progress=False))
+        # A shard whose opening (a task of the listing) kills the worker.
+        (workdir / "opened").mkdir()
+        for name in sent[:2]:
+            (workdir / "opened" / f"{name}.jpg").write_bytes((workdir / "inbox" / NIGHT / f"{name}.jpg").read_bytes())
+        (workdir / "opened" / "poison.h5").write_bytes(b"not read")
+        opened = classify(RunConfig(inputs=[str(workdir / "opened")], out=str(workdir / "opened-catalog"),
+                                    model=model, device="cpu", task_rows=4, batch_size=4, progress=False))
         return {"objects_sent": len(sent) + 1, "rows": first["rows"], "errors": first["errors"],
                 "errors_by_reason": first["errors_by_reason"], "error_examples": first["error_examples"],
                 "errors_by_kind": first["errors_by_kind"],
                 "seconds": round(seconds, 1),
                 "rows_next_night": again["rows"], "gpu_layout_rows": gpu["rows"],
-                "gpu_layout_errors": gpu["errors_by_reason"]}
+                "gpu_layout_errors": gpu["errors_by_reason"], "opened_rows": opened["rows"],
+                "opened_errors": opened["errors_by_reason"]}
     finally:
         ray.shutdown()
 
@@ -146,6 +160,9 @@ def test_a_file_that_kills_its_worker_becomes_one_error_row_and_the_rest_is_clas
     gpu = pd.read_parquet(tmp_path / "gpu-catalog").set_index("object_id")
     assert gpu.loc["poison"].error_kind == "worker-died"
     assert gpu.loc["poison"].status == "error" and (gpu.drop(index="poison").status == "ok").all()
+    assert figures["opened_rows"] == 3 and figures["opened_errors"] == {"worker died while opening": 1}
+    opened = pd.read_parquet(tmp_path / "opened-catalog").set_index("object_id")
+    assert opened.loc["poison"].error_kind == "worker-died" and (opened.drop(index="poison").status == "ok").all()
 
 
 if __name__ == "__main__":

@@ -278,6 +278,41 @@ def test_classify_a_folder_mixing_shards_and_files_split_into_chunks(tmp_path, j
 
 
 @pytest.mark.ray
+def test_classify_opens_shards_and_fits_headers_on_the_workers_never_in_the_driver(tmp_path, jpegs, tiny_model,
+                                                                                   local_ray, monkeypatch):
+    """Discovery names files; a shard's cutouts, a FITS file's images and its header id are read by Ray
+    tasks. The driver's own readers are made to fail: the run still finds every cutout, with the ids
+    the rule gives when everything is read in one process (:func:`discover`)."""
+    from astropy.io import fits
+
+    from galaxy_infer import ids, shards
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_galaxy10(inputs / "Galaxy10_DECals.h5", jpegs)
+    fits.HDUList([fits.PrimaryHDU()] + [fits.ImageHDU(np.eye(40, dtype=np.float32) + i, name=f"OBJ{i}")
+                                        for i in range(3)]).writeto(inputs / "field.fits")
+    single = fits.PrimaryHDU(np.eye(40, dtype=np.float32))
+    single.header["OBJID"] = "SDSS J9"
+    single.writeto(inputs / "single.fits")
+    (inputs / "J0003.jpg").write_bytes(jpegs[3])
+    pq.write_table(pa.table({"object_id": ["x"], "status": ["ok"]}), inputs / "old_catalog.parquet")
+    expected = {(r["object_id"], r["source_path"]) for r in discover([str(inputs)], id_keyword="OBJID")}
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver opened an input")
+
+    for module, name in ((shards, "shard_records"), (shards, "is_parquet_shard"), (ids, "header_value")):
+        monkeypatch.setattr(module, name, not_here)
+    summary = classify(RunConfig(inputs=[str(inputs)], out=str(tmp_path / "cat"), model=str(tiny_model),
+                                 id_keyword="OBJID", batch_size=4, task_rows=3, progress=False))
+    frame = pd.read_parquet(tmp_path / "cat")
+    assert summary["rows"] == len(frame) == len(expected) == N + 3 + 1 + 1 and summary["errors"] == 0
+    assert set(zip(frame.object_id, frame.source_path)) == expected
+    assert {"SDSS J9", "OBJ0", "OBJ1", "OBJ2", "J0003"} <= set(frame.object_id)
+
+
+@pytest.mark.ray
 def test_nightly_ingest_takes_each_shard_object_once_and_waits_for_a_fresh_shard(tmp_path, jpegs, tiny_model,
                                                                                  local_ray):
     from galaxy_infer.ingest import IngestConfig, ingest
