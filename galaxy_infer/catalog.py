@@ -315,14 +315,16 @@ def format_errors(summary: dict[str, Any]) -> list[str]:
 class PartTarget:
     """Where the tasks of one run write their parts, with the file metadata.
 
-    A task names its part after its chunk's first row in the run's input order
-    (``part-000000001024.parquet``, after ``prefix``), so a retried task overwrites its own part, and the
-    first piece of a chunk split after worker deaths overwrites whatever the dead task left. Each part
-    is one atomic write (:func:`~galaxy_infer.storage.write_object_atomic`). ``classify`` writes into
-    its run's hidden stage, published whole by :meth:`CatalogWriter.commit`. The nightly ingest writes
-    straight into its partition, so there a task writes its part ``staged``: hidden
-    (``.part-<run>-000000001024.parquet.tmp``) until the driver accepts its record and :meth:`publish`
-    gives it its name. Either way nothing a task writes reads as rows before the driver accepted it.
+    A task names its part after its chunk: first row in the run's input order and number of rows
+    (``part-000000001024-4096.parquet``, after ``prefix``), so a retried task overwrites its own part,
+    and a task Ray gave up on that still writes late (a worker declared dead that runs on) writes
+    a name no accepted record has, never over a piece of its chunk split after worker deaths.
+    Each part is one atomic write (:func:`~galaxy_infer.storage.write_object_atomic`). ``classify``
+    writes into its run's hidden stage, published whole by :meth:`CatalogWriter.commit` after the
+    parts no record named are deleted. The nightly ingest writes straight into its partition, so
+    there a task writes its part ``staged``: hidden (``.part-<run>-000000001024-4096.parquet.tmp``)
+    until the driver accepts its record and :meth:`publish` gives it its name. Either way nothing a
+    task writes reads as rows before the driver accepted it.
     """
 
     stage: str
@@ -333,13 +335,13 @@ class PartTarget:
     """Leave out rows whose object could not be read now (:func:`unreadable_now`); the record counts them as
     ``deferred``. The nightly ingest retries those objects on its next run."""
 
-    def name(self, start: int) -> str:
-        """The part's name once it holds rows of the catalog."""
-        return f"{self.prefix}{start:012d}.parquet"
+    def name(self, start: int, rows: int) -> str:
+        """The part's name once it holds rows of the catalog: its chunk's first row and size."""
+        return f"{self.prefix}{start:012d}-{rows}.parquet"
 
-    def uri(self, start: int) -> str:
-        """Where the task for the chunk starting at row ``start`` writes its part."""
-        return self._written(self.name(start))
+    def uri(self, start: int, rows: int) -> str:
+        """Where the task for the chunk of ``rows`` starting at row ``start`` writes its part."""
+        return self._written(self.name(start, rows))
 
     def _written(self, name: str) -> str:
         return storage.join(self.stage, f".{name}.tmp" if self.staged else name)
@@ -356,6 +358,7 @@ class PartTarget:
         (deferred rows included), stage timings (this write included) and the worker that ran the chunk.
         """
         started = time.perf_counter()
+        name = self.name(start, table.num_rows)
         metadata = table.schema.metadata or {}
         errors = ErrorTally()
         errors.add(table)
@@ -369,11 +372,11 @@ class PartTarget:
         devices = json.dumps(tally.summary()["prediction_workers"])
         part = table.replace_schema_metadata({**self.metadata, DEVICES_METADATA_KEY: devices})
         if part.num_rows:
-            self._put(self.uri(start), part)
+            self._put(self._written(name), part)
         timing = json.loads(metadata.get(STAGE_TIMING_KEY, b"{}"))
         timing["write"] = time.perf_counter() - started
         worker = metadata.get(WORKER_KEY)
-        return {"part": self.name(start) if part.num_rows else None, "rows": table.num_rows, "deferred": deferred,
+        return {"part": name if part.num_rows else None, "rows": table.num_rows, "deferred": deferred,
                 "ok": table.num_rows + deferred - errors.total(), "errors": errors.to_dict(TOP_REASONS),
                 "stage_seconds": timing, "worker": json.loads(worker) if worker else None}
 
@@ -384,20 +387,21 @@ class PartTarget:
         storage.publish_file(self._written(name), final)
         return final
 
-    def amend(self, start: int, fixes: pa.Table) -> dict[str, Any]:
-        """Give the part of chunk ``start`` the id rule's final answers, as a new part that replaces it.
+    def amend(self, name: str, fixes: pa.Table) -> dict[str, Any]:
+        """Give the part ``name`` the id rule's final answers, as a new part that replaces it.
 
         ``fixes`` (:func:`galaxy_infer.ids.overrides`, with ``pos``, the row in the part) sets final
         object ids, turns colliding rows into ``id-collision`` error rows and removes second
-        listings of one input. The amended rows go to ``part-<start>-ids.parquet`` and the part as
-        the task wrote it stays until the commit drops it, so a retried amendment gives the same
-        file. Returns the names and the change to the run's counts (``removed``: the changed rows
-        as they were; ``added``: as they are now).
+        listings of one input. The amended rows go to ``part-<start>-<rows>-ids.parquet`` and the
+        part as the task wrote it stays until the commit drops it, so a retried amendment gives the
+        same file. Returns the names and the change to the run's counts (``removed``: the changed
+        rows as they were; ``added``: as they are now).
         """
-        part = pq.read_table(pa.BufferReader(storage.read_bytes(self.uri(start))))
+        written = self._written(name)
+        part = pq.read_table(pa.BufferReader(storage.read_bytes(written)))
         pos = fixes.column("pos").to_numpy()
         if part.column("source_path").take(pos).to_pylist() != fixes.column("source_path").to_pylist():
-            raise RuntimeError(f"{self.uri(start)}: its rows are not the work list's rows from {start}")
+            raise RuntimeError(f"{written}: its rows are not the work list's rows from {self.start_of(name)}")
         dropped = fixes.column("dropped").to_numpy(zero_copy_only=False)
         collides = pc.is_valid(fixes.column("collision")).to_numpy(zero_copy_only=False) & ~dropped
         object_ids = part.column("object_id").to_pylist()
@@ -415,9 +419,9 @@ class PartTarget:
         source[pos[collides]] = part.num_rows + np.arange(collided.num_rows)
         keep = np.ones(part.num_rows, dtype=bool)
         keep[pos[dropped]] = False
-        uri = storage.join(self.stage, f"{self.prefix}{start:012d}-ids.parquet")
+        uri = storage.join(self.stage, name.removesuffix(".parquet") + "-ids.parquet")
         self._put(uri, pa.concat_tables([part, errors.cast(part.schema)]).take(source[keep]))
-        return {"part": os.path.basename(uri), "replaces": os.path.basename(self.uri(start)),
+        return {"part": os.path.basename(uri), "replaces": name,
                 "removed": _counts(changed), "added": _counts(errors)}
 
     @staticmethod

@@ -5,16 +5,16 @@ Layout::
     catalog/                                a folder or an object-store prefix (s3://bucket/catalog)
       .ingest.lock                          local: flock held by the running ingest (never deleted);
                                             object store: a prefix of leases (see storage.OutputLock)
-      ingest_date=2026-11-20/part-<run_id>-000000001024.parquet    one per task, named by its first row
+      ingest_date=2026-11-20/part-<run_id>-000000004096-4096.parquet    one per task: first row, rows
       ingest_date=2026-11-21/...
       _ingest_runs/<date>-<run_id>.json     one summary per run that wrote something
 
 The catalog is its own ledger: an inbox file is *held* when a committed Parquet file under
 ``ingest_date=*/`` has a row with its ``source_path`` and the model's ``model_id``; new files get
 object ids that no held row has (see :func:`pending_records`). Each Ray task writes its chunk's
-rows itself, as a hidden part staged in the partition (``.part-<run_id>-<first row>.parquet.tmp``:
+rows itself, as a hidden part staged in the partition (``.part-<run_id>-<first row>-<rows>.parquet.tmp``:
 fsynced and renamed locally, one PUT on an object store, so it is whole or absent); a retried task
-or the first piece of a split chunk overwrites it. The driver receives only the task's small record,
+overwrites it, the pieces of a split chunk stage under their own names. The driver receives only the task's small record,
 and publishes the part under its final name when it accepts the record (local: a rename; object
 store: a server-side copy, then the staged object deleted). So a part is in the catalog entirely or
 not at all, and only once the driver accepted it: a task that staged its part and then died never
@@ -118,8 +118,9 @@ def remove_stale_temp_files(catalog: str) -> list[str]:
 
 
 def part_target(catalog: str, date: str, metadata: dict[str, str], run_id: str) -> PartTarget:
-    """Where tonight's tasks write: hidden ``.part-<run>-<first row>.parquet.tmp`` files in the partition,
-    published as ``part-<run>-<first row>.parquet`` by the driver; rows unreadable now are left out."""
+    """Where tonight's tasks write: hidden ``.part-<run>-<first row>-<rows>.parquet.tmp`` files in the
+    partition, published as ``part-<run>-<first row>-<rows>.parquet`` by the driver; rows unreadable now
+    are left out."""
     return PartTarget(partition_dir(catalog, date), metadata, prefix=f"part-{run_id}-", staged=True,
                       defer_unreadable=True)
 
@@ -168,10 +169,15 @@ class PartPublisher:
         self._publishing = still
 
     def close(self) -> None:
-        """Wait until every accepted part is published."""
+        """Wait until every accepted part is published, then delete this run's staged parts that no
+        accepted record named (what a task Ray gave up on staged: its chunk was split and retried)."""
         futures.wait([f for f, _ in self._publishing])
         self._collect()
         self._pool.shutdown()
+        for uri in storage.list_uris(self.target.stage):
+            name = os.path.basename(uri)
+            if name.startswith("." + self.target.prefix) and name.endswith(TMP_SUFFIX):
+                storage.delete_file(uri)
 
     def __enter__(self) -> PartPublisher:
         return self

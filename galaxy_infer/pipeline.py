@@ -484,8 +484,8 @@ def settle_ids(listing: Listing, scratch: str) -> tuple[int, int, str]:
 AMENDS_IN_FLIGHT = 8
 
 
-def amend_part(target: PartTarget, start: int, fixes: pa.Table) -> dict[str, Any]:
-    return target.amend(start, fixes)
+def amend_part(target: PartTarget, name: str, fixes: pa.Table) -> dict[str, Any]:
+    return target.amend(name, fixes)
 
 
 def amend_parts(writer: CatalogWriter, fixes: str) -> None:
@@ -493,7 +493,8 @@ def amend_parts(writer: CatalogWriter, fixes: str) -> None:
     import ray
 
     target = writer.part_target()
-    starts = np.array(sorted(target.start_of(name) for name in writer.parts), dtype=np.int64)
+    names = sorted(writer.parts, key=target.start_of)
+    starts = np.array([target.start_of(name) for name in names], dtype=np.int64)
     amend = ray.remote(amend_part)
     pending: list[ray.ObjectRef] = []
 
@@ -501,7 +502,7 @@ def amend_parts(writer: CatalogWriter, fixes: str) -> None:
         nonlocal pending
         table = pa.Table.from_batches(rows)
         table = table.append_column("pos", pc.subtract(table.column("seq"), starts[part]))
-        pending.append(amend.remote(target, int(starts[part]), table))
+        pending.append(amend.remote(target, names[part], table))
         while len(pending) >= AMENDS_IN_FLIGHT:
             done, pending = ray.wait(pending, num_returns=1)
             writer.amend_part(ray.get(done[0]))

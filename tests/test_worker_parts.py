@@ -50,22 +50,24 @@ def test_a_chunk_task_run_twice_leaves_one_part_and_strays_in_the_stage_never_re
         first, again = ray.get([task.remote(records.slice(0, 3), info.recipe, spec, "r1", sink, 0) for _ in range(2)])
         rest = ray.get(task.remote(records.slice(3), info.recipe, spec, "r1", sink, 3))
         assert first == {**again, "stage_seconds": first["stage_seconds"]}
-        assert sorted(os.listdir(writer.stage)) == ["part-000000000000.parquet", "part-000000000003.parquet"]
+        assert sorted(os.listdir(writer.stage)) == ["part-000000000000-3.parquet", f"part-000000000003-{n - 3}.parquet"]
         assert first["rows"] + rest["rows"] == n and set(first["worker"]) >= {"kind", "device", "node"}
-        # What a task killed part-way leaves: its temp file, or the part of a chunk that was then split.
-        Path(writer.stage, ".part-000000000001.parquet.tmp").write_bytes(b"PAR1 torn")
-        Path(writer.stage, "part-000000000001.parquet").write_bytes(b"PAR1 torn")
+        # What a task killed part-way leaves: its temp file, or the part of a chunk that was then split;
+        # and what a task Ray gave up on writes late: the whole chunk, of which the parts above are pieces.
+        Path(writer.stage, ".part-000000000001-2.parquet.tmp").write_bytes(b"PAR1 torn")
+        Path(writer.stage, "part-000000000001-2.parquet").write_bytes(b"PAR1 torn")
+        ray.get(task.remote(records, info.recipe, spec, "r1", sink, 0))
         for record in (first, rest):
             writer.add_part(record)
         summary = writer.stats.summary(inputs=n)
         writer.commit(summary)
-    assert sorted(os.listdir(out)) == [SUMMARY_NAME, "part-000000000000.parquet", "part-000000000003.parquet"]
+    assert sorted(os.listdir(out)) == [SUMMARY_NAME, "part-000000000000-3.parquet", f"part-000000000003-{n - 3}.parquet"]
     table = read_catalog(out)
     assert table.num_rows == n and len(set(table.column("object_id").to_pylist())) == n
     assert summary["rows"] == n and summary["ok"] == n - 1 and summary["errors_by_kind"] == {"corrupt": 1}
     kind = first["worker"]["kind"]
     assert summary["prediction_workers"][kind]["rows"] == n and set(summary["stage_seconds"]) >= {"predict", "write"}
-    meta = {k.decode(): v.decode() for k, v in pq.read_metadata(out / "part-000000000003.parquet").metadata.items()}
+    meta = {k.decode(): v.decode() for k, v in pq.read_metadata(out / f"part-000000000003-{n - 3}.parquet").metadata.items()}
     expected = file_metadata(info, "r1")
     assert {k: meta[k] for k in expected if k != "galaxy_infer.created_utc"} == {
         k: v for k, v in expected.items() if k != "galaxy_infer.created_utc"}
@@ -84,10 +86,10 @@ def test_on_s3_a_part_written_again_replaces_itself(s3, tmp_path):
     table = catalog_table(ids, [None, "no colon here"], None, "m", "r1", kinds=[None, ErrorKind.NOT_FOUND])
     first = sink.write(table, 1024)
     again = sink.write(table, 1024)
-    assert first["part"] == again["part"] == "part-000000001024.parquet"
-    assert storage.list_uris(sink.stage) == [f"s3://{bucket}/.cat.tmp-r1/part-000000001024.parquet"]
+    assert first["part"] == again["part"] == "part-000000001024-2.parquet"
+    assert storage.list_uris(sink.stage) == [f"s3://{bucket}/.cat.tmp-r1/part-000000001024-2.parquet"]
     assert first["errors"]["errors_by_kind"] == {"not-found": 1} and first["ok"] == 1 and first["worker"] is None
-    assert read_catalog(sink.uri(1024)).column("error_kind").to_pylist() == [None, "not-found"]
+    assert read_catalog(sink.uri(1024, 2)).column("error_kind").to_pylist() == [None, "not-found"]
 
 
 @pytest.mark.ray
@@ -125,18 +127,19 @@ def test_ingest_parts_of_a_task_retried_or_split_after_staging_hold_each_row_onc
     # The whole chunk's task staged its part and died before its record reached the driver.
     ray.get(task.remote(records, info.recipe, spec, "r1", target, 0))
     assert not committed_files(str(catalog)) and read_ingest_catalog(catalog).num_rows == 0
-    # Its halves, the first one tried twice, stage over it under their first rows' names.
+    # Its halves, the first one tried twice, stage beside it under their own names; the whole chunk's
+    # staged part is never published, and it goes when the run's publishing ends.
     half = (records.num_rows + 1) // 2
     first, again, rest = ray.get([task.remote(records.slice(0, half), info.recipe, spec, "r1", target, 0),
                                   task.remote(records.slice(0, half), info.recipe, spec, "r1", target, 0),
                                   task.remote(records.slice(half), info.recipe, spec, "r1", target, half)])
-    assert first["part"] == again["part"] == "part-r1-000000000000.parquet"
+    assert first["part"] == again["part"] == f"part-r1-000000000000-{half}.parquet"
     with PartPublisher(target) as publisher:
         for record in (first, rest):
             publisher.accept(record)
         publisher.close()
     assert sorted(os.listdir(catalog / "ingest_date=2026-11-20")) == [
-        "part-r1-000000000000.parquet", f"part-r1-{half:012d}.parquet"]
+        f"part-r1-000000000000-{half}.parquet", f"part-r1-{half:012d}-{records.num_rows - half}.parquet"]
     ids = read_ingest_catalog(catalog).column("object_id").to_pylist()
     assert sorted(ids) == sorted(records.column("object_id").to_pylist()) and publisher.rows == len(ids)
 
