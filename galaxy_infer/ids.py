@@ -74,8 +74,9 @@ _KNOWN_SUFFIX = "(?i)(" + "|".join(s.replace(".", "\\.") for s in FITS_SUFFIXES 
 
 
 def stems(paths: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Rule 3's name of each path: :func:`galaxy_infer.readers.object_id_from_path` in Arrow compute
-    (a known cutout suffix, else ``Path.suffix``, comes off the file name)."""
+    """Rule 3's name of each path, the file name without its extension(s) (``a/b/J1234.fits.gz`` ->
+    ``J1234``): a known cutout suffix, else ``Path.suffix``, comes off. Arrow compute, not Python per
+    path: discovery names every input with it."""
     name = pc.replace_substring_regex(paths, r"^.*/", "")
     return pc.if_else(pc.match_substring_regex(name, _KNOWN_SUFFIX), pc.replace_substring_regex(name, _KNOWN_SUFFIX, ""),
                       pc.replace_substring_regex(name, r"^(.+)\.[^.]+$", r"\1"))

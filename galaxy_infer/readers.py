@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 import warnings
 import zlib
@@ -55,13 +54,6 @@ def _suffix(path: str) -> str:
         if name.endswith(s):
             return s
     return Path(name).suffix
-
-
-def object_id_from_path(path: str) -> str:
-    """The file name without its extension(s): ``a/b/J1234.fits.gz`` -> ``J1234``."""
-    name = os.path.basename(path)
-    suffix = _suffix(path)
-    return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
 def is_cutout(path: str) -> bool:

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from galaxy_infer import ids
 from galaxy_infer.ingest import IngestConfig, pending_records
 from galaxy_infer.ledger import LEDGER_SCHEMA, Ledger
 from galaxy_infer.worklist import Listing, check_inputs, discover, scratch_folder
@@ -30,6 +31,11 @@ def write_fits(path: Path, **header) -> None:
     hdu = fits.PrimaryHDU(np.ones((8, 8), np.float32))
     hdu.header.update(header)
     hdu.writeto(path)
+
+
+def test_a_stem_is_the_file_name_without_its_extensions():
+    paths = ["/d/J1234+5678.fits.gz", "x/587722952767439450.jpg", "s3://b/p/A.FITS", "a.b.png", "noext", "x/.hidden"]
+    assert ids.stems(pa.array(paths)).to_pylist() == ["J1234+5678", "587722952767439450", "A", "a.b", "noext", ".hidden"]
 
 
 def test_unique_stems_stay_the_id_and_shared_stems_take_the_relative_path(tmp_path):

@@ -5,7 +5,7 @@ import pytest
 
 from galaxy_infer.errors import InputError
 from galaxy_infer.preprocess import Recipe
-from galaxy_infer.readers import object_id_from_path, read_cutout
+from galaxy_infer.readers import read_cutout
 from galaxy_infer.worklist import discover
 from tests.bad_inputs import write_corpus
 
@@ -60,11 +60,6 @@ def test_directory_discovery_is_recursive_and_skips_other_files(tmp_path):
     ids = sorted(r["object_id"] for r in discover([str(tmp_path)]))
     assert ids == ["w", "x", "y", "z"]
     assert [r["object_id"] for r in discover([str(tmp_path / "a" / "*.jpg")])] == ["x"]
-
-
-def test_object_id_strips_compound_extensions():
-    assert object_id_from_path("/d/J1234+5678.fits.gz") == "J1234+5678"
-    assert object_id_from_path("x/587722952767439450.jpg") == "587722952767439450"
 
 
 def test_manifest_positions_and_relative_paths(tmp_path):
