@@ -359,14 +359,16 @@ def worker_died(exc: BaseException) -> bool:
     return isinstance(exc, deaths) or isinstance(getattr(exc, "cause", None), deaths)
 
 
-def ray_opener() -> Opener:
+def ray_opener(config: RunOptions) -> Opener:
     """Discovery's :data:`~galaxy_infer.worklist.Opener` on Ray: shards and FITS headers are read by
-    tasks on the workers (any CPU of the cluster), never by the driver."""
+    tasks on the workers (any CPU of the cluster), never by the driver. Ray is started for the first
+    file to open, if it is not running yet: listing plain files alone never starts it."""
     import ray
 
     task = ray.remote(num_cpus=1, retry_exceptions=False)(open_files)
 
     def opener(listed: pa.Table, in_folder: list[bool], fields: ShardFields | None, id_keyword: str | None) -> Pending:
+        init_ray(config.address, config.num_cpus, config.object_store_mb)
         return Opening(task, listed, in_folder, (fields, id_keyword))
     return opener
 
@@ -429,7 +431,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     init_ray(config.address, config.num_cpus, config.object_store_mb)
     with scratch_folder() as scratch:
         listing = Listing(config.inputs, os.path.join(scratch, "listed"), config.shard_fields, config.id_keyword,
-                          ray_opener())
+                          ray_opener(config))
         if listing.first_batch() == 0:
             raise FileNotFoundError(f"no cutouts found in {' '.join(config.inputs)}")
         return _classify_work(config, info, device, listing, scratch, started)

@@ -314,9 +314,15 @@ def test_classify_opens_shards_and_fits_headers_on_the_workers_never_in_the_driv
 
 @pytest.mark.ray
 def test_nightly_ingest_takes_each_shard_object_once_and_waits_for_a_fresh_shard(tmp_path, jpegs, tiny_model,
-                                                                                 local_ray):
+                                                                                 local_ray, monkeypatch):
+    """Shards are opened by Ray tasks here too: the driver's own shard reader is made to fail."""
+    from galaxy_infer import shards
     from galaxy_infer.ingest import IngestConfig, ingest
 
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver opened an input")
+
+    monkeypatch.setattr(shards, "shard_records", not_here)
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     inbox.mkdir()
     write_galaxy10(inbox / "night1.h5", jpegs[:4])
