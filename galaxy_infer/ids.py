@@ -40,7 +40,8 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pyarrow as pa
@@ -103,8 +104,12 @@ def connect(scratch: str) -> duckdb.DuckDBPyConnection:
     return ledger.connect(":memory:", os.path.join(scratch, "spill"))
 
 
+HeaderReader = Callable[[list[str], str], list["str | None"]]
+"""Reads one header keyword of many FITS files: :func:`header_values`, or Ray tasks in a run."""
+
+
 def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None = None,
-           held: Ledger | None = None, new_only: bool = False) -> int:
+           held: Ledger | None = None, new_only: bool = False, read_headers: HeaderReader | None = None) -> int:
     """Run the rule over the Parquet work list ``worklist`` (a file or a glob); leaves views
     ``records`` and ``named`` in ``con`` and returns how many inputs it has (one file reached twice
     counts once).
@@ -114,8 +119,8 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
     object, has the same id). The ``held`` objects' ids are taken (rule 3) and their paths are
     not new. The ledger is streamed twice, as probes against the listing, so only the held rows
     that matter are kept; with an index, only the files that may hold them are read
-    (:meth:`~galaxy_infer.ledger.Ledger.holding`). With ``new_only`` header ids are read, and
-    collisions found, among new files only.
+    (:meth:`~galaxy_infer.ledger.Ledger.holding`). With ``new_only`` header ids are read (by
+    ``read_headers``, :func:`header_values` by default), and collisions found, among new files only.
 
     Only what differs from an input's provisional id (:func:`provisional_records`) is stored:
     second listings (``dropped``), header ids, the rule-4/5 fallbacks and collisions. Whether a
@@ -144,7 +149,7 @@ def assign(con: duckdb.DuckDBPyConnection, worklist: str, id_keyword: str | None
         SELECT l.* REPLACE (coalesce(h.id, l.given_id) AS given_id), s.seq IS NOT NULL AS held
         FROM listed l LEFT JOIN header_ids h USING (seq) LEFT JOIN held_seq s USING (seq)""")
     if id_keyword:
-        _header_ids(con, id_keyword, "NOT held" if new_only else "true")
+        _header_ids(con, id_keyword, "NOT held" if new_only else "true", read_headers or header_values)
         given = con.execute("SELECT count(given_id) FROM names").fetchall()[0][0]
     if held.files:
         candidates = """SELECT given_id FROM names UNION ALL SELECT stem FROM names WHERE given_id IS NULL
@@ -238,20 +243,27 @@ def collision_reason(object_id: str, other: str, others: int) -> str:
             "give each file its own id (manifest object_id or FITS header keyword)")
 
 
-def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str) -> None:
+def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str, read: HeaderReader) -> None:
     """Rule 2: ``given_id`` from FITS header ``keyword``, read a batch of files at a time."""
     suffixes = " OR ".join(f"ends_with(lower(source_path), '{s}')" for s in FITS_SUFFIXES)
     con.execute(f"""CREATE OR REPLACE TABLE header_todo AS SELECT seq, source_path FROM names
         WHERE given_id IS NULL AND error IS NULL AND ({suffixes}) AND {among}""")
     for batch in con.cursor().sql("SELECT * FROM header_todo").to_arrow_reader(10_000):
         found = [(s, v) for s, v in zip(batch.column(0).to_pylist(),
-                                        map(lambda p: header_value(p, keyword), batch.column(1).to_pylist()))
+                                        read(batch.column(1).to_pylist(), keyword))
                  if v is not None]
         if found:
             con.register("batch_ids", pa.table({"seq": [s for s, _ in found], "id": [v for _, v in found]}))
             con.execute("INSERT INTO header_ids SELECT * FROM batch_ids")
             con.unregister("batch_ids")
     con.execute("DROP TABLE header_todo")
+
+
+def header_values(paths: list[str], keyword: str) -> list[str | None]:
+    """:func:`header_value` of each path, 32 at a time from an object store (one GET each)."""
+    with ThreadPoolExecutor(storage.READ_CONCURRENCY) as pool:
+        return list((pool.map if paths and storage.is_remote(paths[0]) else map)(
+            lambda path: header_value(path, keyword), paths))
 
 
 def header_value(path: str, keyword: str) -> str | None:

@@ -48,7 +48,7 @@ from galaxy_infer.catalog import (Layout, PartTarget, RunStats, arrow_schema, fi
 from galaxy_infer.cluster import init_ray
 from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
 from galaxy_infer.options import RunOptions
-from galaxy_infer.pipeline import ray_opener, stream_tables
+from galaxy_infer.pipeline import ray_header_reader, ray_opener, stream_tables
 from galaxy_infer.progress import Progress
 from galaxy_infer.worklist import (Opener, WorkList, open_here, scratch_folder, worklist_files, write_records,
                                   write_worklist)
@@ -187,8 +187,8 @@ class PartPublisher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def pending_records(config: IngestConfig, held: ledger.Ledger, scratch: str,
-                    opener: Opener = open_here) -> tuple[WorkList, dict[str, Any]]:
+def pending_records(config: IngestConfig, held: ledger.Ledger, scratch: str, opener: Opener = open_here,
+                    read_headers: ids.HeaderReader | None = None) -> tuple[WorkList, dict[str, Any]]:
     """Cutouts under the inbox not yet held and settled, with their object ids, as a work list in ``scratch``.
 
     A file is held when a row for this model has its path, whatever its id: ids of held objects
@@ -198,14 +198,16 @@ def pending_records(config: IngestConfig, held: ledger.Ledger, scratch: str,
     ``J1`` becomes ``b/J1.jpg``. A new file whose id is still taken (a repeated ``--id-keyword``
     value) is not classified: it is counted and named in ``id_collisions`` every run until the
     ids differ. Rows with ``error`` set (a file name that is not UTF-8) are error rows before any
-    decoding. ``opener`` reads what shards and FITS files hold (in a run, Ray tasks: :func:`ingest`).
+    decoding. ``opener`` reads what shards and FITS files hold and ``read_headers`` the header ids of
+    new files (in a run, both Ray tasks: :func:`ingest`).
     """
     listed = os.path.join(scratch, "listed")
     write_worklist([config.inbox], listed, config.shard_fields, with_mtime=config.settle_seconds > 0,
                    opener=opener)
     con = ids.connect(scratch)
     try:
-        inputs = ids.assign(con, worklist_files(listed), config.id_keyword, held=held, new_only=True)
+        inputs = ids.assign(con, worklist_files(listed), config.id_keyword, held=held, new_only=True,
+                            read_headers=read_headers)
         held_rows = held.count(con)
         settled = f"(mtime IS NULL OR mtime <= {time.time() - config.settle_seconds!r})" \
             if config.settle_seconds > 0 else "true"
@@ -248,7 +250,7 @@ def ingest(config: IngestConfig, on_batch: Callable[[int], None] | None = None) 
         info = load_model_info(config.model)
         held = held_objects(catalog, info.model_id)
         with scratch_folder() as scratch:
-            table, counts = pending_records(config, held, scratch, ray_opener(config))
+            table, counts = pending_records(config, held, scratch, ray_opener(config), ray_header_reader(config))
             summary: dict[str, Any] = {
                 "run_id": config.run_id, "date": config.date, "model_id": info.model_id,
                 "catalog": catalog, "stale_temp_files_removed": len(stale),

@@ -41,8 +41,8 @@ from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
-from galaxy_infer.worklist import (RECORD_SCHEMA, Listing, Opener, Pending, WorkList, check_inputs, discover,
-                                  open_files, scratch_folder, worklist_files)
+from galaxy_infer.worklist import (OPEN_FILES, RECORD_SCHEMA, Listing, Opener, Pending, WorkList, check_inputs,
+                                  discover, open_files, scratch_folder, worklist_files)
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -357,6 +357,20 @@ def worker_died(exc: BaseException) -> bool:
 
     deaths = (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError)
     return isinstance(exc, deaths) or isinstance(getattr(exc, "cause", None), deaths)
+
+
+def ray_header_reader(config: RunOptions) -> ids.HeaderReader:
+    """:func:`~galaxy_infer.ids.header_values` as Ray tasks of :data:`~galaxy_infer.worklist.OPEN_FILES`
+    files (the nightly ingest's header ids of new files), Ray started if it is not running."""
+    import ray
+
+    task = ray.remote(num_cpus=1)(ids.header_values)
+
+    def read(paths: list[str], keyword: str) -> list[str | None]:
+        init_ray(config.address, config.num_cpus, config.object_store_mb)
+        parts = ray.get([task.remote(paths[i:i + OPEN_FILES], keyword) for i in range(0, len(paths), OPEN_FILES)])
+        return [value for part in parts for value in part]
+    return read
 
 
 def ray_opener(config: RunOptions) -> Opener:

@@ -315,6 +315,30 @@ def test_header_id_collisions_exit_3_every_night_until_fixed(tmp_path, tiny_mode
 
 
 @pytest.mark.ray
+def test_header_ids_and_fits_images_of_new_files_are_read_by_ray_tasks_not_the_driver(tmp_path, tiny_model,
+                                                                                      local_ray, monkeypatch):
+    from galaxy_infer import ids, shards
+    from galaxy_infer.synthetic import write_fits_cutout
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for i, name in enumerate(("p.fits", "q.fits")):
+        write_fits_cutout(inbox / name, np.random.default_rng(i))
+        with fits.open(inbox / name, mode="update") as hdul:
+            hdul[0].header["OBJID"] = f"X{i}"
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("the driver opened an input")
+
+    for module, name in ((shards, "shard_records"), (ids, "header_value")):
+        monkeypatch.setattr(module, name, not_here)
+    summary = ingest(IngestConfig(inbox=str(inbox), catalog=str(tmp_path / "catalog"), model=str(tiny_model),
+                                  date="2026-11-20", settle_seconds=0, id_keyword="OBJID", progress=False))
+    assert summary["rows"] == summary["ok"] == 2
+    assert sorted(read_ingest_catalog(tmp_path / "catalog").column("object_id").to_pylist()) == ["X0", "X1"]
+
+
+@pytest.mark.ray
 def test_a_file_sharing_a_held_objects_stem_is_classified_and_the_held_id_stays(tmp_path, tiny_model, local_ray):
     inbox, catalog = tmp_path / "inbox", tmp_path / "catalog"
     write_night(inbox, "a", 1, seed=1)
