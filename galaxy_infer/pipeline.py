@@ -409,7 +409,7 @@ class Opening:
         except ray.exceptions.RayError as exc:
             if not worker_died(exc):
                 raise
-        rows = [self.listed.slice(i, 1) for i in range(self.listed.num_rows)]
+        rows = [self.listed.take([i]) for i in range(self.listed.num_rows)]  # a copy: a slice ships its parent
         alone = [self.task.options(max_retries=SPLIT_RETRIES).remote(row, [folder], *self.args)
                  for row, folder in zip(rows, self.in_folder)]
         tables = []

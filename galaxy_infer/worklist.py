@@ -400,7 +400,7 @@ def read_manifest(path: str, writer: WorkListWriter) -> None:
     """
     base = storage.parent_and_name(path)[0]
     for batch in _manifest_batches(path):
-        for start in range(0, batch.num_rows, BATCH_ROWS):  # a CSV block of short lines holds ~300,000 rows
+        for start in range(0, batch.num_rows, BATCH_ROWS):  # a CSV block of very short lines may hold more
             _manifest_batch(batch.slice(start, BATCH_ROWS), base, writer)
 
 
