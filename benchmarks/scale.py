@@ -117,7 +117,7 @@ def run_case(case: str, path: str, extra: str) -> dict:
             ready = time.perf_counter() - started
             for _ in chunks:
                 pass
-            rows, collisions, fixes = settle_ids(listing, scratch, None)
+            rows, collisions, fixes = settle_ids(listing, scratch)
             amended = pq.ParquetFile(fixes).metadata.num_rows
         return {"case": case, "rows": rows, "collisions": collisions, "amended_rows": amended,
                 "first_chunk_rows": first.num_rows, "seconds_to_first_chunk": round(ready, 2),
