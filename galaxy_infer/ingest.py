@@ -202,9 +202,8 @@ def pending_records(config: IngestConfig, held: ledger.Ledger, scratch: str, ope
     new files (in a run, both Ray tasks: :func:`ingest`).
     """
     listed = os.path.join(scratch, "listed")
-    write_worklist([config.inbox], listed, config.shard_fields, with_mtime=config.settle_seconds > 0,
-                   opener=opener)
-    con = ids.connect(scratch)
+    con = ids.connect(scratch, write_worklist([config.inbox], listed, config.shard_fields,
+                                              with_mtime=config.settle_seconds > 0, opener=opener))
     try:
         inputs = ids.assign(con, worklist_files(listed), config.id_keyword, held=held, new_only=True,
                             read_headers=read_headers)

@@ -480,8 +480,7 @@ def _classify_work(config: RunConfig, info: ModelInfo, device: str, listing: Lis
 def settle_ids(listing: Listing, scratch: str) -> tuple[int, int, str]:
     """The id rule over the ended listing (header ids were read as it listed): how many inputs, how
     many collide, and the Parquet file of the records it changes (:func:`~galaxy_infer.ids.overrides`)."""
-    listing.wait()
-    con = ids.connect(scratch)
+    con = ids.connect(scratch, listing.wait())
     try:
         files = worklist_files(listing.folder)
         inputs = ids.assign(con, files)

@@ -636,8 +636,7 @@ def plan(inputs: list[str], folder: str, fields: shards.ShardFields | None = Non
          id_keyword: str | None = None) -> tuple[WorkList, int]:
     """Discover ``inputs`` and give every unit its id: the run's work list in ``folder``, and its collision count."""
     listed = os.path.join(folder, "listed")
-    write_worklist(inputs, listed, fields, id_keyword=id_keyword)
-    con = ids.connect(folder)
+    con = ids.connect(folder, write_worklist(inputs, listed, fields, id_keyword=id_keyword))
     try:
         ids.assign(con, worklist_files(listed))
         collisions = con.execute("SELECT count(*) FROM records WHERE error IS NULL AND collision IS NOT NULL"
