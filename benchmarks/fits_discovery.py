@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from benchmarks.object_store import BUCKET, LATENCY_ENV, ROOT, add_open_latency
+from benchmarks.object_store import BUCKET, LATENCY_ENV, add_open_latency, seaweedfs
 from galaxy_infer import storage
 
 
@@ -70,45 +69,31 @@ def _cpu_seconds() -> float:
 
 
 def main() -> None:
-    from tests import s3_server
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--latency-ms", type=float, nargs="+", default=[0, 20])
     parser.add_argument("--num-cpus", type=int, default=2)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="fits-discovery-") as workdir:
-        server = s3_server.start(Path(workdir))
-        saved = dict(os.environ)
-        try:
-            os.environ.update({k: v for k, v in server.env().items() if k.startswith("AWS_")})
-            os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-            fs = pafs.S3FileSystem(access_key=s3_server.ACCESS_KEY, secret_key=s3_server.SECRET_KEY,
-                                   endpoint_override=server.endpoint, scheme="http", allow_bucket_creation=True)
-            fs.create_dir(BUCKET)
-            for i in range(args.files):
-                with fs.open_output_stream(f"{BUCKET}/fits/c{i:07d}.fits", compression=None) as f:
-                    f.write(fits_bytes(i))
-            results = []
-            for latency in args.latency_ms:
-                os.environ[LATENCY_ENV] = str(latency / 1000)
-                for workers in (False, True):
-                    resolve = storage.resolve
-                    if not workers:
-                        add_open_latency()  # the driver's own reads wait as the workers' do
-                    try:
-                        result = {"latency_ms": latency, "opened_by": "workers" if workers else "driver",
-                                  **discover_once(f"s3://{BUCKET}/fits/", workers, args.num_cpus, latency / 1000)}
-                    finally:
-                        storage.resolve = resolve
-                    results.append(result)
-                    print(f"+{latency:g} ms per open, headers read by the {result['opened_by']:<7}: "
-                          f"{result['files']} files in {result['seconds']} s ({result['files_per_second']} files/s), "
-                          f"driver CPU {result['driver_cpu_seconds']} s", flush=True)
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
-            s3_server.stop(server)
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fits-discovery-") as workdir, seaweedfs(Path(workdir)) as fs:
+        for i in range(args.files):
+            with fs.open_output_stream(f"{BUCKET}/fits/c{i:07d}.fits", compression=None) as f:
+                f.write(fits_bytes(i))
+        for latency in args.latency_ms:
+            os.environ[LATENCY_ENV] = str(latency / 1000)
+            for workers in (False, True):
+                resolve = storage.resolve
+                if not workers:
+                    add_open_latency()  # the driver's own reads wait as the workers' do
+                try:
+                    result = {"latency_ms": latency, "opened_by": "workers" if workers else "driver",
+                              **discover_once(f"s3://{BUCKET}/fits/", workers, args.num_cpus, latency / 1000)}
+                finally:
+                    storage.resolve = resolve
+                results.append(result)
+                print(f"+{latency:g} ms per open, headers read by the {result['opened_by']:<7}: "
+                      f"{result['files']} files in {result['seconds']} s ({result['files_per_second']} files/s), "
+                      f"driver CPU {result['driver_cpu_seconds']} s", flush=True)
     print(json.dumps({"num_cpus": args.num_cpus, "results": results}))
 
 

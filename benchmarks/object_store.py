@@ -15,7 +15,9 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.fs as pafs
@@ -109,9 +111,10 @@ def classify_once(inputs: str, out: Path, model: Path, num_cpus: int, latency: f
             "errors": summary["errors"], "stage_seconds": summary["stage_seconds"]}
 
 
-def compare(files: list[Path], base: Path, manifest: Path, workdir: Path, model: Path, num_cpus: int,
-            repeats: int = 2, latency: float = 0.05) -> dict:
-    """Local disk, S3 on loopback, and S3 with ``latency`` s per open: best of ``repeats`` each, and their ratios."""
+@contextmanager
+def seaweedfs(workdir: Path) -> Iterator[pafs.S3FileSystem]:
+    """SeaweedFS on loopback started as the tests start it, with :data:`BUCKET` made; while it runs, this
+    process's environment (and so a local Ray's workers') holds its credentials and this checkout's path."""
     from tests import s3_server
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +126,18 @@ def compare(files: list[Path], base: Path, manifest: Path, workdir: Path, model:
         fs = pafs.S3FileSystem(access_key=s3_server.ACCESS_KEY, secret_key=s3_server.SECRET_KEY,
                                endpoint_override=server.endpoint, scheme="http", allow_bucket_creation=True)
         fs.create_dir(BUCKET)
-        print(f"uploading {len(files)} cutouts to SeaweedFS on {server.endpoint} ...", flush=True)
+        yield fs
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        s3_server.stop(server)
+
+
+def compare(files: list[Path], base: Path, manifest: Path, workdir: Path, model: Path, num_cpus: int,
+            repeats: int = 2, latency: float = 0.05) -> dict:
+    """Local disk, S3 on loopback, and S3 with ``latency`` s per open: best of ``repeats`` each, and their ratios."""
+    with seaweedfs(workdir) as fs:
+        print(f"uploading {len(files)} cutouts to SeaweedFS ...", flush=True)
         upload(files, base, fs, f"{BUCKET}/cutouts")
         cases = {"local": (str(manifest), 0.0), "s3": (f"s3://{BUCKET}/cutouts/", 0.0),
                  "s3_latency": (f"s3://{BUCKET}/cutouts/", latency)}
@@ -135,10 +149,6 @@ def compare(files: list[Path], base: Path, manifest: Path, workdir: Path, model:
             runs = [classify_once(inputs, workdir / "catalog-s3bench", model, num_cpus, delay) for _ in range(repeats)]
             out[key] = min(runs, key=lambda r: r["seconds"])
             print(f"  {out[key]['images_per_second']} images/s", flush=True)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        s3_server.stop(server)
     out["s3_over_local"] = round(out["s3"]["images_per_second"] / out["local"]["images_per_second"], 3)
     out["s3_latency_over_s3"] = round(out["s3_latency"]["images_per_second"] / out["s3"]["images_per_second"], 3)
     return out
