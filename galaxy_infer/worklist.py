@@ -228,7 +228,8 @@ class WorkListWriter:
             piece = table.slice(start, BATCH_ROWS)
             piece = piece.set_column(0, "seq", pa.arange(self.rows, self.rows + piece.num_rows))
             path = os.path.join(self.folder, f"{self.rows:012d}.parquet")
-            pq.write_table(piece, path + ".tmp")
+            # no dictionary: it cost 40% of listing a manifest (10^6 rows: 0.71 -> 0.43 s CPU) and paths rarely repeat
+            pq.write_table(piece, path + ".tmp", use_dictionary=False)
             os.rename(path + ".tmp", path)
             self.rows += piece.num_rows
             if self.on_file is not None:
