@@ -40,18 +40,26 @@ def test_classify_s3_to_s3_through_a_faulty_store_gives_every_row_ok(s3, tmp_pat
 
 SPLIT_ENDPOINTS = """
 import os, sys
+from galaxy_infer import ingest, worklist
 from galaxy_infer.cli import main
 from galaxy_infer.cluster import init_ray
 init_ray(None, 2, 256)  # a local Ray's workers keep the environment it started with: the fault proxy
 os.environ["AWS_ENDPOINT_URL"] = sys.argv[1]  # the driver (listing, discovery, commits) reaches the store directly
-sys.exit(main(sys.argv[2:]))
+if sys.argv[2] == "driver":  # shards opened by the driver: listed fine, read on workers
+    ingest.ray_opener = lambda config: worklist.open_here
+sys.exit(main(sys.argv[3:]))
 """
-"""``galaxy-infer ingest`` whose Ray workers reach the store through the fault proxy and whose driver does not."""
+"""``galaxy-infer ingest`` whose Ray workers reach the store through the fault proxy and whose driver does not;
+with ``driver``, the shards are opened by the driver, as when a store fails between a night's listing and
+its reads."""
 
 
 @pytest.mark.ray
-def test_a_shard_listed_fine_whose_read_then_fails_is_classified_the_next_night_not_held_as_errors(s3, tmp_path,
-                                                                                                   tiny_model):
+@pytest.mark.parametrize("opened_by", ["driver", "workers"])
+def test_a_shard_whose_reads_fail_now_is_classified_the_next_night_not_held_as_errors(s3, tmp_path, tiny_model,
+                                                                                      opened_by):
+    """Listed fine and then unreadable (``driver``), or unreadable when a worker opens it (``workers``:
+    one row for the shard): nothing is held, and the next night classifies its four cutouts."""
     from galaxy_infer.ingest import read_ingest_catalog
     from tests.test_shards import write_galaxy10
 
@@ -61,7 +69,7 @@ def test_a_shard_listed_fine_whose_read_then_fails_is_classified_the_next_night_
     catalog = f"s3://{bucket}/catalog"
 
     def night(date: str) -> tuple[int, dict]:
-        done = subprocess.run([sys.executable, "-c", SPLIT_ENDPOINTS, s3.endpoint, "ingest", "--inbox",
+        done = subprocess.run([sys.executable, "-c", SPLIT_ENDPOINTS, s3.endpoint, opened_by, "ingest", "--inbox",
                                f"s3://{bucket}/inbox", "--catalog", catalog, "--model", str(tiny_model), "--date", date,
                                "--settle-seconds", "0", "--no-progress", "--json"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
@@ -74,8 +82,9 @@ def test_a_shard_listed_fine_whose_read_then_fails_is_classified_the_next_night_
         assert proxy.counts["slowdown"] >= 2, proxy.counts  # the workers' reads of the shard met 503 SlowDown
         proxy.share = 0.0
         assert code == 3, first  # nothing classified: cron hears of it
-        assert first["pending"] == 4 and first["rows"] == 0 and first["retry_next_run"] == 4
-        assert first["errors_by_kind"] == {"unreadable-now": 4}
+        units = 4 if opened_by == "driver" else 1
+        assert first["pending"] == units and first["rows"] == 0 and first["retry_next_run"] == units
+        assert first["errors_by_kind"] == {"unreadable-now": units}
         assert read_ingest_catalog(catalog).num_rows == 0, "a shard that could not be read now was held as errors"
         code, second = night("2026-11-21")
     assert code == 0 and second["already_held"] == 0 and second["rows"] == 4
