@@ -41,7 +41,6 @@ import io
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 
 import duckdb
 import pyarrow as pa
@@ -275,9 +274,7 @@ def _header_ids(con: duckdb.DuckDBPyConnection, keyword: str, among: str, read: 
 
 def header_values(paths: list[str], keyword: str) -> list[str | None]:
     """:func:`header_value` of each path, 32 at a time from an object store (one GET each)."""
-    with ThreadPoolExecutor(storage.READ_CONCURRENCY) as pool:
-        return list((pool.map if paths and storage.is_remote(paths[0]) else map)(
-            lambda path: header_value(path, keyword), paths))
+    return storage.map_reads(lambda path: header_value(path, keyword), paths, paths[0] if paths else "")
 
 
 def header_value(path: str, keyword: str) -> str | None:

@@ -28,9 +28,10 @@ import stat
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -396,6 +397,15 @@ def _read_local(path: str) -> bytes:
 
 def _local_error(exc: OSError) -> InputError:
     return read_error(exc) or InputError(f"cannot read file: {exc.strerror or exc}", kind=ErrorKind.CORRUPT)
+
+
+def map_reads(read: Callable[[Any], Any], items: list, uri: str) -> list:
+    """``read`` of each item, in order: :data:`READ_CONCURRENCY` at a time by threads when ``uri`` (the
+    items' first path) is in an object store, which answers each GET in turn; one after another locally."""
+    if not items or not is_remote(uri):
+        return [read(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(READ_CONCURRENCY, len(items))) as pool:
+        return list(pool.map(read, items))
 
 
 def read_many(uris: Iterable[str], filesystem: pafs.FileSystem | None = None,

@@ -25,7 +25,7 @@ import re
 import tempfile
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass, fields as dataclass_fields, replace
 from typing import Protocol
@@ -113,16 +113,15 @@ def open_files(listed: pa.Table, in_folder: list[bool], fields: shards.ShardFiel
     rows = listed.take(pa.array(opened, pa.int64())).to_pylist()
     to_open = [Unit(**{name: row[name] for name in _UNIT_FIELDS[:-1]}, in_folder=in_folder[i])
                for i, row in zip(opened, rows)]
-    with ThreadPoolExecutor(storage.READ_CONCURRENCY) as pool:  # an object store answers each GET in turn
-        found_each = (pool.map if storage.is_remote(to_open[0].source_path) else map)(
-            lambda unit: _open_unit(unit, fields, id_keyword), to_open)
-        units: list[Unit] = []
-        norms: list[str] = []
-        counts = np.ones(listed.num_rows, np.int64)
-        for i, row, unit, found in zip(opened, rows, to_open, found_each):
-            units += found
-            norms += [row["norm_path"] + f.source_path[len(unit.source_path):] for f in found]  # a shard: path + label
-            counts[i] = len(found)
+    found_each = storage.map_reads(lambda unit: _open_unit(unit, fields, id_keyword), to_open,
+                                   to_open[0].source_path)
+    units: list[Unit] = []
+    norms: list[str] = []
+    counts = np.ones(listed.num_rows, np.int64)
+    for i, row, unit, found in zip(opened, rows, to_open, found_each):
+        units += found
+        norms += [row["norm_path"] + f.source_path[len(unit.source_path):] for f in found]  # a shard: path + label
+        counts[i] = len(found)
     # every row in place: itself, or its file's units (appended after the listed rows)
     is_opened = np.zeros(listed.num_rows, bool)
     is_opened[opened] = True
