@@ -46,7 +46,7 @@ from galaxy_infer import ids, ledger, storage
 from galaxy_infer.catalog import (Layout, PartTarget, RunStats, arrow_schema, file_metadata, format_errors,
                                   open_parts, prediction_fields)
 from galaxy_infer.cluster import init_ray
-from galaxy_infer.model import ModelInfo, check_device, load_model_info, resolve_model
+from galaxy_infer.model import ModelInfo, load_model_info, resolve_model, run_device
 from galaxy_infer.options import RunOptions
 from galaxy_infer.pipeline import ray_header_reader, ray_opener, stream_tables
 from galaxy_infer.progress import Progress
@@ -266,7 +266,7 @@ def _ingest_work(config: IngestConfig, catalog: str, info: ModelInfo, table: Wor
         return {**summary, "rows": 0, "ok": 0, "errors": 0, "errors_by_kind": {}, "error_examples": {},
                 "errors_by_reason": {}, "other_error_reasons": 0, "files": [], "retry_next_run": 0,
                 "wall_seconds": round(time.perf_counter() - started, 3)}
-    device = check_device(config.device)
+    device = run_device(info, config.device)
     init_ray(config.address, config.num_cpus, config.object_store_mb)
     target = part_target(catalog, config.date, file_metadata(info, config.run_id, config.dirichlet_intervals),
                          config.run_id)

@@ -32,6 +32,9 @@ METADATA_KEY = "galaxy_infer"
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 DEVICES = ("auto", "cpu", "cuda")
+CUDA_OPTIONS = {"use_tf32": "0"}
+"""onnxruntime's CUDA provider multiplies float32 in TF32 by default: the bundled model's logits then
+differ from the CPU's by 3.5e-3; in float32 by 6e-6, at the same speed (H200, docs/benchmarks.md)."""
 
 
 BUNDLED_MODELS = {"default": "default.onnx", "int8": "default-int8.onnx"}
@@ -239,6 +242,22 @@ def check_device(device: str) -> str:
     return device
 
 
+def run_device(info: ModelInfo, device: str) -> str:
+    """The device a run asks for with this model: ``device``, except that an int8 model runs on CPUs.
+
+    onnxruntime's CUDA provider runs a QDQ model's quantized layers in float: on an H200 the bundled
+    int8 model's vote fractions differed from its CPU numbers by 0.04 and it was no faster than the
+    float model there (docs/benchmarks.md), so a GPU node would not give the CPU nodes' catalog.
+    """
+    if check_device(device) == "cpu" or info.extra.get("precision") != "int8":
+        return device
+    if device == "cuda":
+        source = info.extra.get("quantization", {}).get("quantized_from", {}).get("model_id", "the float model")
+        raise ModelError(f"{info.model_id} is an int8 model, which runs on CPUs only: on CUDA its vote fractions "
+                         f"differ from its CPU numbers by up to 0.04 and it is no faster; use {source} on GPUs")
+    return "cpu"
+
+
 def resolve_device(device: str) -> str:
     """``auto`` becomes ``cuda`` when this process's onnxruntime offers CUDA and a GPU is visible to
     it (Ray hides GPUs from tasks that reserved none), else ``cpu``."""
@@ -280,7 +299,7 @@ class Predictor:
         if wanted == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
             raise ModelError("CUDA was asked for but this onnxruntime has no CUDA provider: install "
                              "galaxy-infer[gpu] (onnxruntime-gpu) in an environment without onnxruntime")
-        providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if wanted == "cuda"
+        providers = ([("CUDAExecutionProvider", CUDA_OPTIONS), "CPUExecutionProvider"] if wanted == "cuda"
                      else ["CPUExecutionProvider"])
         if model_bytes is None and not os.path.isfile(path):
             raise ModelError(f"model file not found: {path}")

@@ -34,7 +34,7 @@ from galaxy_infer.catalog import STAGE_TIMING_KEY, CatalogWriter, Layout, PartTa
 from galaxy_infer.cluster import (ClusterWatch, init_ray, node_kind, on_cluster, plan_workers,
                                   wait_for_one)
 from galaxy_infer.errors import ErrorKind, InputError
-from galaxy_infer.model import ModelInfo, Predictor, check_device, load_model_info
+from galaxy_infer.model import ModelInfo, Predictor, load_model_info, run_device
 from galaxy_infer.options import RunOptions
 from galaxy_infer.postprocess import postprocess
 from galaxy_infer.preprocess import Recipe, preprocess
@@ -438,7 +438,7 @@ def classify(config: RunConfig) -> dict[str, Any]:
     started = time.perf_counter()
     config.apply_storage()
     info = load_model_info(config.model)
-    device = check_device(config.device)
+    device = run_device(info, config.device)
     if device == "cuda" and not on_cluster(config.address):
         Predictor(config.model, device="cuda", batch_size=1)
     check_inputs(config.inputs)

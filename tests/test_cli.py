@@ -40,3 +40,10 @@ def test_importing_the_inference_side_loads_no_torch():
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_classify_refuses_an_int8_model_on_cuda_before_any_work(tmp_path, capsys):
+    assert main(["classify", str(tmp_path), "--out", str(tmp_path / "catalog"), "--model", "int8",
+                 "--device", "cuda"]) == 1
+    assert "int8 model, which runs on CPUs only" in capsys.readouterr().err
+    assert not (tmp_path / "catalog").exists()

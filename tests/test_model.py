@@ -5,7 +5,8 @@ import onnxruntime as ort
 import pytest
 
 from galaxy_infer.errors import ModelError
-from galaxy_infer.model import Predictor, bundled_model_path, load_model_info, resolve_device, resolve_model
+from galaxy_infer.model import (Predictor, bundled_model_path, load_model_info, resolve_device, resolve_model,
+                                run_device)
 from galaxy_infer.preprocess import Recipe
 from tests.onnx_models import build_tiny_model
 
@@ -74,6 +75,23 @@ def test_cuda_fails_loudly_when_not_really_active(tiny_model):
         pytest.skip("a real GPU is present; see the GPU notes in the README")
     with pytest.raises(ModelError, match="CUDA was asked for"):
         Predictor(tiny_model, device="cuda")
+
+
+def test_an_int8_model_runs_on_cpus_only():
+    """On CUDA the int8 model's fractions differed from its CPU numbers by 0.04 (H200, benchmarks.gpu)."""
+    int8, default = load_model_info(bundled_model_path("int8")), load_model_info(bundled_model_path())
+    assert [run_device(int8, d) for d in ("auto", "cpu")] == ["cpu", "cpu"]
+    with pytest.raises(ModelError, match="int8 model, which runs on CPUs only.*use gz2-compact-1.2.0 on GPUs"):
+        run_device(int8, "cuda")
+    assert [run_device(default, d) for d in ("auto", "cpu", "cuda")] == ["auto", "cpu", "cuda"]
+
+
+@pytest.mark.skipif(resolve_device("auto") != "cuda", reason="needs onnxruntime-gpu and a GPU (python -m benchmarks.gpu)")
+def test_cuda_gives_the_cpu_numbers():
+    """float32 on the GPU, not TF32: the H200 gave logits within 6e-6 of the CPU's."""
+    images = np.random.default_rng(0).random((64, 3, 64, 64), np.float32)
+    cpu, cuda = (Predictor(bundled_model_path(), device=d).predict(images) for d in ("cpu", "cuda"))
+    np.testing.assert_allclose(cuda, cpu, atol=5e-5)
 
 
 def test_auto_device_is_cpu_without_a_gpu(tiny_model, monkeypatch):
