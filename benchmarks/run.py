@@ -33,11 +33,11 @@ from galaxy_infer.preprocess import Recipe
 SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "gz1_sdss" / "images"
 
 
-def replicate(folder: Path, count: int) -> list[Path]:
-    """``count`` cutout files under ``folder``, cycling through the real gz1_sdss JPEGs."""
-    sources = sorted(SOURCE.glob("*.jpg"))
+def replicate(folder: Path, count: int, source: Path = SOURCE) -> list[Path]:
+    """``count`` cutout files under ``folder``, cycling through the real JPEGs of ``source`` (gz1_sdss)."""
+    sources = sorted(source.glob("*.jpg"))
     if not sources:
-        raise SystemExit(f"no JPEG cutouts in {SOURCE}: the benchmark needs ../shared/data")
+        raise SystemExit(f"no JPEG cutouts in {source}: the benchmark needs ../shared/data")
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
@@ -180,10 +180,11 @@ class PeakMemory:
 
 
 def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: list[str],
-               measure_memory: bool = False, sampler: type[PeakMemory] | None = None) -> dict:
+               measure_memory: bool = False, sampler: type[PeakMemory] | None = None, keep: bool = False) -> dict:
     """``galaxy-infer classify`` as a user runs it: wall clock from launch to exit and, when asked,
     peak memory of the tree (the sampler reads every process's page map and so slows the run);
-    ``sampler`` samples something else (the driver alone, say) and implies ``measure_memory``."""
+    ``sampler`` samples something else (the driver alone, say) and implies ``measure_memory``;
+    ``keep`` leaves the catalog in ``out``."""
     measure_memory = measure_memory or sampler is not None
     shutil.rmtree(out, ignore_errors=True)
     command = [sys.executable, "-m", "galaxy_infer", "classify", str(manifest), "--out", str(out),
@@ -198,7 +199,8 @@ def end_to_end(manifest: Path, out: Path, model: Path, num_cpus: int, extra: lis
     if proc.returncode != 0:
         raise SystemExit(f"classify failed ({proc.returncode}):\n{output[-3000:]}")
     summary = json.loads((out / "_run_summary.json").read_text())
-    shutil.rmtree(out, ignore_errors=True)
+    if not keep:
+        shutil.rmtree(out, ignore_errors=True)
     return {"images": summary["rows"], "seconds": round(seconds, 2),
             "images_per_second": round(summary["rows"] / seconds, 1),
             "processing_seconds": summary["seconds"],
