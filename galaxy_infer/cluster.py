@@ -25,6 +25,7 @@ GPU_WAIT_SECONDS = 900.0
 node of a cluster that scales from zero takes minutes to boot and pull its image (AWS g5 with
 Ray's GPU image, a GPU node pool on Kubernetes); 15 minutes without one means none is coming."""
 CLUSTER_POLL_SECONDS = 1.0
+GUIDED_MIN_ROWS = 256
 
 
 def on_cluster(address: str | None) -> bool:
@@ -109,8 +110,20 @@ class WorkerPlan:
 
     def chunk_rows(self, rows: int, task_rows: int, resources: dict[str, float]) -> int:
         """Rows per chunk: ``task_rows``, or fewer so that a small run still spreads over the decoders."""
-        decoders = max(1, int(resources.get("CPU", 1)) if self.gpus_per_task else self.slots(resources))
-        return max(1, min(task_rows, math.ceil(rows / decoders)))
+        return max(1, min(task_rows, math.ceil(rows / self.decoders(resources))))
+
+    def guided_rows(self, remaining: int, known: int, task_rows: int, resources: dict[str, float]) -> int:
+        """Rows of the next chunk when ``task_rows`` is a ceiling: guided self-scheduling, a share of
+        the ``remaining`` rows (of ``known`` listed so far) for each decoder twice over, so chunks are
+        large through the run (Ray's per-task cost in the driver is paid once per ``task_rows``) and
+        shrink towards its end, where a large chunk would leave the other decoders idle. Never under
+        :data:`GUIDED_MIN_ROWS`, nor than a small run spread over the decoders."""
+        decoders = self.decoders(resources)
+        least = min(GUIDED_MIN_ROWS, math.ceil(known / decoders))
+        return max(1, min(task_rows, max(least, math.ceil(remaining / (2 * decoders)))))
+
+    def decoders(self, resources: dict[str, float]) -> int:
+        return max(1, int(resources.get("CPU", 1)) if self.gpus_per_task else self.slots(resources))
 
     def runnable_on(self, nodes: list[dict]) -> bool:
         """Whether some alive node can run a prediction task now."""

@@ -54,9 +54,10 @@ class RunOptions:
     batch_size: int | None = option(None, "images per prediction batch; the last batch is zero-padded (default: "
                                           "the model's preference, else 256)")
     task_rows: int | None = option(None, "cutouts per Ray task: fewer spread a small run over more workers "
-                                         "(default: the model's preference, else 4096 on CPU workers, which "
-                                         "decode a batch at a time, and on GPU as many as fit 64 MB of pixels, "
-                                         "at most 4096)")
+                                         "(default: the model's preference, else up to 16384 on CPU workers, "
+                                         "which decode a batch at a time, and on GPU as many as fit 64 MB of "
+                                         "pixels, at most 16384; these defaults shrink towards the run's end "
+                                         "so no worker waits long for the others)")
     dirichlet_intervals: bool = option(False, "for models that predict Dirichlet concentrations (Zoobot), also "
                                               "write each answer's concentration and a 90%% interval of its fraction")
     num_cpus: int | None = option(None, "CPUs for the local Ray started when no cluster is given (default: all)")

@@ -41,8 +41,8 @@ from galaxy_infer.preprocess import Recipe, preprocess
 from galaxy_infer.progress import Progress
 from galaxy_infer.shards import ShardFields, read_units
 from galaxy_infer.workers import WORKER_KEY
-from galaxy_infer.worklist import (OPEN_FILES, RECORD_SCHEMA, Listing, Opener, Pending, WorkList, check_inputs,
-                                  discover, open_files, scratch_folder, worklist_files)
+from galaxy_infer.worklist import (OPEN_FILES, RECORD_SCHEMA, ChunkSize, Listing, Opener, Pending, WorkList,
+                                  check_inputs, discover, fixed_size, open_files, scratch_folder, worklist_files)
 
 ID_COLUMNS = ("object_id", "source_path", "ra", "dec")
 STAGE_SECONDS_KEY = "read_preprocess_seconds"
@@ -53,9 +53,10 @@ WORKER_DIED = "worker died while decoding"
 WORKER_DIED_OPENING = "worker died while opening"
 NON_FINITE = "model output is not finite"
 DEFAULT_BATCH_SIZE = 256
-DEFAULT_TASK_ROWS = 4096
-"""Rows of a task on the CPU path, which decodes and predicts a batch at a time: fewer, larger tasks
-cost the driver less (Ray's per-task work, measured about 3 ms a task on 2 cores)."""
+DEFAULT_TASK_ROWS = 16384
+"""Rows of a task on the CPU path at most, which decodes and predicts a batch at a time: fewer,
+larger tasks cost the driver less (about 7 ms of its CPU a task, Ray's work included, on 2 cores);
+the chunks shrink towards the run's end (:meth:`~galaxy_infer.cluster.WorkerPlan.guided_rows`)."""
 TASK_PIXEL_BYTES = 64 << 20
 """Model inputs a decode task sends on at most (the GPU path, where a chunk's pixels travel): 1,024
 cutouts of a 64-pixel model (48 MiB), 108 of a 224-pixel one, so that memory does not grow with the
@@ -270,8 +271,14 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
     plan = plan_workers(device, config.num_gpus_per_worker, config.num_workers)
     watch = ClusterWatch(plan, config.gpu_wait_seconds, can_grow=on_cluster(config.address))
     batch_size, task_rows = run_sizes(info, config, pixels_travel=bool(plan.gpus_per_task))
-    listed = table.num_rows if table.num_rows is not None else sys.maxsize  # a listing still running is large
-    rows = plan.chunk_rows(listed, min(task_rows, max_rows or task_rows), watch.resources())
+    rows = min(task_rows, max_rows or task_rows)
+    if config.task_rows or info.runtime.get("task_rows"):  # asked for: every chunk but a small run's has that many
+        listed = table.num_rows if table.num_rows is not None else sys.maxsize  # a listing still running is large
+        size = fixed_size(plan.chunk_rows(listed, rows, watch.resources()))
+    else:
+        def size(taken: int) -> int:
+            known = table.rows if isinstance(table, Listing) else table.num_rows
+            return plan.guided_rows(known - taken, known, rows, watch.resources())
     spec = PredictorSpec(info.model_id, config.model, device, batch_size, 2 if plan.gpus_per_task else 1,
                          ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
     if plan.gpus_per_task:
@@ -289,8 +296,7 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
                 chunk, info.recipe, spec, config.run_id, sink, start)
 
     pending = ChunkResults(submit, watch, info, config.run_id, Layout.of(info, config.dirichlet_intervals), sink)
-    chunks = table.chunks(rows) if isinstance(table, (WorkList, Listing)) else \
-        (table.slice(start, rows) for start in range(0, table.num_rows, rows))
+    chunks = table.chunks(rows, size) if isinstance(table, (WorkList, Listing)) else _slices(table, size)
     start = 0
     for chunk in chunks:
         while len(pending) >= watch.in_flight():
@@ -301,6 +307,14 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
         yield pending.next_finished()
 
 
+def _slices(table: pa.Table, size: ChunkSize) -> Iterator[pa.Table]:
+    start = 0
+    while start < table.num_rows:
+        rows = size(start)
+        yield table.slice(start, rows)
+        start += rows
+
+
 class ChunkResults:
     """Chunks in flight and their results, with poison files isolated.
 
@@ -308,7 +322,7 @@ class ChunkResults:
     nodes. When those are spent the chunk is cut in halves, and a half whose worker dies is cut
     again, down to single files (tried ``SPLIT_RETRIES`` more times): a file whose worker still
     dies becomes an ``error`` row and every other file of the chunk is classified. A chunk of
-    4,096 with one poison file costs about 6 + 12 + 2 worker deaths. On GPU a chunk is a decode
+    16,384 with one poison file costs about 6 + 14 + 2 worker deaths. On GPU a chunk is a decode
     task feeding a prediction task; a death in either fails the prediction task's result, and the
     pair is split alike. Exceptions raised inside a task are not caught: per-file problems are
     already error rows, so one is a bug and stops the run. Waiting goes through

@@ -234,6 +234,19 @@ def test_a_listing_hands_out_its_first_chunk_long_before_it_has_listed_everythin
         assert listing.wait() == rows
 
 
+def test_a_listing_cuts_each_chunk_to_the_size_asked_for_it_then(tmp_path):
+    """Chunk sizes may change as the run goes (guided scheduling): rows stay in order, none lost or repeated."""
+    touch(tmp_path / "in", *(f"g{i:03d}.jpg" for i in range(300)))
+    wanted = {0: 64, 64: 64, 128: 10, 138: 100}  # by rows taken before; then 3
+    with scratch_folder() as scratch:
+        listing = Listing([str(tmp_path / "in")], os.path.join(scratch, "listed"))
+        listing.wait()
+        chunks = list(listing.chunks(64, lambda taken: wanted.get(taken, 3)))
+    assert [c.num_rows for c in chunks] == [64, 64, 10, 100] + [3] * 20 + [2]
+    assert [p for c in chunks for p in c.column("source_path").to_pylist()] == \
+        [str(tmp_path / "in" / f"g{i:03d}.jpg") for i in range(300)]
+
+
 def test_a_missing_input_argument_is_found_before_the_listing_starts(tmp_path):
     touch(tmp_path / "in", "a.jpg")
     with pytest.raises(FileNotFoundError, match="typo does not exist"):

@@ -253,6 +253,20 @@ def test_work_in_flight_follows_the_cluster_and_gpu_tasks_wait_for_gpu_nodes():
     assert WorkerPlan(gpus_per_task=1.0, fixed_slots=3).in_flight({"CPU": 1.0}) == 7
 
 
+def test_chunks_are_large_through_a_run_and_shrink_towards_its_end():
+    """Guided self-scheduling: a 10^6-row run on 2 CPUs in 76 tasks (245 at a fixed 4,096), the last
+    ones small enough that neither CPU waits long for the other; a small run still uses both."""
+    cpu, two = WorkerPlan(gpus_per_task=0.0), {"CPU": 2.0}
+    sizes, total = [], 1_000_000
+    while (taken := sum(sizes)) < total:
+        sizes.append(min(cpu.guided_rows(total - taken, total, 16384, two), total - taken))
+    assert sizes[0] == 16384 and max(sizes) == 16384 and len(sizes) == 76
+    assert sizes == sorted(sizes, reverse=True) and sizes[-4:] == [256, 256, 256, 117]
+    assert cpu.guided_rows(40, 40, 16384, two) == 20
+    assert cpu.guided_rows(10, 40, 16384, two) == 20  # never under a small run's share
+    assert WorkerPlan(gpus_per_task=1.0).guided_rows(10_000, 10_000, 1024, {"CPU": 8.0}) == 625  # GPU: per decoding CPU
+
+
 def test_a_local_ray_without_the_gpus_asked_for_fails_at_once(tmp_path, tiny_model, local_ray):
     write_sample(tmp_path / "cutouts", 2, seed=3, size=64)
     with pytest.raises(RuntimeError, match="prediction tasks need 1 CPU, 1 GPU each, but this local Ray has no such"):
