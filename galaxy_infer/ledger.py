@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,6 +41,8 @@ INDEX_LAYOUT = 1
 """The index's tables; another number (or another DuckDB version) means a rebuild."""
 INDEX_BATCH_FILES = 100
 """Catalog files added to the index per transaction."""
+INDEX_KEEP_DAYS = 30
+"""A ledger index no ingest has used for this long is removed from the cache (see :func:`prune_indexes`)."""
 
 LEDGER_SCHEMA = pa.schema([("object_id", pa.string()), ("source_path", pa.string()), ("model_id", pa.string()),
                            ("error", pa.string())])
@@ -167,7 +170,19 @@ def indexed(catalog: str, model_id: str, stamps: list[Stamp]) -> Ledger:
     except (OSError, duckdb.Error) as exc:
         warnings.warn(f"no ledger index ({exc}): reading every catalog file", stacklevel=2)
         return Ledger(files, model_id)
+    prune_indexes(keep=path)
     return Ledger(files, model_id, path)
+
+
+def prune_indexes(keep: str, days: float = INDEX_KEEP_DAYS) -> None:
+    """Mark the index at ``keep`` as used now and remove the others unused for ``days``: their
+    catalogs may be gone, and one still ingested into is rebuilt on its next night."""
+    os.utime(keep)
+    cutoff = time.time() - days * 86400
+    with os.scandir(os.path.dirname(keep)) as entries:
+        for entry in entries:
+            if entry.name.endswith(".duckdb") and entry.path != keep and entry.stat().st_mtime < cutoff:
+                _remove(entry.path)
 
 
 def _update(path: str, model_id: str, stamps: list[Stamp]) -> None:

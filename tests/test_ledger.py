@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
@@ -171,3 +172,18 @@ def test_the_index_of_an_object_store_catalog(s3, tmp_path):
     pending, counts = same_night_as_the_files_alone(str(inbox), catalog)
     assert pending == {str(inbox / "J2.jpg"): "J2.jpg"} and counts["already_held"] == 1
     assert covered(catalog) == committed_files(catalog)
+
+
+def test_indexes_unused_for_a_month_are_removed_from_the_cache(nights):
+    """The cache does not keep the indexes of catalogs that are gone (or no longer ingested into)."""
+    inbox, catalog = nights
+    folder = Path(ledger.index_path(str(catalog), "m")).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    old, recent = folder / "gone-catalog.duckdb", folder / "last-week.duckdb"
+    for path, days in ((old, 31), (recent, 7)):
+        path.write_bytes(b"")
+        Path(f"{path}.wal").write_bytes(b"")
+        os.utime(path, (time.time() - days * 86400,) * 2)
+    same_night_as_the_files_alone(str(inbox), str(catalog))
+    assert not old.exists() and not Path(f"{old}.wal").exists()
+    assert recent.exists() and Path(ledger.index_path(str(catalog), "m")).exists()
