@@ -117,7 +117,9 @@ class WorkerPlan:
         the ``remaining`` rows (of ``known`` listed so far) for each decoder twice over, so chunks are
         large through the run (Ray's per-task cost in the driver is paid once per ``task_rows``) and
         shrink towards its end, where a large chunk would leave the other decoders idle. Never under
-        :data:`GUIDED_MIN_ROWS`, nor than a small run spread over the decoders."""
+        :data:`GUIDED_MIN_ROWS`, nor than a small run spread over the decoders. While a listing
+        still runs, the caller passes what it has listed as ``remaining``: chunks grow with it
+        rather than shrink each time the tasks catch up with the listing."""
         decoders = self.decoders(resources)
         least = min(GUIDED_MIN_ROWS, math.ceil(known / decoders))
         return max(1, min(task_rows, max(least, math.ceil(remaining / (2 * decoders)))))
