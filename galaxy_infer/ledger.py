@@ -181,8 +181,11 @@ def prune_indexes(keep: str, days: float = INDEX_KEEP_DAYS) -> None:
     cutoff = time.time() - days * 86400
     with os.scandir(os.path.dirname(keep)) as entries:
         for entry in entries:
-            if entry.name.endswith(".duckdb") and entry.path != keep and entry.stat().st_mtime < cutoff:
-                _remove(entry.path)
+            try:
+                if entry.name.endswith(".duckdb") and entry.path != keep and entry.stat().st_mtime < cutoff:
+                    _remove(entry.path)
+            except FileNotFoundError:  # another ingest on this machine pruned it first
+                continue
 
 
 def _update(path: str, model_id: str, stamps: list[Stamp]) -> None:
