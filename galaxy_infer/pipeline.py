@@ -277,9 +277,10 @@ def stream_tables(table: pa.Table | WorkList | Listing, info: ModelInfo, device:
         size = fixed_size(plan.chunk_rows(listed, rows, watch.resources()))
     else:
         def size(taken: int) -> int:
-            known = table.rows if isinstance(table, Listing) else table.num_rows
-            listing = isinstance(table, Listing) and not table.finished  # what is listed so far stands for what is left
-            return plan.guided_rows(known if listing else known - taken, known, rows, watch.resources())
+            if isinstance(table, Listing) and not table.finished:  # what is listed so far stands for what is left
+                return plan.guided_rows(table.rows, table.rows, rows, watch.resources())
+            known = table.num_rows
+            return plan.guided_rows(known - taken, known, rows, watch.resources())
     spec = PredictorSpec(info.model_id, config.model, device, batch_size, 2 if plan.gpus_per_task else 1,
                          ray.put(Path(config.model).read_bytes()), config.dirichlet_intervals)
     if plan.gpus_per_task:
